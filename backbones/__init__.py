@@ -1,0 +1,25 @@
+"""FERBench backbones: registry, builders and pretrained-weight resolution."""
+
+from backbones import small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
+from backbones.registry import (
+    BackboneInfo,
+    count_parameters,
+    create_backbone,
+    get_backbone_info,
+    is_known_backbone,
+    list_backbones,
+    register_backbone,
+)
+from backbones.weights import WeightStatus, resolve_pretrained
+
+__all__ = [
+    "BackboneInfo",
+    "WeightStatus",
+    "count_parameters",
+    "create_backbone",
+    "get_backbone_info",
+    "is_known_backbone",
+    "list_backbones",
+    "register_backbone",
+    "resolve_pretrained",
+]

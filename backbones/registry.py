@@ -1,0 +1,106 @@
+"""Registry of backbones: one ``create_backbone`` entry point, metadata as data (timm's model).
+
+Each entry knows how to build its network for ``num_classes`` outputs and describes the
+input it expects (size, channels, normalisation) so the harness can adapt any dataset to
+it on the training device. Any timm model is available as ``timm:<name>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What the harness must know to feed and describe a backbone."""
+
+    name: str
+    family: str
+    input_size: int
+    in_chans: int
+    channel_order: str  # "RGB", "BGR" or "GRAY"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pretrained_sources: tuple[str, ...] = ()
+    description: str = ""
+    timm_name: str | None = None  # set for timm-backed entries: architecture.tag
+    extra: dict = field(default_factory=dict)
+
+
+Builder = Callable[[BackboneInfo, int, "Path | None"], nn.Module]
+_REGISTRY: dict[str, tuple[BackboneInfo, Builder]] = {}
+
+
+def register_backbone(info: BackboneInfo) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder(info, num_classes, weights_file) -> nn.Module`` under ``info.name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        if info.name in _REGISTRY:
+            raise ValueError(f"backbone {info.name!r} is registered twice")
+        _REGISTRY[info.name] = (info, builder)
+        return builder
+
+    return decorate
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def is_known_backbone(name: str) -> bool:
+    if name in _REGISTRY:
+        return True
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return timm.is_model(name[len(TIMM_PREFIX):].split(".")[0])
+    return False
+
+
+def _lookup(name: str) -> tuple[BackboneInfo, Builder]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith(TIMM_PREFIX) and is_known_backbone(name):
+        from backbones.timm_backbones import build_timm, timm_info
+
+        return timm_info(name, name[len(TIMM_PREFIX):]), build_timm
+    raise KeyError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model name>")
+
+
+def get_backbone_info(name: str) -> BackboneInfo:
+    return _lookup(name)[0]
+
+
+def create_backbone(name: str, num_classes: int, weights_file: str | Path | None = None) -> nn.Module:
+    """Build ``name`` with a ``num_classes`` classifier; ``weights_file`` loads pretrained weights.
+
+    Without a weights file the network is randomly initialised from torch's global RNG, so
+    seeding torch before this call makes initialisation reproducible.
+    """
+    info, builder = _lookup(name)
+    return builder(info, num_classes, Path(weights_file) if weights_file else None)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": total, "params_trainable": trainable}
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or torch file (never unpickling code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state

@@ -1,0 +1,62 @@
+"""A small CNN for 48×48 grayscale faces that trains in seconds on a CPU.
+
+The Moravčík thesis' base model (three blocks of one 3×3 convolution and 2×2 max-pooling,
+a 160-unit dense layer, the output layer) with batch normalisation, and global average
+pooling instead of flattening so that it accepts any input size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from backbones.registry import BackboneInfo, load_state_dict_file, register_backbone
+
+
+class SmallCNN(nn.Module):
+    def __init__(
+        self, num_classes: int, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128), hidden: int = 160, dropout: float = 0.3
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = channels
+        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.neck(self.pool(self.features(x))))
+
+
+SMALL_CNN = BackboneInfo(
+    name="small_cnn",
+    family="cnn",
+    input_size=48,
+    in_chans=1,
+    channel_order="GRAY",
+    mean=(0.5,),
+    std=(0.5,),
+    description="3-block CNN (conv-BN-ReLU, max-pool; dense 160), 48×48 grayscale",
+)
+
+
+@register_backbone(SMALL_CNN)
+def build_small_cnn(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
+    model = SmallCNN(num_classes, in_chans=info.in_chans)
+    if weights_file is not None:
+        state = {k: v for k, v in load_state_dict_file(weights_file).items() if not k.startswith("classifier.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("classifier.")]:
+            raise ValueError(f"{weights_file}: not a small_cnn state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model

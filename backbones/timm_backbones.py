@@ -1,0 +1,53 @@
+"""timm-backed backbones: the paper's ImageNet networks and any ``timm:<name>`` model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from backbones.registry import BackboneInfo, register_backbone
+
+
+def timm_info(name: str, timm_name: str, description: str = "") -> BackboneInfo:
+    """Metadata from timm's pretrained config (input size, normalisation, weight source)."""
+    cfg = timm.models.get_pretrained_cfg(timm_name) if "." in timm_name else None
+    if cfg is None:
+        model_name = timm_name.split(".")[0]
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    full_name = timm_name if "." in timm_name else f"{timm_name}.{cfg['tag']}" if cfg.get("tag") else timm_name
+    hub = cfg.get("hf_hub_id")
+    return BackboneInfo(
+        name=name,
+        family="timm",
+        input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
+        in_chans=3,
+        channel_order="RGB",
+        mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+        pretrained_sources=(f"hf-hub:{hub}",) if hub else (),
+        description=description or f"timm {full_name}",
+        timm_name=full_name,
+    )
+
+
+def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
+    """Create the timm model; with a weights file, load it through timm (classifier re-initialised)."""
+    if weights_file is None:
+        return timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
+    return timm.create_model(
+        info.timm_name,
+        pretrained=True,
+        num_classes=num_classes,
+        pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
+    )
+
+
+register_backbone(
+    timm_info("resnet50", "resnet50.a1_in1k", "ResNet-50 (timm resnet50), ImageNet-1k pretrained")
+)(build_timm)
+register_backbone(
+    timm_info("mobilenet_v1", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1 1.0 (timm mobilenetv1_100), ImageNet-1k")
+)(build_timm)

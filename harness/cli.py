@@ -1,0 +1,126 @@
+"""``ferbench`` command line: run studies, re-render reports, list backbones.
+
+Bad input ends with one message and exit code 2; nothing is written before the spec and the
+preflight pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferbench", description="Benchmark facial-emotion-recognition backbones on Ray Tune.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a study (default: the built-in quick study)")
+    run.add_argument("study", nargs="?", default="quick", help="built-in study name or a YAML file (default: quick)")
+    run.add_argument("--study", dest="study_option", metavar="STUDY", help="same as the positional STUDY")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec value, e.g. --set train.epochs=5 --set grid.seed=[0,1,2]")
+    run.add_argument("--storage", help="results root directory (same as --set run.storage=DIR)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the newest experiment of this study under the storage (or --set run.name=NAME)")
+    run.add_argument("--print-spec", action="store_true", help="print the resolved spec as YAML and exit")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own progress tables and logs")
+
+    report = commands.add_parser("report", help="re-render the report of an experiment folder")
+    report.add_argument("experiment_dir", type=Path)
+
+    backbones = commands.add_parser("backbones", help="list the registered backbones")
+    backbones.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"ferbench: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.experiment import latest_experiment
+    from harness.preflight import PreflightError
+    from harness.spec import SpecError, load_spec, spec_to_yaml
+
+    study = args.study_option or args.study
+    overrides = list(args.overrides) + ([f"run.storage={args.storage}"] if args.storage else [])
+    try:
+        spec = load_spec(study, overrides)
+    except SpecError as err:
+        return _fail(str(err).replace("\n", "\nferbench: error: "))
+    if args.print_spec:
+        print(spec_to_yaml(spec), end="")
+        return EXIT_OK
+
+    storage = Path(spec.run.storage).expanduser().resolve()
+    experiment_dir = None
+    if args.resume:
+        experiment_dir = storage / spec.run.name if spec.run.name else latest_experiment(storage, spec.study)
+        if experiment_dir is None or not experiment_dir.exists():
+            return _fail(f"--resume: no experiment of study {spec.study!r} under {storage}; run it without --resume first")
+
+    from harness.engine import run_study
+
+    try:
+        outcome = run_study(spec, experiment_dir=experiment_dir, resume=args.resume, verbose=args.verbose, command=sys.argv)
+    except (PreflightError, FileExistsError, FileNotFoundError) as err:
+        return _fail(str(err).replace("\n", "\nferbench: error: "))
+    statuses = list(outcome.statuses.values())
+    summary = ", ".join(f"{statuses.count(s)} {s}" for s in ("completed", "failed", "unavailable", "incomplete") if s in statuses)
+    print(f"Done: {summary}.")
+    print(f"Report: {outcome.report_dir / 'report.md'}")
+    if not outcome.finished:
+        print(f"The study was interrupted. Continue it with: ferbench run {study} --resume --storage {storage}")
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_TRIALS if "failed" in statuses else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports import build_report
+
+    try:
+        report_dir = build_report(args.experiment_dir.resolve())
+    except FileNotFoundError as err:
+        return _fail(str(err))
+    print(f"Report: {report_dir / 'report.md'}")
+    return EXIT_OK
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from backbones import count_parameters, create_backbone, get_backbone_info, list_backbones
+
+    rows = []
+    for name in list_backbones():
+        info = get_backbone_info(name)
+        params = count_parameters(create_backbone(name, num_classes=7))["params_total"]
+        rows.append({"name": name, "family": info.family, "input_size": info.input_size, "channels": info.channel_order,
+                     "params": params, "pretrained": list(info.pretrained_sources), "description": info.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'name':<14}{'family':<8}{'input':>6}{'params (7 classes)':>20}  description")
+        for row in rows:
+            print(f"{row['name']:<14}{row['family']:<8}{row['input_size']:>6}{row['params']:>20,}  {row['description']}")
+        print("Any timm model is available as timm:<name>, e.g. timm:convnext_tiny.")
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nferbench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The experiment folder: where a study's inputs, Tune's trials and the report live.
+
+    <storage>/<name>/
+        ferbench/manifest.json   resolved spec, versions, git commit, dataset fingerprint, hardware
+        ferbench/spec.yaml       the resolved study spec (what --resume re-runs)
+        ferbench/splits.npz      train/val/test indices used by every trial and by the report
+        ferbench/grid.json       every grid arm with its preflight status
+        <arm_id>_<trial_id>/     Tune trial folders: result.json, checkpoints, test_predictions.npz
+        report/                  report.md, tables/*.csv
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from harness.atomic import atomic_write_json, atomic_write_text
+from harness.preflight import Preflight
+from harness.spec import StudySpec, spec_to_yaml
+from harness.splits import save_splits
+
+FERBENCH_DIR = "ferbench"
+PACKAGES = ("ferbench", "torch", "torchvision", "ray", "timm", "torchmetrics", "numpy", "pandas", "deepface")
+
+
+def experiment_paths(experiment_dir: Path) -> dict[str, Path]:
+    meta = Path(experiment_dir) / FERBENCH_DIR
+    return {
+        "manifest": meta / "manifest.json",
+        "spec": meta / "spec.yaml",
+        "splits": meta / "splits.npz",
+        "grid": meta / "grid.json",
+        "report": Path(experiment_dir) / "report",
+    }
+
+
+def is_experiment(path: Path) -> bool:
+    return experiment_paths(path)["grid"].is_file()
+
+
+def default_experiment_name(spec: StudySpec) -> str:
+    return f"{spec.study}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_experiment(storage: Path, study: str) -> Path | None:
+    """The most recently started experiment of ``study`` under ``storage`` (for ``--resume``)."""
+    candidates = [p for p in Path(storage).glob(f"{study}-*") if is_experiment(p)]
+    return max(candidates, key=lambda p: experiment_paths(p)["manifest"].stat().st_mtime, default=None)
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _hardware() -> dict:
+    import torch
+
+    hardware = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    try:
+        hardware["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return hardware
+
+
+def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Preflight, command: list[str]) -> None:
+    """Record what the study runs on, before the first trial starts."""
+    paths = experiment_paths(experiment_dir)
+    dataset = preflight.dataset
+    save_splits(paths["splits"], preflight.splits)
+    atomic_write_text(paths["spec"], spec_to_yaml(spec))
+    atomic_write_json(paths["grid"], preflight.arms)
+    atomic_write_json(
+        paths["manifest"],
+        {
+            "study": spec.study,
+            "experiment": Path(experiment_dir).name,
+            "created": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command,
+            "spec": spec.model_dump(mode="json"),
+            "versions": _package_versions(),
+            "git_commit": _git_commit(),
+            "hardware": _hardware(),
+            "dataset": {
+                "name": dataset.name,
+                "images": len(dataset),
+                "image_size": list(dataset.image_size),
+                "channels": dataset.channels,
+                "class_names": list(dataset.class_names),
+                "fingerprint_sha256": dataset.fingerprint(),
+            },
+            "split_class_counts": {
+                name: dict(zip(dataset.class_names, dataset.class_counts(idx).tolist()))
+                for name, idx in preflight.splits.items()
+            },
+            "weights": {b: {"file": f, "source": preflight.weight_sources[b]} for b, f in preflight.weight_files.items()},
+        },
+    )
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def read_stored_spec(experiment_dir: Path) -> StudySpec:
+    return StudySpec.model_validate(yaml.safe_load(experiment_paths(experiment_dir)["spec"].read_text()))

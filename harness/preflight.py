@@ -1,0 +1,108 @@
+"""Preflight on the driver: everything knowable before the first trial, checked at once.
+
+Loads the dataset, computes the splits and resolves every pretrained weight the grid needs.
+All problems are collected and reported together, in one message, before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backbones import resolve_pretrained
+from harness.dataset import FerDataset
+from harness.loaders import DataError, load_dataset
+from harness.spec import StudySpec
+from harness.splits import stratified_split
+
+
+class PreflightError(RuntimeError):
+    """One or more problems that stop the study before it starts; ``str()`` lists them all."""
+
+
+@dataclass
+class Preflight:
+    dataset: FerDataset
+    splits: dict[str, np.ndarray]
+    arms: list[dict]  # every grid arm, with "status": "scheduled" | "unavailable" and "reason"
+    weight_files: dict[str, str] = field(default_factory=dict)
+    weight_sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runnable_arms(self) -> list[dict]:
+        return [arm for arm in self.arms if arm["status"] == "scheduled"]
+
+
+def resolve_weights(spec: StudySpec) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(files, sources, problems) for every backbone that has a pretrained arm."""
+    files, sources, problems = {}, {}, {}
+    needed = sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
+    for backbone in needed:
+        status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
+        if status.available:
+            files[backbone], sources[backbone] = status.path, status.source
+        else:
+            problems[backbone] = status.message
+    return files, sources, problems
+
+
+def check_splits(dataset: FerDataset, splits: dict[str, np.ndarray]) -> list[str]:
+    problems = []
+    for name, indices in splits.items():
+        if len(indices) == 0:
+            problems.append(f"split.ratios: the {name} split is empty; use more data or larger ratios")
+    missing = [dataset.class_names[c] for c in np.flatnonzero(dataset.class_counts(splits["train"]) == 0)]
+    if missing:
+        problems.append(f"data: class(es) {', '.join(missing)} have no training images; check the labels")
+    return problems
+
+
+def check_local_resources(spec: StudySpec) -> list[str]:
+    """A trial asking for more than a local machine has would wait forever; say so now.
+
+    When attached to a cluster (``RAY_ADDRESS``) the autoscaler may still add such nodes.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return []
+    import torch
+
+    problems = []
+    gpus = torch.cuda.device_count()
+    if spec.resources.gpu > gpus:
+        problems.append(
+            f"resources.gpu: each trial asks for {spec.resources.gpu} GPU but this machine has {gpus}; "
+            f"use --set resources.gpu=0 here, or submit the study to a GPU cluster"
+        )
+    cpus = os.cpu_count() or 1
+    if spec.resources.cpu > cpus:
+        problems.append(f"resources.cpu: each trial asks for {spec.resources.cpu} CPUs but this machine has {cpus}; use --set resources.cpu={cpus}")
+    return problems
+
+
+def run_preflight(spec: StudySpec) -> Preflight:
+    problems: list[str] = check_local_resources(spec)
+    files, sources, weight_problems = resolve_weights(spec)
+    dataset = splits = None
+    try:
+        dataset = load_dataset(spec.data)
+        splits = stratified_split(dataset.labels, spec.split.ratios, spec.split.seed)
+        problems += check_splits(dataset, splits)
+    except (DataError, ValueError) as err:
+        problems.append(str(err))
+    if weight_problems and not spec.run.allow_unavailable:
+        problems += list(weight_problems.values())
+        problems.append(
+            "run.allow_unavailable=false: fix the weights above, or pass --set run.allow_unavailable=true "
+            "to record those arms as 'unavailable' and run the rest"
+        )
+    if problems:
+        raise PreflightError("\n".join(problems))
+    arms = []
+    for arm in spec.arms():
+        missing = arm["init"] == "pretrained" and arm["backbone"] in weight_problems
+        arms.append(
+            {**arm, "status": "unavailable" if missing else "scheduled", "reason": weight_problems[arm["backbone"]] if missing else ""}
+        )
+    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources)

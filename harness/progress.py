@@ -1,0 +1,76 @@
+"""Concise console progress: one line per finished epoch or trial, with an estimate of time left.
+
+Replaces Ray's periodic status tables (still available with ``--verbose``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from ray.tune import Callback
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+class ProgressPrinter(Callback):
+    """Prints ``[done/total trials | elapsed | ~left] arm epoch e/E train … val …`` lines."""
+
+    def __init__(self, total_trials: int, epochs: int, already_finished: int = 0):
+        self.total_trials = total_trials
+        self.already_finished = already_finished
+        self.epochs = epochs
+        self.start = time.monotonic()
+        self.last_epoch: dict[str, int] = {}  # trial id → newest epoch seen
+        self.finished: dict[str, str] = {}  # trial id → "completed" | "failed"
+        self.epochs_at_start: int | None = None
+
+    def _epochs_done(self) -> int:
+        return sum(self.last_epoch.values()) + self.already_finished * self.epochs
+
+    @property
+    def trials_finished(self) -> int:
+        return self.already_finished + len(self.finished)
+
+    def _prefix(self) -> str:
+        elapsed = time.monotonic() - self.start
+        done = self._epochs_done()
+        remaining = self.total_trials * self.epochs - done
+        progressed = done - (self.epochs_at_start or 0)
+        left = f"~{format_duration(elapsed / progressed * remaining)} left" if progressed > 0 and remaining > 0 else "--:-- left"
+        return f"[{self.trials_finished}/{self.total_trials} trials | {format_duration(elapsed)} elapsed | {left}]"
+
+    def _print(self, line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        epoch = int(result.get("epoch", 0))
+        if self.epochs_at_start is None:
+            self.epochs_at_start = self._epochs_done()
+        self.last_epoch[trial.trial_id] = epoch
+        arm = trial.config["arm"]["arm_id"]
+        speed = f" | {result['train_images_per_s']:.0f} img/s" if epoch > 0 else ""
+        self._print(
+            f"{self._prefix()} {arm} epoch {epoch}/{self.epochs} "
+            f"train acc {result['train_acc']:.3f} loss {result['train_loss']:.3f} | "
+            f"val acc {result['val_acc']:.3f} loss {result['val_loss']:.3f}{speed}"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.finished[trial.trial_id] = "completed"
+        self.last_epoch[trial.trial_id] = self.epochs
+        result = trial.last_result or {}
+        test = f": test acc {result['test_acc']:.3f}, macro F1 {result['test_macro_f1']:.3f}" if "test_acc" in result else ""
+        self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} completed{test}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.finished[trial.trial_id] = "failed"
+        self.last_epoch[trial.trial_id] = self.epochs
+        self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} FAILED (error in {trial.path})")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} failed, retrying from its last checkpoint")
+

@@ -1,0 +1,259 @@
+"""Study specification: YAML study files plus ``--set key=value`` overrides, validated up front.
+
+A study is a grid (backbone × init × variant × seed) over one dataset with one training
+recipe. Everything is validated here, before Ray starts, so that a typo costs a second,
+not a cluster-hour. Errors are reported as one line per problem naming the key, the bad
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUILTIN_STUDY_PACKAGE = "harness.studies"
+VARIANTS = ("baseline",)
+INITS = ("random", "pretrained")
+GRID_AXES = ("backbone", "init", "variant", "seed")
+
+
+class SpecError(ValueError):
+    """A study spec is invalid; ``str()`` is the user-facing message (one line per problem)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Strict):
+    name: str = Field("synthfer", description="dataset loader (see `harness.loaders.DATASETS`)")
+    path: str | None = Field(None, description="file or folder of a real dataset")
+    num_images: int = Field(5000, ge=7, description="SynthFER: images to generate")
+    image_size: int = Field(48, ge=16, le=256, description="SynthFER: side length in pixels")
+    label_noise: float = Field(0.05, ge=0.0, lt=1.0, description="SynthFER: fraction of flipped labels")
+    seed: int = Field(0, description="SynthFER: generation seed")
+
+
+class SplitSpec(_Strict):
+    ratios: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="train/val/test fractions")
+    seed: int = Field(42, description="random_state of the stratified split")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, ratios: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r <= 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"must be three positive fractions summing to 1, got {list(ratios)}")
+        return ratios
+
+
+class GridSpec(_Strict):
+    backbone: list[str] = Field(min_length=1)
+    init: list[Literal["random", "pretrained"]] = Field(["random"], min_length=1)
+    variant: list[Literal["baseline"]] = Field(["baseline"], min_length=1)
+    seed: list[int] = Field([0], min_length=1)
+    exclude: list[dict[str, Any]] = Field(default_factory=list, description="partial arms to leave out")
+
+    @field_validator("backbone", "init", "variant", "seed")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude_keys(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for rule in rules:
+            unknown = set(rule) - set(GRID_AXES)
+            if unknown or not rule:
+                raise ValueError(f"each rule names grid axes {list(GRID_AXES)}, got {rule}")
+        return rules
+
+
+class AugmentSpec(_Strict):
+    enabled: bool = True
+    hflip: bool = True
+    rotation_deg: float = Field(10.0, ge=0, le=180)
+    zoom: float = Field(0.1, ge=0, lt=1, description="scale drawn from [1-zoom, 1+zoom]")
+    translate: float = Field(0.1, ge=0, lt=1, description="shift as a fraction of the image side")
+    shear_deg: float = Field(0.0, ge=0, le=60)
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    input_size: int | Literal["native", "data"] = Field(
+        "native", description="'native' = the backbone's own size, 'data' = the images' size, or pixels"
+    )
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    deterministic: bool = Field(True, description="deterministic kernels (identical reruns on CPU)")
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 16 <= value <= 1024:
+            raise ValueError(f"must be between 16 and 1024 pixels, 'native' or 'data', got {value}")
+        return value
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1, gt=0, description="CPUs per trial (also torch threads)")
+    gpu: float = Field(0, ge=0, description="GPUs per trial; fractions share one GPU")
+
+
+class RunSpec(_Strict):
+    storage: str = Field("ferbench_results", description="results root: a directory (s3:// later)")
+    name: str | None = Field(None, description="experiment name; default <study>-<timestamp>")
+    max_failures: int = Field(2, ge=0, description="retries per trial, each resuming from its checkpoint")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per trial")
+    allow_unavailable: bool = Field(
+        False, description="record arms whose pretrained weights are missing as 'unavailable' instead of stopping"
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="trials running at once (default: as resources allow)")
+
+
+class WeightsSpec(_Strict):
+    dir: str | None = Field(None, description="folder searched for <backbone>.safetensors|.pth files")
+    files: dict[str, str] = Field(default_factory=dict, description="backbone name → weight file")
+
+
+class StudySpec(_Strict):
+    study: str = Field(description="study name, used for the experiment folder")
+    description: str = ""
+    data: DataSpec = Field(default_factory=DataSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    grid: GridSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+    weights: WeightsSpec = Field(default_factory=WeightsSpec)
+
+    @model_validator(mode="after")
+    def _names_exist(self) -> "StudySpec":
+        from backbones import is_known_backbone, list_backbones
+        from harness.loaders import DATASETS
+
+        problems = []
+        for index, name in enumerate(self.grid.backbone):
+            if not is_known_backbone(name):
+                problems.append(
+                    f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
+                )
+        if self.data.name not in DATASETS:
+            problems.append(f"data.name: unknown dataset {self.data.name!r}; allowed: {', '.join(DATASETS)}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        if not self.arms():
+            raise ValueError("grid: every arm is excluded by grid.exclude; the grid is empty")
+        return self
+
+    def arms(self) -> list[dict[str, Any]]:
+        """The grid cells in a stable order, with ``grid.exclude`` applied."""
+        cells = []
+        for backbone, init, variant, seed in itertools.product(
+            self.grid.backbone, self.grid.init, self.grid.variant, self.grid.seed
+        ):
+            cell = {"backbone": backbone, "init": init, "variant": variant, "seed": seed}
+            if any(all(cell.get(k) == v for k, v in rule.items()) for rule in self.grid.exclude):
+                continue
+            cell["arm_id"] = arm_id(cell)
+            cells.append(cell)
+        return cells
+
+
+def arm_id(cell: dict[str, Any]) -> str:
+    """A readable, filesystem-safe key of one grid arm."""
+    backbone = str(cell["backbone"]).replace(":", "-").replace("/", "-")
+    return f"{backbone}_{cell['init']}_{cell['variant']}_s{cell['seed']}"
+
+
+def builtin_studies() -> list[str]:
+    folder = resources.files(BUILTIN_STUDY_PACKAGE)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_study_yaml(study: str) -> tuple[dict, str]:
+    """Load a built-in study by name or a YAML file by path."""
+    if study in builtin_studies():
+        text = resources.files(BUILTIN_STUDY_PACKAGE).joinpath(f"{study}.yaml").read_text()
+        source = f"built-in study {study!r}"
+    else:
+        path = Path(study)
+        if not path.is_file():
+            raise SpecError(
+                f"study {study!r}: neither a built-in study ({', '.join(builtin_studies())}) nor an existing YAML file"
+            )
+        text, source = path.read_text(), str(path)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{source}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: must be a YAML mapping of sections (data, grid, train, …)")
+    raw.setdefault("study", Path(study).stem if source != f"built-in study {study!r}" else study)
+    return raw, source
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``[1, 2]``, ``1e-4``, ``true``)."""
+    key, sep, value_text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        value = value_text
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {assignment!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "spec"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (value {problem['input']!r}); check the spelling against `ferbench run --print-spec`")
+        elif problem["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        elif "\n" in message:
+            lines.extend(message.splitlines())
+        else:
+            lines.append(f"{key}: {message} (got {problem.get('input')!r})" if key != "spec" else message)
+    return "\n".join(lines)
+
+
+def load_spec(study: str = "quick", overrides: list[str] | None = None) -> StudySpec:
+    """Resolve a study (built-in name or YAML path) with overrides into a validated spec."""
+    raw, source = _read_study_yaml(study)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_validation_error(err)) from None
+
+
+def spec_to_yaml(spec: StudySpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,98 @@
+"""One epoch of training and one evaluation pass, on batches indexed from a uint8 image tensor.
+
+The dataset never leaves its uint8 form until a batch is on the device: indexing, transfer,
+augmentation and resizing are all batched tensor operations.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.augment import InputAdapter, random_affine
+
+
+@dataclass
+class EpochStats:
+    acc: float
+    loss: float
+    images: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Batch boundaries covering ``n`` items; a trailing batch of one joins the previous batch
+    (BatchNorm cannot normalise a single sample)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    batch_size: int,
+    adapter: InputAdapter,
+    augment: dict | None,
+    generator: torch.Generator,
+    device: torch.device,
+) -> EpochStats:
+    """Train over ``indices`` in a shuffled order; accuracy and loss are running averages over the
+    epoch's batches (weighted by batch size), as Keras reports them."""
+    model.train()
+    order = indices[torch.randperm(len(indices), generator=generator)]
+    correct = 0
+    loss_sum = 0.0
+    start = time.perf_counter()
+    for lo, hi in batch_bounds(len(order), batch_size):
+        batch_idx = order[lo:hi]
+        x = adapter(images[batch_idx].to(device, non_blocking=True))
+        if augment:
+            x = random_affine(x, generator, **augment)
+        y = labels[batch_idx].to(device, non_blocking=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+    seconds = time.perf_counter() - start
+    n = len(order)
+    return EpochStats(acc=correct / n, loss=loss_sum / n, images=n, seconds=seconds)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    batch_size: int,
+    adapter: InputAdapter,
+    device: torch.device,
+) -> torch.Tensor:
+    """Logits for ``indices`` in order, in eval mode (no augmentation), on the CPU."""
+    model.eval()
+    outputs = [
+        model(adapter(images[indices[lo:hi]].to(device, non_blocking=True))).float().cpu()
+        for lo, hi in batch_bounds(len(indices), batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def accuracy_and_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    return float((logits.argmax(1) == targets).float().mean()), float(F.cross_entropy(logits, targets))

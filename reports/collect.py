@@ -1,0 +1,115 @@
+"""Read an experiment folder into tidy tables, with no Ray cluster needed.
+
+Every grid arm appears, whatever happened to it: ``completed``, ``failed`` (with its error),
+``unavailable`` (found in preflight, e.g. weights missing offline) or ``incomplete``
+(interrupted; ``--resume`` finishes it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.experiment import experiment_paths, read_json
+
+ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
+EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s"]
+TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_balanced_acc"]
+
+
+def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
+    candidates = [p for p in experiment_dir.glob(f"{arm_id}_*") if (p / "params.json").is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def read_epochs(trial_dir: Path) -> pd.DataFrame:
+    """The trial's reported rows, one per epoch (a restored trial may replay one: the last wins)."""
+    result_file = trial_dir / "result.json"
+    rows = []
+    if result_file.is_file():
+        for line in result_file.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a crash mid-write
+                    continue
+    frame = pd.DataFrame(rows)
+    if frame.empty or "epoch" not in frame:
+        return pd.DataFrame(columns=["epoch", "trial_id"])
+    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+
+
+def _error_text(trial_dir: Path) -> str:
+    error_file = trial_dir / "error.txt"
+    if not error_file.is_file():
+        return ""
+    lines = [line for line in error_file.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "unknown error"
+
+
+def _arm_status(epochs: pd.DataFrame, trial_dir: Path | None, total_epochs: int) -> tuple[str, str]:
+    if trial_dir is None:
+        return "incomplete", ""
+    finished = not epochs.empty and epochs["epoch"].max() >= total_epochs and "test_acc" in epochs
+    if finished and pd.notna(epochs["test_acc"].iloc[-1]):
+        return "completed", ""
+    error = _error_text(trial_dir)
+    return ("failed", error) if error else ("incomplete", "")
+
+
+def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(epochs, trials) tables as specified in DESIGN.md."""
+    experiment_dir = Path(experiment_dir)
+    paths = experiment_paths(experiment_dir)
+    total_epochs = read_json(paths["manifest"])["spec"]["train"]["epochs"]
+    epoch_frames, trial_rows = [], []
+    for arm in read_json(paths["grid"]):
+        arm_fields = {k: arm[k] for k in ARM_COLUMNS[1:]}
+        if arm["status"] == "unavailable":
+            trial_rows.append({"trial_id": "", **arm_fields, "status": "unavailable", "error": arm["reason"]})
+            continue
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"])
+        epochs = read_epochs(trial_dir) if trial_dir else pd.DataFrame(columns=["epoch"])
+        status, error = _arm_status(epochs, trial_dir, total_epochs)
+        trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
+        if not epochs.empty:
+            frame = epochs.reindex(columns=["epoch", *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
+            epoch_frames.append(frame[ARM_COLUMNS + ["epoch", *EPOCH_METRICS]])
+        trial_rows.append({"trial_id": trial_id, **arm_fields, "status": status, "error": error, **_trial_summary(epochs)})
+    epochs_table = (
+        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=ARM_COLUMNS + ["epoch", *EPOCH_METRICS])
+    )
+    return epochs_table, pd.DataFrame(trial_rows)
+
+
+def _trial_summary(epochs: pd.DataFrame) -> dict:
+    if epochs.empty:
+        return {"epochs_done": 0}
+    trained = epochs[epochs["epoch"] > 0]
+    last = epochs.iloc[-1]
+    best = epochs.loc[epochs["val_acc"].idxmax()]
+    summary = {
+        "epochs_done": int(epochs["epoch"].max()),
+        "input_size": last.get("input_size"),
+        "params_total": last.get("params_total"),
+        "params_trainable": last.get("params_trainable"),
+        "final_train_acc": last["train_acc"],
+        "final_train_loss": last["train_loss"],
+        "final_val_acc": last["val_acc"],
+        "final_val_loss": last["val_loss"],
+        "best_val_acc": best["val_acc"],
+        "best_epoch": int(best["epoch"]),
+        "train_images_per_s": float(np.nanmean(trained["train_images_per_s"])) if len(trained) else np.nan,
+        "train_time_s": float(trained["epoch_time_s"].sum()) if len(trained) else 0.0,
+    }
+    summary.update({name: last.get(name, np.nan) for name in TEST_METRICS})
+    return summary
+
+
+def trial_statuses(experiment_dir: Path) -> dict[str, str]:
+    _, trials = collect(experiment_dir)
+    return dict(zip(trials["arm_id"], trials["status"]))

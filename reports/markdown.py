@@ -1,0 +1,101 @@
+"""Render the study report as Markdown: grid, arm statuses, final metrics, split class counts."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    if frame.empty:
+        return "_none_\n"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_fmt(v, digits).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
+    columns = {
+        "arm_id": "arm", "status": "status", "epochs_done": "epochs", "input_size": "input",
+        "final_val_acc": "val acc", "best_val_acc": "best val acc", "best_epoch": "best epoch",
+        "test_acc": "test acc", "test_macro_f1": "test macro F1", "train_images_per_s": "train img/s",
+        "train_time_s": "train s",
+    }
+    table = trials.reindex(columns=list(columns)).rename(columns=columns)
+    return table
+
+
+def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
+    spec = manifest["spec"]
+    dataset = manifest["dataset"]
+    grid = spec["grid"]
+    counts = trials["status"].value_counts()
+    status_line = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts)
+    lines = [
+        f"# FERBench report — {manifest['study']} ({manifest['experiment']})",
+        "",
+        f"Created {manifest['created']}. {len(trials)} arms: {status_line}.",
+        "",
+        "## Study",
+        "",
+        f"- Dataset: **{dataset['name']}**, {dataset['images']} images "
+        f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
+        f"classes {', '.join(dataset['class_names'])}",
+        f"- Split: stratified train/val/test {spec['split']['ratios']} (seed {spec['split']['seed']})",
+        f"- Grid: backbone {grid['backbone']} × init {grid['init']} × variant {grid['variant']} × seed {grid['seed']}"
+        + (f", excluding {grid['exclude']}" if grid["exclude"] else ""),
+        f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "
+        f"batch {spec['train']['batch_size']}, input size {spec['train']['input_size']}, "
+        f"augmentation {'on' if spec['train']['augment']['enabled'] else 'off'}",
+        f"- Resources per trial: {spec['resources']['cpu']} CPU, {spec['resources']['gpu']} GPU",
+        "",
+        "## Arms",
+        "",
+        markdown_table(_arms_table(trials)),
+        "Accuracy and loss are on the validation split after the last epoch; test metrics on the test "
+        "split with the final model; `train img/s` is the mean training throughput over epochs.",
+        "",
+    ]
+    problems = trials[trials["status"].isin(["failed", "unavailable", "incomplete"])]
+    if not problems.empty:
+        lines += ["## Arms that did not complete", ""]
+        for row in problems.itertuples(index=False):
+            reason = row.error or ("interrupted; run again with --resume to finish it" if row.status == "incomplete" else "")
+            lines.append(f"- `{row.arm_id}` — **{row.status}**: {reason}")
+        lines.append("")
+    split_counts = pd.DataFrame(manifest["split_class_counts"]).rename_axis("class").reset_index()
+    split_counts.loc[len(split_counts)] = ["total", *split_counts.iloc[:, 1:].sum().tolist()]
+    lines += [
+        "## Class counts per split",
+        "",
+        markdown_table(split_counts),
+        "## Metrics",
+        "",
+        "- `train_acc` / `train_loss`: running average over the epoch's batches (as Keras reports it); "
+        "epoch 0 is a clean pass of the untrained model.",
+        "- `val_*`: evaluation pass on the validation split after each epoch.",
+        "- Test macro F1 and balanced accuracy: torchmetrics, averaged over classes.",
+        "",
+        "## Reproducibility",
+        "",
+        f"- Dataset fingerprint (SHA-256 of pixels and labels): `{dataset['fingerprint_sha256']}`",
+        f"- Git commit: `{manifest.get('git_commit') or 'unknown'}`",
+        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
+        f"- Hardware: {manifest['hardware'].get('processor')}, {manifest['hardware'].get('cpu_count')} CPUs, "
+        f"{manifest['hardware'].get('memory_gb', '?')} GiB, GPUs: {manifest['hardware'].get('cuda_devices') or 'none'}",
+        "- Tables: `tables/epochs.csv` (one row per trial × epoch), `tables/trials.csv` (one row per arm).",
+        "",
+    ]
+    return "\n".join(lines)
