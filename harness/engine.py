@@ -60,7 +60,7 @@ def _trial_dirname(trial) -> str:
 def _build_trainable(spec: StudySpec, preflight: Preflight):
     from ray import tune
 
-    from harness.trainable import StudyPayload, run_trial
+    from harness.trainable import StudyPayload, fault_injection_from_env, run_trial
 
     dataset = preflight.dataset
     payload = StudyPayload(
@@ -70,6 +70,7 @@ def _build_trainable(spec: StudySpec, preflight: Preflight):
         class_names=dataset.class_names,
         splits=preflight.splits,
         weight_files=preflight.weight_files,
+        fault_injection=fault_injection_from_env(),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.with_resources(tune.with_parameters(run_trial, payload=payload), resources)

@@ -93,7 +93,7 @@ def _nuisance(rng: np.random.Generator, n: int, occlusion_rate: float) -> dict[s
     u = lambda lo, hi: rng.uniform(lo, hi, n).astype(np.float32)  # noqa: E731
     angle = np.clip(rng.normal(0.0, 0.1, n), -0.3, 0.3).astype(np.float32)
     ang_l, ang_b = u(0, 2 * np.pi), u(0, 2 * np.pi)
-    return dict(cos=np.cos(angle), sin=np.sin(angle), yaw=u(-0.06, 0.06), zoom=u(1.0, 1.2),
+    return dict(cos=np.cos(angle), sin=np.sin(angle), yaw=u(-0.06, 0.06), zoom=u(1.12, 1.3),
                 tx=u(-0.08, 0.08), ty=u(-0.06, 0.08), bg=u(0.05, 0.95), bg_grad=u(-0.3, 0.3),
                 gain=u(0.7, 1.25), light=u(0.0, 0.35), lx=np.cos(ang_l), ly=np.sin(ang_l),
                 bgx=np.cos(ang_b), bgy=np.sin(ang_b), blur=u(0.2, 0.8), noise=u(0.005, 0.035),
@@ -140,14 +140,14 @@ def _draw_face(img: np.ndarray, u: np.ndarray, v: np.ndarray, aa, p: dict) -> No
     # brows: AU1 lifts the inner end, AU2 the outer end, AU4 lowers and slants them inward
     bw = ew * 1.3
     t = (uf - (ex - bw)) / (2 * bw)
-    brow_y = (ey - p["brow_gap"] + 0.05 * au["AU4"] - 0.09 * au["AU1"] * (1 - t) - 0.08 * au["AU2"] * t
-              + 0.04 * au["AU4"] * (1 - t) - p["brow_arch"] * 4 * t * (1 - t))
+    brow_y = (ey - p["brow_gap"] + 0.05 * au["AU4"] - 0.13 * au["AU1"] * (1 - t) - 0.12 * au["AU2"] * t
+              + 0.06 * au["AU4"] * (1 - t) - p["brow_arch"] * 4 * t * (1 - t))
     brow = np.maximum(np.abs(v - brow_y) - 0.5 * p["brow_t"] * (1.2 - 0.5 * t), np.maximum(-t, t - 1) * 2 * bw)
     _paint(img, brow, aa, p["brow_tone"])
     frown = np.maximum(np.abs(uf - 0.035) - 0.006, np.abs(v - (ey - 0.06)) - 0.04)
     _paint(img, frown, aa, skin * 0.55, alpha=au["AU4"] * 0.9)
     # eyes: AU5 widens, AU6/AU4/AU9 narrow
-    opening = np.clip(1 + 1.0 * au["AU5"] + 0.2 * au["AU1"] - 0.6 * au["AU6"] - 0.35 * au["AU4"] - 0.2 * au["AU9"], 0.2, 2.4)
+    opening = np.clip(1 + 1.2 * au["AU5"] + 0.2 * au["AU1"] - 0.6 * au["AU6"] - 0.4 * au["AU4"] - 0.3 * au["AU9"], 0.2, 2.6)
     eye = _ellipse(uf - ex, v - ey, ew, p["eye_h"] * opening)
     _paint(img, eye, aa, 0.25 + 0.7 * skin)
     _paint(img, np.maximum(eye, np.hypot(uf - ex, v - ey) - 0.45 * ew), aa, 0.1)
@@ -164,15 +164,15 @@ def _draw_face(img: np.ndarray, u: np.ndarray, v: np.ndarray, aa, p: dict) -> No
         wrinkle = np.maximum(np.abs(v - ey - 0.01 - 0.035 * k) - 0.007, uf - 0.07)
         _paint(img, wrinkle, aa, skin * 0.45, alpha=au["AU9"])
     # mouth: AU12/AU15 curve the corners, AU25/AU26/AU10 open it, AU23 thins it, AU20 stretches it
-    my = ny + p["mouth_gap"] + 0.05 * au["AU26"]
-    mw = p["mouth_w"] * (1 + 0.25 * au["AU12"] + 0.3 * au["AU20"] - 0.25 * au["AU23"])
+    my = ny + p["mouth_gap"] + 0.04 * au["AU26"]
+    mw = p["mouth_w"] * (1 + 0.3 * au["AU12"] + 0.35 * au["AU20"] - 0.3 * au["AU23"] - 0.3 * au["AU26"])
     x2 = (uf / mw) ** 2
     shape = np.sqrt(np.clip(1 - x2, 0, 1))
-    yc = my - (0.1 * au["AU12"] - 0.08 * au["AU15"]) * x2
-    y_up = yc - (0.03 * au["AU25"] + 0.04 * au["AU10"] + 0.015 * au["AU26"]) * shape
-    y_lo = yc + (0.03 * au["AU25"] + 0.1 * au["AU26"]) * shape
+    yc = my - (0.15 * au["AU12"] - 0.12 * au["AU15"]) * x2
+    y_up = yc - (0.05 * au["AU25"] + 0.06 * au["AU10"] + 0.02 * au["AU26"]) * shape
+    y_lo = yc + (0.05 * au["AU25"] + 0.16 * au["AU26"]) * shape
     side = (np.sqrt(x2) - 1) * mw
-    fold = _segment(uf, v, 0.09, ny + 0.01, mw + 0.03, my - 0.1 * au["AU12"])
+    fold = _segment(uf, v, 0.09, ny + 0.01, mw + 0.03, my - 0.15 * au["AU12"] + 0.1 * au["AU15"])
     _paint(img, fold - 0.006, aa, skin * 0.55, alpha=np.clip(0.8 * au["AU12"] + 0.7 * au["AU9"] + 0.4 * au["AU10"], 0, 1))
     lip = p["lip_t"] * (1 - 0.75 * au["AU23"]) * shape
     _paint(img, np.maximum(np.maximum(y_up - lip - v, v - y_lo - 1.3 * lip), side), aa, skin * 0.65)

@@ -25,9 +25,15 @@ from harness.training import accuracy_and_loss, predict, train_one_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
-# Test-only fault injection: fail each arm once, right after this epoch's checkpoint.
+# Test-only fault injection, read on the driver: fail each arm once, right after the
+# checkpoint of this epoch, leaving a marker file per arm so the retry runs through.
 FAIL_ONCE_ENV = "FERBENCH_TEST_FAIL_ONCE_AT_EPOCH"
 FAIL_MARKER_ENV = "FERBENCH_TEST_FAIL_MARKER_DIR"
+
+
+def fault_injection_from_env() -> dict | None:
+    at_epoch, marker_dir = os.environ.get(FAIL_ONCE_ENV), os.environ.get(FAIL_MARKER_ENV)
+    return {"epoch": int(at_epoch), "marker_dir": marker_dir} if at_epoch and marker_dir else None
 
 
 @dataclass
@@ -40,6 +46,7 @@ class StudyPayload:
     class_names: tuple[str, ...]
     splits: dict[str, np.ndarray]
     weight_files: dict[str, str]
+    fault_injection: dict | None = None
 
 
 def resolve_input_size(spec: StudySpec, backbone: str, data_size: int) -> int:
@@ -85,11 +92,10 @@ def _load_checkpoint() -> dict | None:
         return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def _maybe_inject_failure(arm_id: str, epoch: int) -> None:
-    at_epoch, marker_dir = os.environ.get(FAIL_ONCE_ENV), os.environ.get(FAIL_MARKER_ENV)
-    if not at_epoch or not marker_dir or int(at_epoch) != epoch:
+def _maybe_inject_failure(fault: dict | None, arm_id: str, epoch: int) -> None:
+    if not fault or fault["epoch"] != epoch:
         return
-    marker = Path(marker_dir) / arm_id
+    marker = Path(fault["marker_dir"]) / arm_id
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
@@ -129,7 +135,8 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         start_epoch = state["epoch"] + 1
 
     eval_kwargs = dict(batch_size=train.eval_batch_size, adapter=adapter, device=device)
-    static = {"input_size": input_size, **count_parameters(model)}
+    # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
+    static = {"input_size": input_size, "attempt_start_epoch": start_epoch, **count_parameters(model)}
 
     for epoch in range(start_epoch, train.epochs + 1):
         if epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
@@ -156,7 +163,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
             },
             metrics,
         )
-        _maybe_inject_failure(arm["arm_id"], epoch)
+        _maybe_inject_failure(payload.fault_injection, arm["arm_id"], epoch)
 
 
 def _test_metrics(model, images, labels, test_idx, num_classes: int, eval_kwargs: dict) -> dict:

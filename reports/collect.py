@@ -105,6 +105,7 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
         "best_epoch": int(best["epoch"]),
         "train_images_per_s": float(np.nanmean(trained["train_images_per_s"])) if len(trained) else np.nan,
         "train_time_s": float(trained["epoch_time_s"].sum()) if len(trained) else 0.0,
+        "resumed_at_epochs": " ".join(str(int(e)) for e in sorted(set(epochs.get("attempt_start_epoch", pd.Series(dtype=float)).dropna())) if e > 0),
     }
     summary.update({name: last.get(name, np.nan) for name in TEST_METRICS})
     return summary

@@ -1,0 +1,27 @@
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def isolated_weights(tmp_path, monkeypatch):
+    """Empty FERBench weights folder and Hugging Face cache, so weight lookups see only what a test puts there.
+
+    huggingface_hub reads its cache location once at import, so the constant is patched too.
+    Returns ``(weights_dir, hub_cache)``.
+    """
+    import huggingface_hub.constants
+
+    weights_dir, hf_home = tmp_path / "ferbench_weights", tmp_path / "hf_home"
+    hub_cache = hf_home / "hub"
+    for folder in (weights_dir, hub_cache):
+        folder.mkdir(parents=True)
+    monkeypatch.setenv("FERBENCH_WEIGHTS_DIR", str(weights_dir))
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
+    return weights_dir, hub_cache
