@@ -95,12 +95,18 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or torch file (never unpickling code)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Read a ``.safetensors`` or torch file (never unpickling code) as a dict of tensors."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt files raise many types (SafetensorError, UnpicklingError, …)
+        raise ValueError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
     return state

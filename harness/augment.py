@@ -25,7 +25,7 @@ class InputAdapter:
     std: tuple[float, ...]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255.0)
+        x = images.float() / 255.0
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         x = self._match_channels(x)
         if x.shape[-2:] != (self.size, self.size):

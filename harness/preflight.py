@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backbones import resolve_pretrained
+from backbones import create_backbone, resolve_pretrained
 from harness.dataset import FerDataset
 from harness.loaders import DataError, load_dataset
 from harness.spec import StudySpec
@@ -41,10 +41,15 @@ def resolve_weights(spec: StudySpec) -> tuple[dict[str, str], dict[str, str], di
     needed = sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
     for backbone in needed:
         status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
-        if status.available:
-            files[backbone], sources[backbone] = status.path, status.source
-        else:
+        if not status.available:
             problems[backbone] = status.message
+            continue
+        try:  # a file that exists but does not load would otherwise fail every trial later
+            create_backbone(backbone, num_classes=2, weights_file=status.path)
+        except Exception as err:
+            problems[backbone] = f"{backbone}: weights file {status.path} does not load: {err}"
+            continue
+        files[backbone], sources[backbone] = status.path, status.source
     return files, sources, problems
 
 

@@ -9,6 +9,8 @@ value and what is allowed.
 from __future__ import annotations
 
 import itertools
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -32,11 +34,21 @@ class _Strict(BaseModel):
 
 class DataSpec(_Strict):
     name: str = Field("synthfer", description="dataset loader (see `harness.loaders.DATASETS`)")
+
     path: str | None = Field(None, description="file or folder of a real dataset")
     num_images: int = Field(5000, ge=7, description="SynthFER: images to generate")
     image_size: int = Field(48, ge=16, le=256, description="SynthFER: side length in pixels")
     label_noise: float = Field(0.05, ge=0.0, lt=1.0, description="SynthFER: fraction of flipped labels")
     seed: int = Field(0, description="SynthFER: generation seed")
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from harness.loaders import DATASETS
+
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        return name
 
 
 class SplitSpec(_Strict):
@@ -64,6 +76,20 @@ class GridSpec(_Strict):
         if len(set(values)) != len(values):
             raise ValueError(f"values must be unique, got {values}")
         return values
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbones(cls, names: list[str]) -> list[str]:
+        from backbones import is_known_backbone, list_backbones
+
+        problems = [
+            f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
+            for index, name in enumerate(names)
+            if not is_known_backbone(name)
+        ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return names
 
     @field_validator("exclude")
     @classmethod
@@ -139,22 +165,9 @@ class StudySpec(_Strict):
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
 
     @model_validator(mode="after")
-    def _names_exist(self) -> "StudySpec":
-        from backbones import is_known_backbone, list_backbones
-        from harness.loaders import DATASETS
-
-        problems = []
-        for index, name in enumerate(self.grid.backbone):
-            if not is_known_backbone(name):
-                problems.append(
-                    f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
-                )
-        if self.data.name not in DATASETS:
-            problems.append(f"data.name: unknown dataset {self.data.name!r}; allowed: {', '.join(DATASETS)}")
-        if problems:
-            raise ValueError("\n".join(problems))
+    def _grid_not_empty(self) -> "StudySpec":
         if not self.arms():
-            raise ValueError("grid: every arm is excluded by grid.exclude; the grid is empty")
+            raise ValueError(f"grid.exclude: the rules {self.grid.exclude} exclude every arm; the grid is empty")
         return self
 
     def arms(self) -> list[dict[str, Any]]:
@@ -204,22 +217,46 @@ def _read_study_yaml(study: str) -> tuple[dict, str]:
     return raw, source
 
 
+def _expects_text(keys: list[str]) -> bool:
+    """Whether the spec field at ``keys`` holds free text (names, paths), which --set keeps verbatim."""
+    model: Any = StudySpec
+    annotation: Any = None
+    for key in keys:
+        fields = getattr(model, "model_fields", None)
+        if fields is None:  # inside a dict field such as weights.files: its value type decides
+            args = typing.get_args(annotation)
+            annotation = args[1] if len(args) == 2 else None
+        elif key in fields:
+            annotation = fields[key].annotation
+        else:
+            return False
+        model = annotation
+    if annotation is str:
+        return True
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return is_union and set(typing.get_args(annotation)) <= {str, type(None)}
+
+
 def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``[1, 2]``, ``1e-4``, ``true``)."""
+    """Apply one ``a.b.c=value`` override. Values are YAML (``[1, 2]``, ``1e-4``, ``true``), except
+    for text fields (names, paths), which are taken as written."""
     key, sep, value_text = assignment.partition("=")
-    if not sep or not key.strip():
-        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
-    try:
-        value = yaml.safe_load(value_text)
-    except yaml.YAMLError:
-        value = value_text
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    node = raw
     parts = key.strip().split(".")
+    if not sep or not key.strip() or not all(parts):
+        raise SpecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    if _expects_text(parts) and value_text not in ("null", "~", ""):
+        value: Any = value_text
+    else:
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError:
+            value = value_text
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+    node = raw
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
@@ -231,16 +268,21 @@ def apply_override(raw: dict, assignment: str) -> None:
 def _format_validation_error(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
-        key = ".".join(str(p) for p in problem["loc"]) or "spec"
+        loc = [str(p) for p in problem["loc"]]
+        key = ".".join(loc) or "spec"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (value {problem['input']!r}); check the spelling against `ferbench run --print-spec`")
+        elif problem["type"] == "missing" and loc and loc[-1].isdigit():
+            lines.append(f"{'.'.join(loc[:-1])}: too few values, got {problem['input']!r}")
         elif problem["type"] == "missing":
             lines.append(f"{key}: required key is missing")
-        elif "\n" in message:
+        elif not loc or "\n" in message or message.startswith(key):
             lines.extend(message.splitlines())
+        elif "got " in message:
+            lines.append(f"{key}: {message}")
         else:
-            lines.append(f"{key}: {message} (got {problem.get('input')!r})" if key != "spec" else message)
+            lines.append(f"{key}: {message} (got {problem.get('input')!r})")
     return "\n".join(lines)
 
 

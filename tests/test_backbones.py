@@ -1,0 +1,267 @@
+"""Backbone registry, builders, loading pretrained weights from files, and offline weight resolution."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from backbones import (
+    count_parameters,
+    create_backbone,
+    get_backbone_info,
+    is_known_backbone,
+    list_backbones,
+    resolve_pretrained,
+)
+from backbones.small_cnn import SmallCNN
+from harness.cli import main
+
+BUILT_IN = ("small_cnn", "mobilenet_v1", "resnet50")
+MOBILENET_HUB_ID = "timm/mobilenetv1_100.ra4_e3600_r224_in1k"
+
+
+def save_state_dict(model: torch.nn.Module, path) -> None:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def test_registry_lists_built_in_backbones():
+    names = list_backbones()
+    assert set(BUILT_IN) <= set(names)
+    assert names == sorted(names)
+    for name in BUILT_IN:
+        assert is_known_backbone(name)
+    assert is_known_backbone("timm:resnet18")
+    assert is_known_backbone("timm:resnet18.a1_in1k")
+    assert not is_known_backbone("timm:no_such_model_xyz")
+    assert not is_known_backbone("resnet18")  # timm models need the prefix
+    assert not is_known_backbone("")
+
+
+@pytest.mark.parametrize("name", [*BUILT_IN, "timm:resnet18"])
+def test_backbone_outputs_seven_logits_at_48px(name):
+    info = get_backbone_info(name)
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, info.in_chans, 48, 48))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_backbone_info():
+    small = get_backbone_info("small_cnn")
+    assert (small.input_size, small.in_chans, small.channel_order) == (48, 1, "GRAY")
+    mobilenet = get_backbone_info("mobilenet_v1")
+    assert (mobilenet.input_size, mobilenet.in_chans, mobilenet.channel_order) == (224, 3, "RGB")
+    assert mobilenet.timm_name == "mobilenetv1_100.ra4_e3600_r224_in1k"
+    assert mobilenet.pretrained_sources == (f"hf-hub:{MOBILENET_HUB_ID}",)
+    assert get_backbone_info("resnet50").timm_name == "resnet50.a1_in1k"
+    resnet18 = get_backbone_info("timm:resnet18")
+    assert resnet18.name == "timm:resnet18" and resnet18.family == "timm"
+    assert resnet18.timm_name.startswith("resnet18.")
+
+
+def test_unknown_backbone_raises_key_error_listing_allowed_names():
+    for name in ("resnet_50", "timm:no_such_model_xyz"):
+        with pytest.raises(KeyError) as excinfo:
+            create_backbone(name, num_classes=7)
+        message = str(excinfo.value)
+        assert repr(name) in message
+        for allowed in BUILT_IN:
+            assert allowed in message
+        assert "timm:" in message
+    with pytest.raises(KeyError):
+        get_backbone_info("resnet_50")
+
+
+def test_random_init_follows_torch_seed():
+    torch.manual_seed(5)
+    first = create_backbone("small_cnn", 7).state_dict()
+    torch.manual_seed(5)
+    second = create_backbone("small_cnn", 7).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_parameter_counts_match_the_papers_keras_arithmetic():
+    # DESIGN.md: timm mobilenetv1_100 without head has 3,206,976 params, resnet50 23,508,032;
+    # a 7-class linear head adds features*7 + 7.
+    assert count_parameters(create_backbone("mobilenet_v1", 7))["params_total"] == 3_206_976 + 1024 * 7 + 7
+    assert count_parameters(create_backbone("resnet50", 7))["params_total"] == 23_508_032 + 2048 * 7 + 7
+
+
+# --- loading pretrained weights from files ----------------------------------------------------
+
+
+def test_mobilenet_loads_feature_weights_from_safetensors(tmp_path):
+    torch.manual_seed(123)
+    source = timm.create_model("mobilenetv1_100", num_classes=1000)
+    with torch.no_grad():  # make BN running statistics non-default so that buffers are checked too
+        for module in source.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    path = tmp_path / "mobilenet_v1.safetensors"
+    save_state_dict(source, path)
+
+    torch.manual_seed(999)  # a different seed: loaded tensors cannot match by coincidence
+    model = create_backbone("mobilenet_v1", 7, weights_file=path)
+    expected, loaded = source.state_dict(), model.state_dict()
+    assert set(loaded) == set(expected)
+    features = [k for k in expected if not k.startswith("classifier.")]
+    assert "conv_stem.weight" in features and len(features) > 100
+    for key in features:
+        assert torch.equal(loaded[key], expected[key]), key
+    assert loaded["classifier.weight"].shape == (7, 1024)
+    assert loaded["classifier.bias"].shape == (7,)
+    # Without the file the same architecture is initialised differently.
+    fresh = create_backbone("mobilenet_v1", 7).state_dict()
+    assert not torch.equal(fresh["conv_stem.weight"], expected["conv_stem.weight"])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_small_cnn_loads_features_from_its_own_state_dict(tmp_path, suffix):
+    torch.manual_seed(1)
+    source = SmallCNN(num_classes=3)  # a different number of classes: the classifier is not loaded
+    path = tmp_path / f"small_cnn{suffix}"
+    if suffix == ".safetensors":
+        save_state_dict(source, path)
+    else:
+        torch.save({"state_dict": source.state_dict()}, path)
+    torch.manual_seed(2)
+    model = create_backbone("small_cnn", 7, weights_file=path)
+    expected, loaded = source.state_dict(), model.state_dict()
+    for key in expected:
+        if key.startswith("classifier."):
+            continue
+        assert torch.equal(loaded[key], expected[key]), key
+    assert model.classifier.out_features == 7
+
+
+def test_small_cnn_rejects_another_networks_weights(tmp_path):
+    path = tmp_path / "mobilenet.safetensors"
+    save_state_dict(timm.create_model("mobilenetv1_100", num_classes=7), path)
+    with pytest.raises(ValueError) as excinfo:
+        create_backbone("small_cnn", 7, weights_file=path)
+    assert str(path) in str(excinfo.value) and "small_cnn" in str(excinfo.value)
+
+
+def test_small_cnn_rejects_a_file_with_only_a_classifier(tmp_path):
+    path = tmp_path / "head_only.safetensors"
+    save_file({"classifier.weight": torch.zeros(7, 160), "classifier.bias": torch.zeros(7)}, str(path))
+    with pytest.raises(ValueError):
+        create_backbone("small_cnn", 7, weights_file=path)
+
+
+def test_small_cnn_rejects_other_widths_with_value_error(tmp_path):
+    path = tmp_path / "narrow.safetensors"
+    save_state_dict(SmallCNN(7, widths=(16, 32, 64)), path)
+    with pytest.raises(ValueError):
+        create_backbone("small_cnn", 7, weights_file=path)
+
+
+# --- offline resolution of pretrained weights ---------------------------------------------------
+
+
+def test_missing_weights_message_names_target_and_hub_repo(isolated_weights):
+    weights_dir, _ = isolated_weights
+    status = resolve_pretrained("mobilenet_v1")
+    assert not status.available and status.path is None and status.source == "missing"
+    assert str(weights_dir / "mobilenet_v1.safetensors") in status.message
+    assert MOBILENET_HUB_ID in status.message
+    assert "weights.files.mobilenet_v1" in status.message
+
+
+def test_missing_weights_message_prefers_the_spec_weights_dir(isolated_weights, tmp_path):
+    spec_dir = tmp_path / "spec_weights"
+    status = resolve_pretrained("resnet50", weights_dir=spec_dir)
+    assert not status.available
+    assert str(spec_dir / "resnet50.safetensors") in status.message
+    assert "timm/resnet50.a1_in1k" in status.message
+
+
+def test_backbone_without_published_weights_says_so(isolated_weights):
+    weights_dir, _ = isolated_weights
+    status = resolve_pretrained("small_cnn")
+    assert not status.available
+    assert "no published pretrained weights" in status.message
+    assert str(weights_dir / "small_cnn.safetensors") in status.message
+
+
+def test_weights_found_in_ferbench_weights_dir(isolated_weights):
+    weights_dir, _ = isolated_weights
+    path = weights_dir / "mobilenet_v1.safetensors"
+    path.write_bytes(b"placeholder")  # resolution checks presence; loading happens in the trial
+    status = resolve_pretrained("mobilenet_v1")
+    assert status.available
+    assert status.path == str(path.resolve())
+    assert status.source == str(weights_dir)
+
+
+def test_weights_dir_argument_is_searched_before_the_default(isolated_weights, tmp_path):
+    default_dir, _ = isolated_weights
+    (default_dir / "small_cnn.pth").write_bytes(b"default")
+    spec_dir = tmp_path / "spec_weights"
+    spec_dir.mkdir()
+    (spec_dir / "small_cnn.pth").write_bytes(b"spec")
+    status = resolve_pretrained("small_cnn", weights_dir=spec_dir)
+    assert status.path == str((spec_dir / "small_cnn.pth").resolve())
+    # The default folder is still searched when the spec folder has no file.
+    status = resolve_pretrained("small_cnn", weights_dir=tmp_path / "empty")
+    assert status.path == str((default_dir / "small_cnn.pth").resolve())
+
+
+def test_explicit_file_wins_and_missing_explicit_file_is_named(isolated_weights, tmp_path):
+    weights_dir, _ = isolated_weights
+    (weights_dir / "mobilenet_v1.safetensors").write_bytes(b"folder copy")
+    explicit = tmp_path / "mine" / "mnv1.pth"
+    explicit.parent.mkdir()
+    explicit.write_bytes(b"explicit copy")
+    status = resolve_pretrained("mobilenet_v1", files={"mobilenet_v1": str(explicit)})
+    assert status.available and status.path == str(explicit.resolve()) and status.source == "weights.files"
+
+    missing = tmp_path / "mine" / "typo.pth"
+    status = resolve_pretrained("mobilenet_v1", files={"mobilenet_v1": str(missing)})
+    assert not status.available  # no silent fallback to the folder copy
+    assert str(missing) in status.message and "weights.files.mobilenet_v1" in status.message
+    # An explicit file for another backbone does not affect this one.
+    assert resolve_pretrained("mobilenet_v1", files={"resnet50": str(missing)}).available
+
+
+def test_weights_found_in_hugging_face_cache(isolated_weights):
+    _, hub_cache = isolated_weights
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_cache / f"models--{MOBILENET_HUB_ID.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    status = resolve_pretrained("mobilenet_v1")
+    assert status.available
+    assert status.path == str(snapshot / "model.safetensors")
+    assert status.source == f"hf-cache:{MOBILENET_HUB_ID}"
+    # Another backbone's repo is not confused with it.
+    assert not resolve_pretrained("resnet50").available
+
+
+# --- ferbench backbones --json ---------------------------------------------------------------
+
+
+def test_backbones_cli_json(capsys):
+    assert main(["backbones", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {row["name"]: row for row in rows}
+    assert set(BUILT_IN) <= set(by_name)
+    for name in BUILT_IN:
+        row = by_name[name]
+        assert {"name", "family", "input_size", "params"} <= set(row)
+        info = get_backbone_info(name)
+        assert row["family"] == info.family and row["input_size"] == info.input_size
+        model = create_backbone(name, num_classes=7)
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert by_name["small_cnn"]["input_size"] == 48
+    assert by_name["resnet50"]["params"] > by_name["mobilenet_v1"]["params"] > by_name["small_cnn"]["params"]

@@ -1,0 +1,67 @@
+"""Ctrl-C during a study, then --resume: finished trials are not re-run, nothing is duplicated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
+STUDY = [
+    "--set", "data.num_images=240", "--set", "data.image_size=24", "--set", "train.epochs=3",
+    "--set", "grid.backbone=[small_cnn]", "--set", "grid.init=[random]", "--set", "grid.seed=[0,1,2]",
+    "--set", "run.max_concurrent=1", "--set", "run.name=interrupted",
+]
+
+
+def _run_py(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(RUN_PY), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _result_rows(trial_dir: Path) -> int:
+    return sum(1 for line in (trial_dir / "result.json").read_text().splitlines() if line.strip())
+
+
+def test_ctrl_c_then_resume_finishes_without_rerunning(tmp_path):
+    storage = tmp_path / "results"
+    args = ["quick", "--storage", str(storage), *STUDY]
+    first = _run_py(args, tmp_path)
+    lines = []
+    for line in first.stdout:  # interrupt as soon as the first trial has completed
+        lines.append(line)
+        if " completed" in line:
+            first.send_signal(signal.SIGINT)
+            break
+    output = "".join(lines) + first.communicate(timeout=180)[0]
+    assert first.returncode == 130, output
+    assert "--resume" in output
+
+    experiment = storage / "interrupted"
+    trials = pd.read_csv(experiment / "report" / "tables" / "trials.csv")
+    done = trials.loc[trials.status == "completed", "arm_id"].tolist()
+    assert len(done) >= 1 and "incomplete" in trials.status.tolist(), trials
+    done_dirs = {arm: next(experiment.glob(f"{arm}_*")) for arm in done}
+    rows_before = {arm: _result_rows(d) for arm, d in done_dirs.items()}
+
+    second = _run_py(["quick", "--storage", str(storage), "--resume", "--set", "run.name=interrupted"], tmp_path)
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, output
+    for arm in done:  # no epoch of a finished trial ran again
+        assert f"{arm} epoch" not in output
+        assert _result_rows(done_dirs[arm]) == rows_before[arm]
+
+    trials = pd.read_csv(experiment / "report" / "tables" / "trials.csv")
+    assert trials.status.tolist() == ["completed"] * 3
+    epochs = pd.read_csv(experiment / "report" / "tables" / "epochs.csv")
+    assert len(epochs) == 3 * 4  # exactly one row per trial × epoch (0..3)
+    assert not epochs.duplicated(["arm_id", "epoch"]).any()
+    manifest = json.loads((experiment / "ferbench" / "manifest.json").read_text())
+    assert manifest["spec"]["train"]["epochs"] == 3
