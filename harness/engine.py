@@ -130,8 +130,10 @@ def run_study(
         already = sum(s == "completed" for s in trial_statuses(experiment_dir).values()) if resume else 0
         progress = ProgressPrinter(len(runnable), spec.train.epochs, already_finished=already)
         init_ray(verbose=verbose)
-        if not verbose:  # the legacy reporter at verbosity 0 prints nothing; ProgressPrinter speaks
-            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
+            for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         trainable = _build_trainable(spec, preflight)
         if resume:
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)

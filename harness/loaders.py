@@ -43,7 +43,7 @@ def load_fer2013_csv(spec) -> FerDataset:
     bad = labels.isna() | (labels < 0) | (labels >= len(FER2013_CLASSES))
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: row {row + 2}: emotion {frame['emotion'].iloc[row]!r} is not an integer 0..6")
+        raise DataError(f"{path}: row {row + 2}: emotion {str(frame['emotion'].iloc[row]).strip()} is not an integer 0..6 (FER2013's class order: 0 angry … 6 neutral)")
     pixel_rows = frame["pixels"].fillna("").str.split()
     lengths = pixel_rows.str.len().to_numpy()
     side = int(round(np.sqrt(lengths.max()))) if len(lengths) else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from ray.tune import Callback
 
 
@@ -69,8 +70,19 @@ class ProgressPrinter(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.finished[trial.trial_id] = "failed"
         self.last_epoch[trial.trial_id] = self.epochs
-        self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} FAILED (error in {trial.path})")
+        self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} FAILED: {_last_error_line(trial)} (details: {trial.path}/error.txt)")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} failed, retrying from its last checkpoint")
+        self._print(
+            f"{self._prefix()} {trial.config['arm']['arm_id']} failed ({_last_error_line(trial)}); "
+            "retrying from its last checkpoint"
+        )
+
+
+def _last_error_line(trial) -> str:
+    """The exception line of a trial's error (Ray keeps the full traceback in error.txt)."""
+    error_file = trial.error_file  # the driver's local copy; storage is synced later
+    text = Path(error_file).read_text(errors="replace") if error_file and Path(error_file).is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 

@@ -8,6 +8,7 @@ checkpoint and, on CPU with the same seed, continues with bit-identical numbers.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import warnings
@@ -24,6 +25,7 @@ from harness.spec import StudySpec
 from harness.training import accuracy_and_loss, predict, train_one_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
 # Test-only fault injection, read on the driver: fail each arm once, right after the
 # checkpoint of this epoch, leaving a marker file per arm so the retry runs through.
@@ -78,18 +80,22 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _save_checkpoint(state: dict, metrics: dict) -> None:
+def _save_checkpoint(state: dict, history: list[dict]) -> None:
+    """Report the newest epoch with a checkpoint. The checkpoint also carries the whole metric
+    history: a crash right after ``tune.report`` can lose Tune's copy of the row, never this one."""
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
+        tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _load_checkpoint() -> dict | None:
+def _load_checkpoint() -> tuple[dict | None, list[dict]]:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, []
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return state, json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
 def _maybe_inject_failure(fault: dict | None, arm_id: str, epoch: int) -> None:
@@ -125,7 +131,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     optimizer = _make_optimizer(spec, model)
     generator = torch.Generator().manual_seed(arm["seed"])
 
-    state = _load_checkpoint()
+    state, history = _load_checkpoint()
     start_epoch = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -156,12 +162,13 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         }
         if epoch == train.epochs:
             metrics.update(_test_metrics(model, images, labels, split["test"], len(payload.class_names), eval_kwargs))
+        history.append(metrics)
         _save_checkpoint(
             {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": arm,
             },
-            metrics,
+            history,
         )
         _maybe_inject_failure(payload.fault_injection, arm["arm_id"], epoch)
 

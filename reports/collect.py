@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness.experiment import experiment_paths, read_json
+from harness.trainable import HISTORY_FILE
 
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
 EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s"]
@@ -25,21 +26,28 @@ def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
-def read_epochs(trial_dir: Path) -> pd.DataFrame:
-    """The trial's reported rows, one per epoch (a restored trial may replay one: the last wins)."""
-    result_file = trial_dir / "result.json"
+def _json_lines(path: Path) -> list[dict]:
     rows = []
-    if result_file.is_file():
-        for line in result_file.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a crash mid-write
-                    continue
-    frame = pd.DataFrame(rows)
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # blank, or a line cut by a crash mid-write
+            continue
+    return rows
+
+
+def _checkpoint_history(trial_dir: Path) -> list[dict]:
+    """The metric history stored in the trial's newest checkpoint (see harness.trainable)."""
+    checkpoints = sorted(trial_dir.glob(f"checkpoint_*/{HISTORY_FILE}"))
+    return json.loads(checkpoints[-1].read_text()) if checkpoints else []
+
+
+def read_epochs(trial_dir: Path) -> pd.DataFrame:
+    """One row per epoch: Tune's result.json merged with the checkpoint's own history (which
+    survives a crash right after a report); a restored trial may replay an epoch, the last wins."""
+    frame = pd.DataFrame(_checkpoint_history(trial_dir) + _json_lines(trial_dir / "result.json"))
     if frame.empty or "epoch" not in frame:
-        return pd.DataFrame(columns=["epoch", "trial_id"])
+        return pd.DataFrame(columns=["epoch"])
     return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 

@@ -33,8 +33,10 @@ def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
         "test_acc": "test acc", "test_macro_f1": "test macro F1", "train_images_per_s": "train img/s",
         "train_time_s": "train s",
     }
-    table = trials.reindex(columns=list(columns)).rename(columns=columns)
-    return table
+    table = trials.reindex(columns=list(columns))
+    for column in ("train_images_per_s", "train_time_s"):
+        table[column] = table[column].round(0).astype("Int64")
+    return table.rename(columns=columns)
 
 
 def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:

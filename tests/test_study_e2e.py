@@ -97,3 +97,36 @@ def test_failed_trial_resumes_from_checkpoint_with_identical_metrics(baseline_ru
         first_trials.dropna(subset=["test_acc"]).sort_values("arm_id")[cols].reset_index(drop=True),
         second_trials.dropna(subset=["test_acc"]).sort_values("arm_id")[cols].reset_index(drop=True),
     )
+
+
+def test_trial_failing_without_retries_is_reported_as_failed_with_its_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAIL_ONCE_ENV, "1")
+    monkeypatch.setenv(FAIL_MARKER_ENV, str(tmp_path / "markers"))
+    outcome = run_study(tiny_spec(tmp_path, "failing", "grid.seed=[0]", "run.max_failures=0"))
+    assert outcome.statuses == {"small_cnn_random_baseline_s0": "failed", "small_cnn_pretrained_baseline_s0": "unavailable"}
+    epochs, trials = read_tables(outcome)
+    failed = trials.set_index("arm_id").loc["small_cnn_random_baseline_s0"]
+    assert "RuntimeError: injected test failure after epoch 1" in failed["error"]
+    assert failed["epochs_done"] == 1 and epochs["epoch"].tolist() == [0, 1]  # what ran is kept
+    report = (outcome.report_dir / "report.md").read_text()
+    assert "**failed**: RuntimeError: injected test failure" in report
+
+
+def test_report_command_rerenders_from_disk(baseline_run, capsys):
+    from harness.cli import main
+
+    report_dir = baseline_run.report_dir
+    before = (report_dir / "tables" / "epochs.csv").read_text()
+    for path in sorted(report_dir.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    assert main(["report", str(baseline_run.experiment_dir)]) == 0
+    assert str(report_dir / "report.md") in capsys.readouterr().out
+    assert (report_dir / "tables" / "epochs.csv").read_text() == before
+    assert (report_dir / "tables" / "trials.csv").is_file()
+
+
+def test_report_command_rejects_a_folder_that_is_no_experiment(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a FERBench experiment" in capsys.readouterr().err
