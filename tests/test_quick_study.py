@@ -1,0 +1,42 @@
+"""The newcomer's command, for real: `python harness/run.py` runs the built-in quick study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.spec import load_spec
+
+RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
+
+
+@pytest.mark.slow
+def test_run_py_runs_the_quick_study_end_to_end(tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FERBENCH_WEIGHTS_DIR": str(tmp_path / "no-weights")}
+    done = subprocess.run([sys.executable, str(RUN_PY)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+    spec = load_spec("quick")
+    (experiment,) = (tmp_path / "ferbench_results").glob("quick-*")
+    report = experiment / "report" / "report.md"
+    assert f"Report: {report}" in done.stdout
+    arms = [arm["arm_id"] for arm in spec.arms()]
+    trials = pd.read_csv(experiment / "report" / "tables" / "trials.csv").set_index("arm_id")
+    assert sorted(trials.index) == sorted(arms)
+    pretrained = [a for a in arms if "_pretrained_" in a]
+    assert (trials.loc[pretrained, "status"] == "unavailable").all()  # no weights on this machine
+    assert (trials.drop(index=pretrained)["status"] == "completed").all()
+    text = report.read_text()
+    for arm in arms:
+        assert arm in text
+    epochs = pd.read_csv(experiment / "report" / "tables" / "epochs.csv")
+    runnable = len(arms) - len(pretrained)
+    assert len(epochs) == runnable * (spec.train.epochs + 1)
+    small_cnn = trials[trials.index.str.startswith("small_cnn")]
+    assert (small_cnn["test_acc"] > 0.3).all()  # learns far above the 1/7 chance level
