@@ -162,6 +162,9 @@ def _announce(spec: StudySpec, preflight: Preflight, experiment_dir: Path, resum
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
         f"split train/val/test {'/'.join(str(len(preflight.splits[s])) for s in ('train', 'val', 'test'))}"
     )
+    unavailable: dict[str, list[str]] = {}  # reason → arms: one line per missing weight file
     for arm in preflight.arms:
         if arm["status"] == "unavailable":
-            print(f"  unavailable: {arm['arm_id']} — {arm['reason']}")
+            unavailable.setdefault(arm["reason"], []).append(arm["arm_id"])
+    for reason, arms in unavailable.items():
+        print(f"  unavailable: {', '.join(arms)}\n    {reason}")

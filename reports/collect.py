@@ -18,6 +18,7 @@ from harness.trainable import HISTORY_FILE
 
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
 EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s"]
+INTEGER_COLUMNS = {"seed", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch"}
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_balanced_acc"]
 
 
@@ -88,10 +89,13 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             frame = epochs.reindex(columns=["epoch", *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
             epoch_frames.append(frame[ARM_COLUMNS + ["epoch", *EPOCH_METRICS]])
         trial_rows.append({"trial_id": trial_id, **arm_fields, "status": status, "error": error, **_trial_summary(epochs)})
+    trials_table = pd.DataFrame(trial_rows)
+    for column in INTEGER_COLUMNS.intersection(trials_table.columns):
+        trials_table[column] = trials_table[column].astype("Int64")  # stays integer beside missing values
     epochs_table = (
         pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=ARM_COLUMNS + ["epoch", *EPOCH_METRICS])
     )
-    return epochs_table, pd.DataFrame(trial_rows)
+    return epochs_table, trials_table
 
 
 def _trial_summary(epochs: pd.DataFrame) -> dict:

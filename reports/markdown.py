@@ -73,9 +73,12 @@ def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
     problems = trials[trials["status"].isin(["failed", "unavailable", "incomplete"])]
     if not problems.empty:
         lines += ["## Arms that did not complete", ""]
+        reasons: dict[tuple[str, str], list[str]] = {}  # (status, reason) → arms
         for row in problems.itertuples(index=False):
             reason = row.error or ("interrupted; run again with --resume to finish it" if row.status == "incomplete" else "")
-            lines.append(f"- `{row.arm_id}` — **{row.status}**: {reason}")
+            reasons.setdefault((row.status, reason), []).append(f"`{row.arm_id}`")
+        for (status, reason), arms in reasons.items():
+            lines.append(f"- {', '.join(arms)} — **{status}**: {reason}")
         lines.append("")
     split_counts = pd.DataFrame(manifest["split_class_counts"]).rename_axis("class").reset_index()
     split_counts.loc[len(split_counts)] = ["total", *split_counts.iloc[:, 1:].sum().tolist()]
