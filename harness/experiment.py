@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -76,6 +77,14 @@ def _git_commit() -> str | None:
         return None
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _hardware() -> dict:
     import torch
 
@@ -123,7 +132,10 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
                 name: dict(zip(dataset.class_names, dataset.class_counts(idx).tolist()))
                 for name, idx in preflight.splits.items()
             },
-            "weights": {b: {"file": f, "source": preflight.weight_sources[b]} for b, f in preflight.weight_files.items()},
+            "weights": {
+                backbone: {"file": path, "source": preflight.weight_sources[backbone], "sha256": _sha256(path)}
+                for backbone, path in preflight.weight_files.items()
+            },
         },
     )
 

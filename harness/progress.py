@@ -27,7 +27,9 @@ class ProgressPrinter(Callback):
         self.start = time.monotonic()
         self.last_epoch: dict[str, int] = {}  # trial id → newest epoch seen
         self.finished: dict[str, str] = {}  # trial id → "completed" | "failed"
+        # The estimate counts from the first reported result, so start-up time does not inflate it.
         self.epochs_at_start: int | None = None
+        self.first_result_at: float | None = None
 
     def _epochs_done(self) -> int:
         return sum(self.last_epoch.values()) + self.already_finished * self.epochs
@@ -41,7 +43,8 @@ class ProgressPrinter(Callback):
         done = self._epochs_done()
         remaining = self.total_trials * self.epochs - done
         progressed = done - (self.epochs_at_start or 0)
-        left = f"~{format_duration(elapsed / progressed * remaining)} left" if progressed > 0 and remaining > 0 else "--:-- left"
+        measured = time.monotonic() - (self.first_result_at or self.start)
+        left = f"~{format_duration(measured / progressed * remaining)} left" if progressed > 0 and remaining > 0 else "--:-- left"
         return f"[{self.trials_finished}/{self.total_trials} trials | {format_duration(elapsed)} elapsed | {left}]"
 
     def _print(self, line: str) -> None:
@@ -51,6 +54,7 @@ class ProgressPrinter(Callback):
         epoch = int(result.get("epoch", 0))
         if self.epochs_at_start is None:
             self.epochs_at_start = self._epochs_done()
+            self.first_result_at = time.monotonic()
         self.last_epoch[trial.trial_id] = epoch
         arm = trial.config["arm"]["arm_id"]
         speed = f" | {result['train_images_per_s']:.0f} img/s" if epoch > 0 else ""

@@ -38,5 +38,6 @@ def test_run_py_runs_the_quick_study_end_to_end(tmp_path):
     epochs = pd.read_csv(experiment / "report" / "tables" / "epochs.csv")
     runnable = len(arms) - len(pretrained)
     assert len(epochs) == runnable * (spec.train.epochs + 1)
+    assert f"[{runnable}/{runnable} trials" in done.stdout and f"epoch {spec.train.epochs}/{spec.train.epochs}" in done.stdout
     small_cnn = trials[trials.index.str.startswith("small_cnn")]
     assert (small_cnn["test_acc"] > 0.3).all()  # learns far above the 1/7 chance level

@@ -130,3 +130,35 @@ def test_report_command_rejects_a_folder_that_is_no_experiment(tmp_path, capsys)
 
     assert main(["report", str(tmp_path)]) == 2
     assert "not a FERBench experiment" in capsys.readouterr().err
+
+
+def test_pretrained_arm_loads_the_resolved_weight_file(tmp_path):
+    import hashlib
+    import json
+
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    weights = tmp_path / "mnv1.safetensors"
+    save_file(timm.create_model("mobilenetv1_100", num_classes=1000).state_dict(), str(weights))
+    spec = tiny_spec(
+        tmp_path, "pretrained", "grid.backbone=[mobilenet_v1]", "grid.init=[pretrained]", "grid.seed=[0]",
+        "run.allow_unavailable=false", f"weights.files.mobilenet_v1={weights}", "train.lr=1e-4",
+    )
+    outcome = run_study(spec)
+    assert outcome.statuses == {"mobilenet_v1_pretrained_baseline_s0": "completed"}
+    manifest = json.loads((outcome.experiment_dir / "ferbench" / "manifest.json").read_text())
+    recorded = manifest["weights"]["mobilenet_v1"]
+    assert recorded["file"] == str(weights) and recorded["source"] == "weights.files"
+    assert recorded["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # The trial's final checkpoint descends from those weights, not from a fresh random init.
+    (checkpoint,) = sorted(outcome.experiment_dir.glob("mobilenet_v1_*/checkpoint_*"))[-1:]
+    state = torch.load(checkpoint / "checkpoint.pt", weights_only=True)["model"]
+    torch.manual_seed(123)
+    loaded = timm.create_model("mobilenetv1_100", num_classes=1000).state_dict()
+    torch.manual_seed(0)
+    fresh = timm.create_model("mobilenetv1_100", num_classes=7).state_dict()
+    key = "conv_stem.weight"  # barely moves in two epochs at a small learning rate
+    assert (state[key] - loaded[key]).abs().mean() < (state[key] - fresh[key]).abs().mean() / 10
