@@ -103,12 +103,12 @@ def _hardware() -> dict:
 
 
 def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Preflight, command: list[str]) -> None:
-    """Record what the study runs on, before the first trial starts."""
+    """Record what the study runs on, before the first trial starts. ``grid.json`` is written last:
+    its presence marks a complete experiment folder (see ``is_experiment``)."""
     paths = experiment_paths(experiment_dir)
     dataset = preflight.dataset
     save_splits(paths["splits"], preflight.splits)
     atomic_write_text(paths["spec"], spec_to_yaml(spec))
-    atomic_write_json(paths["grid"], preflight.arms)
     atomic_write_json(
         paths["manifest"],
         {
@@ -138,6 +138,7 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
             },
         },
     )
+    atomic_write_json(paths["grid"], preflight.arms)
 
 
 def read_json(path: Path):
