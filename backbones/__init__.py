@@ -1,8 +1,9 @@
 """FERBench backbones: registry, builders and pretrained-weight resolution."""
 
-from backbones import small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
+from backbones import face_backbones, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
 from backbones.registry import (
     BackboneInfo,
+    backbone_parameter_counts,
     count_parameters,
     create_backbone,
     get_backbone_info,
@@ -15,6 +16,7 @@ from backbones.weights import WeightStatus, resolve_pretrained
 __all__ = [
     "BackboneInfo",
     "WeightStatus",
+    "backbone_parameter_counts",
     "count_parameters",
     "create_backbone",
     "get_backbone_info",

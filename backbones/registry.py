@@ -31,6 +31,10 @@ class BackboneInfo:
     pretrained_sources: tuple[str, ...] = ()
     description: str = ""
     timm_name: str | None = None  # set for timm-backed entries: architecture.tag
+    embedding_dim: int | None = None  # width of the features the classifier sees (None: the model's num_features)
+    weight_filename: str | None = None  # the published weight file's name, where there is one
+    keras_conv_bias: bool = False  # Keras' version of this network has conv biases the PyTorch one lacks
+    fixed_input_size: bool = False  # only the native size works; the harness always resizes to it
     extra: dict = field(default_factory=dict)
 
 
@@ -92,6 +96,29 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"params_total": total, "params_trainable": trainable}
+
+
+def _keras_extras(model: nn.Module, conv_bias: bool) -> int:
+    """What Keras counts beyond PyTorch parameters: BatchNorm moving statistics, and conv biases
+    where Keras' version of the network has them and the PyTorch one has not."""
+    extra = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            extra += module.running_mean.numel() + module.running_var.numel()
+        if conv_bias and isinstance(module, nn.Conv2d) and module.bias is None:
+            extra += module.out_channels
+    return extra
+
+
+def backbone_parameter_counts(name: str, model: nn.Module | None = None) -> dict[str, int]:
+    """Parameters of the backbone with its classifier removed, as the papers count them:
+    ``params`` (PyTorch) and ``keras_params`` (what Keras' ``count_params`` reports)."""
+    info = get_backbone_info(name)
+    model = model if model is not None else create_backbone(name, num_classes=1)
+    head = model.get_classifier()
+    params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in head.parameters())
+    keras = params + _keras_extras(model, info.keras_conv_bias) - _keras_extras(head, info.keras_conv_bias)
+    return {"params": params, "keras_params": keras}
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:

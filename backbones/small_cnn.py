@@ -31,9 +31,12 @@ class SmallCNN(nn.Module):
             channels = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_features = channels
+        self.num_features = hidden
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
 
     def forward(self, x):
         return self.classifier(self.neck(self.pool(self.features(x))))

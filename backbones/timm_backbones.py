@@ -10,7 +10,7 @@ from torch import nn
 from backbones.registry import BackboneInfo, register_backbone
 
 
-def timm_info(name: str, timm_name: str, description: str = "") -> BackboneInfo:
+def timm_info(name: str, timm_name: str, description: str = "", keras_conv_bias: bool = False) -> BackboneInfo:
     """Metadata from timm's pretrained config (input size, normalisation, weight source)."""
     cfg = timm.models.get_pretrained_cfg(timm_name) if "." in timm_name else None
     if cfg is None:
@@ -30,6 +30,7 @@ def timm_info(name: str, timm_name: str, description: str = "") -> BackboneInfo:
         pretrained_sources=(f"hf-hub:{hub}",) if hub else (),
         description=description or f"timm {full_name}",
         timm_name=full_name,
+        keras_conv_bias=keras_conv_bias,
     )
 
 
@@ -46,7 +47,7 @@ def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None) 
 
 
 register_backbone(
-    timm_info("resnet50", "resnet50.a1_in1k", "ResNet-50 (timm resnet50), ImageNet-1k pretrained")
+    timm_info("resnet50", "resnet50.a1_in1k", "ResNet-50 (timm resnet50), ImageNet-1k", keras_conv_bias=True)
 )(build_timm)
 register_backbone(
     timm_info("mobilenet_v1", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1 1.0 (timm mobilenetv1_100), ImageNet-1k")

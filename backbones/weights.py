@@ -35,11 +35,16 @@ def _file_stem(backbone: str) -> str:
     return backbone.replace(":", "-").replace("/", "-")
 
 
-def _find_in_dir(folder: Path, backbone: str) -> Path | None:
-    for suffix in WEIGHT_SUFFIXES:
-        candidate = folder / f"{_file_stem(backbone)}{suffix}"
-        if candidate.is_file():
-            return candidate
+def deepface_weights_dir() -> Path:
+    """Where deepface keeps its downloads: ``$DEEPFACE_HOME/.deepface/weights`` (home by default)."""
+    return Path(os.environ.get("DEEPFACE_HOME", Path.home())) / ".deepface" / "weights"
+
+
+def _find_in_dir(folder: Path, backbone: str, published_name: str | None) -> Path | None:
+    names = [f"{_file_stem(backbone)}{suffix}" for suffix in WEIGHT_SUFFIXES]
+    for name in names + ([published_name] if published_name else []):
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 
@@ -69,8 +74,10 @@ def resolve_pretrained(
         )
     folders = [Path(weights_dir).expanduser()] if weights_dir else []
     folders.append(default_weights_dir())
+    if info.family == "face":
+        folders.append(deepface_weights_dir())
     for folder in folders:
-        found = _find_in_dir(folder, backbone)
+        found = _find_in_dir(folder, backbone, info.weight_filename)
         if found:
             return WeightStatus(backbone, True, str(found.resolve()), str(folder), "")
     hub_ids = [s.removeprefix("hf-hub:") for s in info.pretrained_sources if s.startswith("hf-hub:")]
@@ -78,8 +85,11 @@ def resolve_pretrained(
         found = _find_in_hub_cache(repo_id)
         if found:
             return WeightStatus(backbone, True, str(found), f"hf-cache:{repo_id}", "")
-    target = folders[0] / f"{_file_stem(backbone)}.safetensors"
-    if hub_ids:
+    urls = [s.removeprefix("url:") for s in info.pretrained_sources if s.startswith("url:")]
+    target = folders[0] / (info.weight_filename or f"{_file_stem(backbone)}.safetensors")
+    if urls:
+        how = f"download {urls[0]} and place it at {target} (or in {deepface_weights_dir()})"
+    elif hub_ids:
         how = (
             f"place {HUB_FILENAMES[0]} of https://huggingface.co/{hub_ids[0]} at {target}, "
             f"or run `huggingface-cli download {hub_ids[0]}` on a machine with internet and copy the Hugging Face cache"

@@ -92,21 +92,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    from backbones import count_parameters, create_backbone, get_backbone_info, list_backbones
+    from backbones import backbone_parameter_counts, create_backbone, get_backbone_info, list_backbones
 
     rows = []
     for name in list_backbones():
         info = get_backbone_info(name)
-        params = count_parameters(create_backbone(name, num_classes=7))["params_total"]
-        rows.append({"name": name, "family": info.family, "input_size": info.input_size, "channels": info.channel_order,
-                     "params": params, "pretrained": list(info.pretrained_sources), "description": info.description})
+        model = create_backbone(name, num_classes=7)
+        rows.append({
+            "name": name, "family": info.family, "input_size": info.input_size,
+            "fixed_input_size": info.fixed_input_size, "channels": info.channel_order,
+            "mean": list(info.mean), "std": list(info.std),
+            "embedding_dim": info.embedding_dim or int(model.num_features),
+            **backbone_parameter_counts(name, model),
+            "pretrained": list(info.pretrained_sources), "description": info.description,
+        })
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'name':<14}{'family':<8}{'input':>6}{'params (7 classes)':>20}  description")
+        print(f"{'name':<14}{'family':<8}{'input':>6}{'embedding':>10}{'params':>13}{'keras_params':>14}  description")
         for row in rows:
-            print(f"{row['name']:<14}{row['family']:<8}{row['input_size']:>6}{row['params']:>20,}  {row['description']}")
-        print("Any timm model is available as timm:<name>, e.g. timm:convnext_tiny.")
+            print(f"{row['name']:<14}{row['family']:<8}{row['input_size']:>6}{row['embedding_dim']:>10}"
+                  f"{row['params']:>13,}{row['keras_params']:>14,}  {row['description']}")
+        print("params / keras_params: without the classifier, as the papers count them (keras_params adds BatchNorm")
+        print("moving statistics and the conv biases Keras' version has). Any timm model works as timm:<name>.")
     return EXIT_OK
 
 

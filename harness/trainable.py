@@ -53,8 +53,9 @@ class StudyPayload:
 
 def resolve_input_size(spec: StudySpec, backbone: str, data_size: int) -> int:
     setting = spec.train.input_size
-    if setting == "native":
-        return get_backbone_info(backbone).input_size
+    info = get_backbone_info(backbone)
+    if setting == "native" or info.fixed_input_size:
+        return info.input_size
     if setting == "data":
         return data_size
     return int(setting)

@@ -258,10 +258,11 @@ def test_backbones_cli_json(capsys):
     assert set(BUILT_IN) <= set(by_name)
     for name in BUILT_IN:
         row = by_name[name]
-        assert {"name", "family", "input_size", "params"} <= set(row)
+        assert {"name", "family", "input_size", "params", "keras_params"} <= set(row)
         info = get_backbone_info(name)
         assert row["family"] == info.family and row["input_size"] == info.input_size
         model = create_backbone(name, num_classes=7)
-        assert row["params"] == sum(p.numel() for p in model.parameters())
+        head = sum(p.numel() for p in model.get_classifier().parameters())
+        assert row["params"] == sum(p.numel() for p in model.parameters()) - head  # without the classifier
     assert by_name["small_cnn"]["input_size"] == 48
     assert by_name["resnet50"]["params"] > by_name["mobilenet_v1"]["params"] > by_name["small_cnn"]["params"]

@@ -48,7 +48,7 @@ def test_builtin_studies_load():
     assert paper.data.name == "fer2013" and paper.data.path is None
     assert paper.train.lr == pytest.approx(1e-4) and paper.train.epochs == 20
     assert paper.split.ratios == (0.7, 0.1, 0.2) and paper.split.seed == 42
-    assert set(paper.grid.backbone) == {"resnet50", "mobilenet_v1"}
+    assert set(paper.grid.backbone) == {"vggface", "openface", "resnet50", "mobilenet_v1"}
     assert set(paper.grid.init) == {"pretrained", "random"}
 
 

@@ -1,0 +1,103 @@
+"""The paper's four backbones: Keras-comparable parameter counts, any-size inputs, deepface weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from deepface.models.facial_recognition.pytorch.OpenFace import OpenFaceNet
+from deepface.models.facial_recognition.pytorch.VGGFace import VggFaceBaseModel
+
+from backbones import backbone_parameter_counts, create_backbone, get_backbone_info, resolve_pretrained
+from harness.cli import main
+
+# The counts Smelyakov et al. quote (Keras' count_params, classifier removed).
+PAPER_KERAS_PARAMS = {
+    "mobilenet_v1": 3_228_864,
+    "resnet50": 23_587_712,
+    "openface": 3_743_280,
+    "vggface": 134_260_544,
+}
+
+
+def test_keras_parameter_counts_match_the_paper(capsys):
+    assert main(["backbones", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    for name, expected in PAPER_KERAS_PARAMS.items():
+        assert rows[name]["keras_params"] == expected == backbone_parameter_counts(name)["keras_params"]
+    # PyTorch counts: timm has no conv biases and keeps BN statistics as buffers, not parameters.
+    assert rows["resnet50"]["params"] == 23_508_032 and rows["mobilenet_v1"]["params"] == 3_206_976
+    assert rows["vggface"]["params"] == 134_260_544 and rows["vggface"]["embedding_dim"] == 4096
+    assert rows["openface"]["embedding_dim"] == 128
+
+
+@pytest.mark.parametrize("name, sizes", [("vggface", (224, 48)), ("openface", (96,))])
+def test_forward_and_backward_at_native_and_small_sizes(name, sizes):
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=7)
+    for size in sizes:
+        model.zero_grad()
+        logits = model(torch.rand(2, 3, size, size))
+        assert logits.shape == (2, 7)
+        logits.sum().backward()
+        assert model.get_classifier().weight.grad is not None
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert first_conv.weight.grad.abs().sum() > 0  # gradients reach the first layer
+
+
+def test_openface_is_fed_its_native_size_whatever_the_spec_asks():
+    from harness.spec import load_spec
+    from harness.trainable import resolve_input_size
+
+    spec = load_spec("quick", ["train.input_size=48"])
+    assert get_backbone_info("openface").fixed_input_size
+    assert resolve_input_size(spec, "openface", 48) == 96
+    assert resolve_input_size(spec, "vggface", 48) == 48
+
+
+def test_face_backbones_expect_bgr_in_zero_one():
+    for name in ("vggface", "openface"):
+        info = get_backbone_info(name)
+        assert info.channel_order == "BGR" and info.mean == (0.0, 0.0, 0.0) and info.std == (1.0, 1.0, 1.0)
+
+
+def test_deepface_openface_weights_load_exactly(tmp_path):
+    torch.manual_seed(1)
+    reference = OpenFaceNet().eval()
+    path = tmp_path / "openface_weights.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_backbone("openface", 7, weights_file=path).eval()
+    x = torch.rand(3, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(model.trunk(x), reference(x))  # bit-identical embeddings
+
+
+def test_deepface_vggface_weights_load_without_fc8(tmp_path):
+    torch.manual_seed(2)
+    reference = VggFaceBaseModel(include_top=True)  # deepface's file carries the 2,622-way fc8
+    path = tmp_path / "vgg_face_weights.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_backbone("vggface", 7, weights_file=path).eval()
+    reference.eval()
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model.trunk.embed(x), reference.embed(x))
+
+
+def test_mismatched_face_weights_are_refused_naming_the_file(tmp_path):
+    path = tmp_path / "openface_weights.pth"
+    torch.save(create_backbone("small_cnn", 7).state_dict(), path)
+    with pytest.raises(ValueError, match="openface_weights.pth: not OpenFace weights"):
+        create_backbone("openface", 7, weights_file=path)
+
+
+def test_deepface_weights_folder_is_searched(tmp_path, monkeypatch, isolated_weights):
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path))
+    missing = resolve_pretrained("openface")
+    assert not missing.available and "openface_weights.pth" in missing.message
+    folder = tmp_path / ".deepface" / "weights"
+    folder.mkdir(parents=True)
+    torch.save(OpenFaceNet().state_dict(), folder / "openface_weights.pth")
+    found = resolve_pretrained("openface")
+    assert found.available and found.path == str(folder / "openface_weights.pth")
