@@ -110,6 +110,15 @@ class AugmentSpec(_Strict):
     shear_deg: float = Field(0.0, ge=0, le=60)
 
 
+class FreezeSpec(_Strict):
+    policy: Literal["none", "last_k", "head_only", "two_stage"] = Field(
+        "none", description="which layers train; see backbones/freezing.py for the definition of a layer"
+    )
+    k: int = Field(4, ge=0, description="last_k: trunk layers that train (Smelyakov: 4)")
+    unfreeze_epoch: int = Field(1, ge=1, description="two_stage: first epoch with everything trainable")
+    unfreeze_lr_factor: float = Field(0.1, gt=0, description="two_stage: learning-rate factor after unfreezing")
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -122,6 +131,7 @@ class TrainSpec(_Strict):
         "native", description="'native' = the backbone's own size, 'data' = the images' size, or pixels"
     )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec)
     deterministic: bool = Field(True, description="deterministic kernels (identical reruns on CPU)")
 
     @field_validator("input_size")

@@ -20,6 +20,7 @@ import torch
 from ray import tune
 
 from backbones import count_parameters, create_backbone, get_backbone_info
+from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
 from harness.augment import InputAdapter
 from harness.spec import StudySpec
 from harness.training import accuracy_and_loss, predict, train_one_epoch
@@ -66,7 +67,9 @@ def _device(spec: StudySpec) -> torch.device:
 
 
 def _make_optimizer(spec: StudySpec, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    # Every parameter is registered; frozen ones get no gradient and so no update, and a
+    # two_stage schedule can unfreeze them later.
+    params = list(model.parameters())
     train = spec.train
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
@@ -143,9 +146,13 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
 
     eval_kwargs = dict(batch_size=train.eval_batch_size, adapter=adapter, device=device)
     # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
-    static = {"input_size": input_size, "attempt_start_epoch": start_epoch, **count_parameters(model)}
+    static = {"input_size": input_size, "attempt_start_epoch": start_epoch}
+    freeze = FreezePlan(**train.freeze.model_dump())
 
     for epoch in range(start_epoch, train.epochs + 1):
+        apply_freeze(model, freeze, max(epoch, 1))  # epoch 0 reports the first epoch's trainable count
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(epoch, 1))
         if epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
             train_acc, train_loss = accuracy_and_loss(predict(model, images, split["train"], **eval_kwargs), labels[split["train"]])
             seconds, images_per_s = 0.0, float("nan")
@@ -159,7 +166,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         metrics = {
             "epoch": epoch, "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc,
             "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-            "train_images_per_s": images_per_s, **static,
+            "train_images_per_s": images_per_s, **static, **count_parameters(model),
         }
         if epoch == train.epochs:
             metrics.update(_test_metrics(model, images, labels, split["test"], len(payload.class_names), eval_kwargs))

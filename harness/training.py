@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.freezing import train_mode
 from harness.augment import InputAdapter, random_affine
 
 
@@ -52,7 +53,7 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train over ``indices`` in a shuffled order; accuracy and loss are running averages over the
     epoch's batches (weighted by batch size), as Keras reports them."""
-    model.train()
+    train_mode(model)
     order = indices[torch.randperm(len(indices), generator=generator)]
     correct = 0
     loss_sum = 0.0

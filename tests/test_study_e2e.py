@@ -162,3 +162,12 @@ def test_pretrained_arm_loads_the_resolved_weight_file(tmp_path):
     fresh = timm.create_model("mobilenetv1_100", num_classes=7).state_dict()
     key = "conv_stem.weight"  # barely moves in two epochs at a small learning rate
     assert (state[key] - loaded[key]).abs().mean() < (state[key] - fresh[key]).abs().mean() / 10
+
+
+def test_trials_report_the_trainable_parameters_of_their_freezing_policy(tmp_path):
+    outcome = run_study(tiny_spec(tmp_path, "frozen", "grid.seed=[0]", "grid.init=[random]", "train.epochs=1",
+                                  "train.freeze.policy=head_only"))
+    _, trials = read_tables(outcome)
+    row = trials.set_index("arm_id").loc["small_cnn_random_baseline_s0"]
+    assert row["status"] == "completed"
+    assert row["params_trainable"] == 160 * 7 + 7 < row["params_total"]

@@ -1,0 +1,78 @@
+"""Freezing policies: which parameters train, epoch by epoch.
+
+A *layer* is a leaf module that owns parameters (a convolution, a linear layer, a BatchNorm),
+in registration order, which for every built-in backbone is the order of the forward pass.
+The classifier (``model.get_classifier()``) is the head; it always trains. Policies:
+
+- ``none``: everything trains (full fine-tuning).
+- ``last_k``: the head and the last ``k`` trunk layers train, the rest is frozen. Smelyakov et al.
+  froze "all layers except the last 4" of each network; ``k = 4``.
+- ``head_only``: only the head trains.
+- ``two_stage``: ``head_only`` until ``unfreeze_epoch``, then everything trains with the learning
+  rate multiplied by ``unfreeze_lr_factor`` (the Arsirii papers' transfer schedule).
+
+Frozen BatchNorm layers run in inference mode (their moving statistics stay as loaded), as
+Keras' frozen layers do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FreezePlan:
+    policy: str = "none"  # none | last_k | head_only | two_stage
+    k: int = 4
+    unfreeze_epoch: int = 1
+    unfreeze_lr_factor: float = 0.1
+
+
+def trunk_layers(model: nn.Module) -> list[nn.Module]:
+    """The trunk's layers in order: leaf modules with parameters of their own, head excluded."""
+    head = set(model.get_classifier().modules())
+    return [
+        module for module in model.modules()
+        if module not in head and not list(module.children()) and list(module.parameters(recurse=False))
+    ]
+
+
+def _set_trainable(model: nn.Module, trainable_trunk_layers: int | None) -> None:
+    """Trunk layers beyond the last ``trainable_trunk_layers`` are frozen (None: all train)."""
+    layers = trunk_layers(model)
+    frozen = 0 if trainable_trunk_layers is None else max(0, len(layers) - trainable_trunk_layers)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    for layer in layers[:frozen]:
+        for parameter in layer.parameters(recurse=False):
+            parameter.requires_grad_(False)
+
+
+def apply_freeze(model: nn.Module, plan: FreezePlan, epoch: int) -> None:
+    """Set ``requires_grad`` for training ``epoch`` (1-based) under ``plan``."""
+    if plan.policy == "none" or (plan.policy == "two_stage" and epoch >= plan.unfreeze_epoch):
+        _set_trainable(model, None)
+    elif plan.policy == "last_k":
+        _set_trainable(model, plan.k)
+    elif plan.policy in ("head_only", "two_stage"):
+        _set_trainable(model, 0)
+    else:
+        raise ValueError(f"unknown freezing policy {plan.policy!r}; allowed: none, last_k, head_only, two_stage")
+
+
+def learning_rate_for_epoch(plan: FreezePlan, base_lr: float, epoch: int) -> float:
+    if plan.policy == "two_stage" and epoch >= plan.unfreeze_epoch:
+        return base_lr * plan.unfreeze_lr_factor
+    return base_lr
+
+
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except frozen BatchNorm layers, which keep using their moving statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
