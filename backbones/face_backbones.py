@@ -58,8 +58,13 @@ class OpenFaceClassifier(nn.Module):
 
 
 def _load_trunk(trunk: nn.Module, weights_file: Path, name: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
-    """Load deepface's state_dict into the trunk, refusing mismatches with a message naming the file."""
-    state = {k: v for k, v in load_state_dict_file(weights_file).items() if not k.startswith(ignore_prefixes)}
+    """Load deepface's state_dict (or one saved from these classifiers, whose trunk keys carry a
+    ``trunk.`` prefix) into the trunk, refusing mismatches with a message naming the file."""
+    state = {
+        k.removeprefix("trunk."): v
+        for k, v in load_state_dict_file(weights_file).items()
+        if not k.startswith(("classifier.", *ignore_prefixes))
+    }
     try:
         trunk.load_state_dict(state)
     except RuntimeError as err:

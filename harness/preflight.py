@@ -35,11 +35,19 @@ class Preflight:
         return [arm for arm in self.arms if arm["status"] == "scheduled"]
 
 
-def resolve_weights(spec: StudySpec) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(files, sources, problems) for every backbone that has a pretrained arm."""
+    from harness.synth_identity import synth_identity_weights
+    from harness.trainable import resolve_input_size
+
     files, sources, problems = {}, {}, {}
     needed = sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
     for backbone in needed:
+        if spec.weights.source_for(backbone) == "synth-identity":
+            recipe = spec.weights.synth_identity.model_dump()
+            path = synth_identity_weights(backbone, resolve_input_size(spec, backbone, data_size), recipe)
+            files[backbone], sources[backbone] = str(path), "synth-identity"
+            continue
         status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
         if not status.available:
             problems[backbone] = status.message
@@ -88,7 +96,6 @@ def check_local_resources(spec: StudySpec) -> list[str]:
 
 def run_preflight(spec: StudySpec) -> Preflight:
     problems: list[str] = check_local_resources(spec)
-    files, sources, weight_problems = resolve_weights(spec)
     dataset = splits = None
     try:
         dataset = load_dataset(spec.data)
@@ -96,6 +103,8 @@ def run_preflight(spec: StudySpec) -> Preflight:
         problems += check_splits(dataset, splits)
     except (DataError, ValueError) as err:
         problems.append(str(err))
+    data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size
+    files, sources, weight_problems = resolve_weights(spec, data_size)
     if weight_problems and not spec.run.allow_unavailable:
         problems += list(weight_problems.values())
         problems.append(
@@ -106,8 +115,12 @@ def run_preflight(spec: StudySpec) -> Preflight:
         raise PreflightError("\n".join(problems))
     arms = []
     for arm in spec.arms():
-        missing = arm["init"] == "pretrained" and arm["backbone"] in weight_problems
-        arms.append(
-            {**arm, "status": "unavailable" if missing else "scheduled", "reason": weight_problems[arm["backbone"]] if missing else ""}
-        )
+        pretrained = arm["init"] == "pretrained"
+        missing = pretrained and arm["backbone"] in weight_problems
+        arms.append({
+            **arm,
+            "status": "unavailable" if missing else "scheduled",
+            "reason": weight_problems[arm["backbone"]] if missing else "",
+            "weights_source": sources.get(arm["backbone"], "") if pretrained else "",
+        })
     return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources)

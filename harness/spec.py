@@ -158,9 +158,32 @@ class RunSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1, description="trials running at once (default: as resources allow)")
 
 
+PretrainedSource = Literal["published", "synth-identity"]
+
+
+class SynthIdentitySpec(_Strict):
+    """Recipe of the offline ``synth-identity`` pretraining (identity classification on SynthFER)."""
+
+    num_images: int = Field(6000, ge=100)
+    num_identities: int = Field(100, ge=2)
+    image_size: int = Field(48, ge=16, le=256)
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=2)
+    seed: int = Field(1_000_003, description="a SynthFER seed other than the study's: other images, other people")
+
+
 class WeightsSpec(_Strict):
     dir: str | None = Field(None, description="folder searched for <backbone>.safetensors|.pth files")
     files: dict[str, str] = Field(default_factory=dict, description="backbone name → weight file")
+    source: PretrainedSource = Field(
+        "published", description="where pretrained arms get weights: the published ones, or offline synth-identity"
+    )
+    sources: dict[str, PretrainedSource] = Field(default_factory=dict, description="per-backbone override of source")
+    synth_identity: SynthIdentitySpec = Field(default_factory=SynthIdentitySpec)
+
+    def source_for(self, backbone: str) -> str:
+        return self.sources.get(backbone, self.source)
 
 
 class StudySpec(_Strict):

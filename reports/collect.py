@@ -78,8 +78,9 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     epoch_frames, trial_rows = [], []
     for arm in read_json(paths["grid"]):
         arm_fields = {k: arm[k] for k in ARM_COLUMNS[1:]}
+        source = {"weights_source": arm.get("weights_source", "")}
         if arm["status"] == "unavailable":
-            trial_rows.append({"trial_id": "", **arm_fields, "status": "unavailable", "error": arm["reason"]})
+            trial_rows.append({"trial_id": "", **arm_fields, **source, "status": "unavailable", "error": arm["reason"]})
             continue
         trial_dir = _trial_dir(experiment_dir, arm["arm_id"])
         epochs = read_epochs(trial_dir) if trial_dir else pd.DataFrame(columns=["epoch"])
@@ -88,7 +89,9 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if not epochs.empty:
             frame = epochs.reindex(columns=["epoch", *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
             epoch_frames.append(frame[ARM_COLUMNS + ["epoch", *EPOCH_METRICS]])
-        trial_rows.append({"trial_id": trial_id, **arm_fields, "status": status, "error": error, **_trial_summary(epochs)})
+        trial_rows.append(
+            {"trial_id": trial_id, **arm_fields, **source, "status": status, "error": error, **_trial_summary(epochs)}
+        )
     trials_table = pd.DataFrame(trial_rows)
     for column in INTEGER_COLUMNS.intersection(trials_table.columns):
         trials_table[column] = trials_table[column].astype("Int64")  # stays integer beside missing values

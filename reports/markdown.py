@@ -28,7 +28,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 
 def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
     columns = {
-        "arm_id": "arm", "status": "status", "epochs_done": "epochs", "input_size": "input",
+        "arm_id": "arm", "status": "status", "weights_source": "weights", "epochs_done": "epochs", "input_size": "input",
         "final_val_acc": "val acc", "best_val_acc": "best val acc", "best_epoch": "best epoch",
         "test_acc": "test acc", "test_macro_f1": "test macro F1", "train_images_per_s": "train img/s",
         "train_time_s": "train s",
@@ -67,7 +67,9 @@ def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
         "",
         markdown_table(_arms_table(trials)),
         "Accuracy and loss are on the validation split after the last epoch; test metrics on the test "
-        "split with the final model; `train img/s` is the mean training throughput over epochs.",
+        "split with the final model; `train img/s` is the mean training throughput over epochs; `weights` is "
+        "where a pretrained arm's weights came from (`synth-identity`: identity pretraining on a separate "
+        "SynthFER set, see the README).",
         "",
     ]
     problems = trials[trials["status"].isin(["failed", "unavailable", "incomplete"])]

@@ -101,3 +101,16 @@ def test_deepface_weights_folder_is_searched(tmp_path, monkeypatch, isolated_wei
     torch.save(OpenFaceNet().state_dict(), folder / "openface_weights.pth")
     found = resolve_pretrained("openface")
     assert found.available and found.path == str(folder / "openface_weights.pth")
+
+
+def test_face_classifier_state_dicts_load_back_into_the_trunk(tmp_path):
+    """synth-identity saves whole classifiers (``trunk.``-prefixed keys, another head size)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    pretrained = create_backbone("openface", 10)
+    path = tmp_path / "openface-identity.safetensors"
+    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(path))
+    model = create_backbone("openface", 7, weights_file=path)
+    for key, value in pretrained.trunk.state_dict().items():
+        assert torch.equal(model.trunk.state_dict()[key], value), key

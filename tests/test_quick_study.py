@@ -17,7 +17,7 @@ RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 
 @pytest.mark.slow
 def test_run_py_runs_the_quick_study_end_to_end(tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FERBENCH_WEIGHTS_DIR": str(tmp_path / "no-weights")}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "FERBENCH_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, str(RUN_PY)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -30,14 +30,16 @@ def test_run_py_runs_the_quick_study_end_to_end(tmp_path):
     trials = pd.read_csv(experiment / "report" / "tables" / "trials.csv").set_index("arm_id")
     assert sorted(trials.index) == sorted(arms)
     pretrained = [a for a in arms if "_pretrained_" in a]
-    assert (trials.loc[pretrained, "status"] == "unavailable").all()  # no weights on this machine
-    assert (trials.drop(index=pretrained)["status"] == "completed").all()
+    assert len(pretrained) == 2 and (trials["status"] == "completed").all()
+    assert (trials.loc[pretrained, "weights_source"] == "synth-identity").all()  # offline pretraining
+    assert len(list((tmp_path / "cache" / "synth-identity").glob("*.safetensors"))) == 2
     text = report.read_text()
     for arm in arms:
         assert arm in text
     epochs = pd.read_csv(experiment / "report" / "tables" / "epochs.csv")
-    runnable = len(arms) - len(pretrained)
+    runnable = len(arms)
     assert len(epochs) == runnable * (spec.train.epochs + 1)
     assert f"[{runnable}/{runnable} trials" in done.stdout and f"epoch {spec.train.epochs}/{spec.train.epochs}" in done.stdout
     small_cnn = trials[trials.index.str.startswith("small_cnn")]
     assert (small_cnn["test_acc"] > 0.3).all()  # learns far above the 1/7 chance level
+    assert "synth-identity" in text

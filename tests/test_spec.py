@@ -122,13 +122,16 @@ def test_arms_order_is_backbone_init_variant_seed_product():
     assert len({a["arm_id"] for a in spec.arms()}) == 8
 
 
-def test_quick_study_excludes_pretrained_small_cnn():
-    assert [a["arm_id"] for a in load_spec("quick", ["grid.seed=[0]"]).arms()] == [
+def test_quick_study_compares_random_and_synth_identity_pretraining():
+    quick = load_spec("quick")
+    assert [a["arm_id"] for a in quick.arms()] == [
         "small_cnn_random_baseline_s0",
+        "small_cnn_pretrained_baseline_s0",
         "mobilenet_v1_random_baseline_s0",
         "mobilenet_v1_pretrained_baseline_s0",
     ]
-
+    assert quick.weights.source_for("mobilenet_v1") == "synth-identity"
+    assert load_spec("quick", ["weights.sources={mobilenet_v1: published}"]).weights.source_for("mobilenet_v1") == "published"
 
 def test_exclude_rules_match_partial_arms():
     spec = load_spec(
