@@ -31,11 +31,28 @@ class VGGFaceClassifier(nn.Module):
         self.trunk = VGGFace.VggFaceBaseModel(include_top=False)
         # fc6 is a 7×7 convolution over conv5's 7×7 map at 224 px; pool to 7×7 for other sizes.
         self.trunk.fc6.register_forward_pre_hook(lambda _, args: (F.adaptive_avg_pool2d(args[0], 7),))
-        self.num_features = 4096
+        self.num_features, self.feature_channels = 4096, 512
         self.classifier = nn.Linear(self.num_features, num_classes)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def strip_to_features(self) -> None:
+        self.trunk.fc6, self.trunk.fc7 = nn.Identity(), nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """conv5_3 after its pooling: the (B, 512, H/32, W/32) maps fc6 reads."""
+        t = self.trunk
+        blocks = ((t.conv1_1, t.conv1_2), (t.conv2_1, t.conv2_2), (t.conv3_1, t.conv3_2, t.conv3_3),
+                  (t.conv4_1, t.conv4_2, t.conv4_3), (t.conv5_1, t.conv5_2, t.conv5_3))
+        for block in blocks:
+            for conv in block:
+                x = t.relu(conv(x))
+            x = t.pool(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.trunk.embed(x))
@@ -47,11 +64,27 @@ class OpenFaceClassifier(nn.Module):
     def __init__(self, num_classes: int):
         super().__init__()
         self.trunk = OpenFace.OpenFaceNet()
-        self.num_features = 128
+        self.num_features, self.feature_channels = 128, 736
         self.classifier = nn.Linear(self.num_features, num_classes)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def strip_to_features(self) -> None:
+        self.trunk.dense_layer = nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """inception_5b's (B, 736, 3, 3) maps, caught on the way through deepface's forward."""
+        captured: list[torch.Tensor] = []
+        handle = self.trunk.inception_5b.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            self.trunk(x)
+        finally:
+            handle.remove()
+        return captured[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.trunk(x))

@@ -117,7 +117,9 @@ def read_keras_layers(h5_path: str | Path) -> list[KerasLayer]:
                 names = [_text(name) for name in group.attrs.get("weight_names", [])]
                 absent = [name for name in names if name not in group]
                 if absent:
-                    raise ValueError(f"{path}: layer {layer_name!r} lists weight {absent[0]!r} but it is absent (truncated file?)")
+                    raise ValueError(
+                        f"{path}: layer {layer_name!r} lists weight {absent[0]!r} but it is absent (truncated file?)"
+                    )
                 if names:
                     weights = {name.split("/")[-1].split(":")[0]: np.asarray(group[name][()]) for name in names}
                     layers.append(KerasLayer(layer_name, weights))
@@ -155,16 +157,17 @@ def _convert_layer(path: Path, layer: KerasLayer, module: str, shapes: dict[str,
     return state
 
 
+def _first_of(names: list[str]) -> str:
+    return repr(names[0]) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
 def _match_by_position(path: Path, layers: list[KerasLayer], modules: list[str]) -> list[tuple[KerasLayer, str]]:
     """VGG-Face: Keras' unnamed Sequential layers, matched in order as Keras' ``load_weights`` does."""
+    counts = f"{path}: {len(layers)} layers with weights, VGG-Face has {len(modules)} ({modules[0]} … {modules[-1]})"
     if len(layers) < len(modules):
-        raise ValueError(
-            f"{path}: {len(layers)} layers with weights, VGG-Face needs {len(modules)} "
-            f"({', '.join(modules)}); the layer for {modules[len(layers)]!r} is missing (truncated or not VGG-Face?)"
-        )
+        raise ValueError(f"{counts}: the layer for {modules[len(layers)]!r} is missing (truncated or not VGG-Face?)")
     if len(layers) > len(modules):
-        extra = [layer.name for layer in layers[len(modules):]]
-        raise ValueError(f"{path}: {len(layers)} layers with weights, VGG-Face has {len(modules)}; unexpected {extra}")
+        raise ValueError(f"{counts}: unexpected {_first_of([layer.name for layer in layers[len(modules):]])} (not VGG-Face?)")
     return list(zip(layers, modules))
 
 
@@ -176,12 +179,11 @@ def _match_by_name(path: Path, layers: list[KerasLayer], modules: list[str]) -> 
     if missing:
         raise ValueError(
             f"{path}: layer {missing[0]!r} (for OpenFace's {wanted[missing[0]]}) is missing"
-            + (f", and {len(missing) - 1} more" if len(missing) > 1 else "")
-            + " (truncated or not OpenFace?)"
+            + (f", and {len(missing) - 1} more" if len(missing) > 1 else "") + " (truncated or not OpenFace?)"
         )
     extra = [name for name in by_name if name not in wanted]
     if extra:
-        raise ValueError(f"{path}: layers OpenFace does not have: {extra[:5]} (not deepface's OpenFace?)")
+        raise ValueError(f"{path}: layers OpenFace does not have: {_first_of(extra)} (not deepface's OpenFace?)")
     return [(by_name[name], module) for name, module in wanted.items()]
 
 

@@ -82,14 +82,20 @@ def get_backbone_info(name: str) -> BackboneInfo:
     return _lookup(name)[0]
 
 
-def create_backbone(name: str, num_classes: int, weights_file: str | Path | None = None) -> nn.Module:
-    """Build ``name`` with a ``num_classes`` classifier; ``weights_file`` loads pretrained weights.
+def create_backbone(
+    name: str, num_classes: int, weights_file: str | Path | None = None, head: str = "linear"
+) -> nn.Module:
+    """Build ``name`` with a ``num_classes`` classifier; ``weights_file`` loads pretrained weights
+    into the backbone; ``head`` picks one of ``backbones.heads.HEADS``.
 
     Without a weights file the network is randomly initialised from torch's global RNG, so
     seeding torch before this call makes initialisation reproducible.
     """
+    from backbones.heads import attach_head
+
     info, builder = _lookup(name)
-    return builder(info, num_classes, Path(weights_file) if weights_file else None)
+    model = builder(info, num_classes, Path(weights_file) if weights_file else None)
+    return attach_head(model, head, num_classes)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

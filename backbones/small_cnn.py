@@ -34,9 +34,20 @@ class SmallCNN(nn.Module):
         self.num_features = hidden
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden, num_classes)
+        self.feature_channels = channels
+
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def strip_to_features(self) -> None:
+        self.neck = nn.Identity()
+
+    def forward_features(self, x):
+        return self.features(x)
 
     def forward(self, x):
         return self.classifier(self.neck(self.pool(self.features(x))))

@@ -37,13 +37,16 @@ def timm_info(name: str, timm_name: str, description: str = "", keras_conv_bias:
 def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
     """Create the timm model; with a weights file, load it through timm (classifier re-initialised)."""
     if weights_file is None:
-        return timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
-    return timm.create_model(
-        info.timm_name,
-        pretrained=True,
-        num_classes=num_classes,
-        pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
-    )
+        model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
+    else:
+        model = timm.create_model(
+            info.timm_name,
+            pretrained=True,
+            num_classes=num_classes,
+            pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
+        )
+    model.feature_channels = model.num_features  # channels of forward_features' maps
+    return model
 
 
 register_backbone(

@@ -31,7 +31,7 @@ def default_weights_dir() -> Path:
     return Path(os.environ.get("FERBENCH_WEIGHTS_DIR", Path.home() / ".cache" / "ferbench" / "weights"))
 
 
-def _file_stem(backbone: str) -> str:
+def weight_file_stem(backbone: str) -> str:
     return backbone.replace(":", "-").replace("/", "-")
 
 
@@ -41,7 +41,7 @@ def deepface_weights_dir() -> Path:
 
 
 def _find_in_dir(folder: Path, backbone: str, published_name: str | None) -> Path | None:
-    names = [f"{_file_stem(backbone)}{suffix}" for suffix in WEIGHT_SUFFIXES]
+    names = [f"{weight_file_stem(backbone)}{suffix}" for suffix in WEIGHT_SUFFIXES]
     for name in names + ([published_name] if published_name else []):
         if (folder / name).is_file():
             return folder / name
@@ -85,15 +85,10 @@ def resolve_pretrained(
         found = _find_in_hub_cache(repo_id)
         if found:
             return WeightStatus(backbone, True, str(found), f"hf-cache:{repo_id}", "")
-    urls = [s.removeprefix("url:") for s in info.pretrained_sources if s.startswith("url:")]
-    target = folders[0] / (info.weight_filename or f"{_file_stem(backbone)}.safetensors")
-    if urls:
-        how = f"download {urls[0]} and place it at {target} (or in {deepface_weights_dir()})"
-    elif hub_ids:
-        how = (
-            f"place {HUB_FILENAMES[0]} of https://huggingface.co/{hub_ids[0]} at {target}, "
-            f"or run `huggingface-cli download {hub_ids[0]}` on a machine with internet and copy the Hugging Face cache"
-        )
+    target = folders[0] / (info.weight_filename or f"{weight_file_stem(backbone)}.safetensors")
+    if info.pretrained_sources:
+        fetch = f"ferbench weights fetch {backbone}" + (f" --dir {folders[0]}" if weights_dir else "")
+        how = f"run `{fetch}` (offline: run it on a machine with internet, then copy the file to {target})"
     else:
         how = f"{backbone} has no published pretrained weights; place a state_dict file at {target}"
     return WeightStatus(

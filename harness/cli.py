@@ -1,4 +1,4 @@
-"""``ferbench`` command line: run studies, re-render reports, list backbones.
+"""``ferbench`` command line: run studies, re-render reports, list backbones, manage pretrained weights.
 
 Bad input ends with one message and exit code 2; nothing is written before the spec and the
 preflight pass.
@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from harness.weights_cli import add_weights_parser, cmd_weights
 
 EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
     backbones = commands.add_parser("backbones", help="list the registered backbones")
     backbones.add_argument("--json", action="store_true", help="machine-readable output")
+
+    add_weights_parser(commands)
     return parser
 
 
@@ -118,7 +122,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "weights": cmd_weights}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,9 +105,12 @@ def run_preflight(spec: StudySpec) -> Preflight:
         problems.append(str(err))
     data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size
     files, sources, weight_problems = resolve_weights(spec, data_size)
-    if weight_problems and not spec.run.allow_unavailable:
+    nothing_runs = all(arm["init"] == "pretrained" and arm["backbone"] in weight_problems for arm in spec.arms())
+    if weight_problems and (nothing_runs or not spec.run.allow_unavailable):
         problems += list(weight_problems.values())
         problems.append(
+            "every arm of the grid needs the missing weights above, so nothing could run: place them first"
+            if nothing_runs else
             "run.allow_unavailable=false: fix the weights above, or pass --set run.allow_unavailable=true "
             "to record those arms as 'unavailable' and run the rest"
         )

@@ -131,6 +131,9 @@ class TrainSpec(_Strict):
         "native", description="'native' = the backbone's own size, 'data' = the images' size, or pixels"
     )
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    head: Literal["linear", "arsirii_pl", "arsirii_au"] = Field(
+        "linear", description="linear (Smelyakov), arsirii_pl (pseudo-labelling conv head), arsirii_au (GAP-BN-ReLU-Dropout)"
+    )
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
     deterministic: bool = Field(True, description="deterministic kernels (identical reruns on CPU)")
 

@@ -20,7 +20,7 @@ import numpy as np
 from harness.dataset import ACTION_UNITS, FER2013_CLASSES, FerDataset
 
 FER2013_COUNTS: tuple[int, ...] = (4953, 547, 5121, 8989, 6077, 4002, 6198)
-_CHUNK = 256  # images rendered per batch; fixed so that output never depends on it
+_CHUNK_PIXELS = 256 * 48 * 48  # pixels rendered per batch (bounds memory); a function of image_size only
 # Internal actions beyond ACTION_UNITS: lid raiser, lip-corner depressor, lip tightener,
 # upper-lip raiser, lip stretcher. Columns of _PROTOTYPES = ACTION_UNITS + _EXTRA_ACTIONS.
 _EXTRA_ACTIONS: tuple[str, ...] = ("AU5", "AU15", "AU23", "AU10", "AU20")
@@ -37,9 +37,9 @@ _PROTOTYPE_BY_CLASS: dict[str, tuple[float, ...]] = {
 }
 _PROTOTYPES = np.array([_PROTOTYPE_BY_CLASS[c] for c in FER2013_CLASSES], dtype=np.float32)
 # Range of the overall expression intensity per class (weak sad faces look neutral).
-_INTENSITY_BY_CLASS = {"sad": (0.15, 0.9), "neutral": (0.0, 1.0)}
+_INTENSITY_BY_CLASS = {"sad": (0.3, 0.95), "neutral": (0.0, 1.0)}
 _INTENSITY = np.array([_INTENSITY_BY_CLASS.get(c, (0.3, 1.0)) for c in FER2013_CLASSES], dtype=np.float32)
-_ACTION_SD = 0.12  # per-action jitter around the scaled prototype
+_ACTION_SD = 0.1  # per-action jitter around the scaled prototype
 _AU_THRESHOLD = 0.5
 
 
@@ -59,9 +59,11 @@ def class_counts(num_images: int, reference: tuple[int, ...] = FER2013_COUNTS) -
     return counts
 
 
-def _validate(num_images: int, image_size: int, label_noise: float, num_identities: int | None,
+def _validate(num_images: int, image_size: int, seed: int, label_noise: float, num_identities: int | None,
               occlusion_rate: float) -> None:
     problems = []
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        problems.append(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(num_images, (int, np.integer)) or num_images < len(FER2013_CLASSES):
         problems.append(f"num_images must be an integer >= {len(FER2013_CLASSES)}, got {num_images!r}")
     if not isinstance(image_size, (int, np.integer)) or not 16 <= image_size <= 256:
@@ -93,10 +95,10 @@ def _nuisance(rng: np.random.Generator, n: int, occlusion_rate: float) -> dict[s
     u = lambda lo, hi: rng.uniform(lo, hi, n).astype(np.float32)  # noqa: E731
     angle = np.clip(rng.normal(0.0, 0.1, n), -0.3, 0.3).astype(np.float32)
     ang_l, ang_b = u(0, 2 * np.pi), u(0, 2 * np.pi)
-    return dict(cos=np.cos(angle), sin=np.sin(angle), yaw=u(-0.06, 0.06), zoom=u(1.12, 1.3),
-                tx=u(-0.08, 0.08), ty=u(-0.06, 0.08), bg=u(0.05, 0.95), bg_grad=u(-0.3, 0.3),
-                gain=u(0.7, 1.25), light=u(0.0, 0.35), lx=np.cos(ang_l), ly=np.sin(ang_l),
-                bgx=np.cos(ang_b), bgy=np.sin(ang_b), blur=u(0.2, 0.8), noise=u(0.005, 0.035),
+    return dict(cos=np.cos(angle), sin=np.sin(angle), yaw=u(-0.06, 0.06), zoom=u(1.22, 1.38),
+                tx=u(-0.08, 0.08), ty=u(-0.1, 0.04), bg=u(0.05, 0.95), bg_grad=u(-0.2, 0.2),
+                gain=u(0.8, 1.2), light=u(0.0, 0.25), lx=np.cos(ang_l), ly=np.sin(ang_l),
+                bgx=np.cos(ang_b), bgy=np.sin(ang_b), blur=u(0.2, 0.7), noise=u(0.005, 0.025),
                 occ=(rng.random(n) < occlusion_rate).astype(np.float32), occ_hand=(rng.random(n) < 0.5).astype(np.float32),
                 occ_x=u(-0.4, 0.4), occ_y=u(-0.3, 0.55), occ_w=u(0.15, 0.35), occ_h=u(0.06, 0.16),
                 occ_tilt=u(-0.3, 0.3), occ_val=u(0.0, 1.0))
@@ -139,15 +141,16 @@ def _draw_face(img: np.ndarray, u: np.ndarray, v: np.ndarray, aa, p: dict) -> No
     ex, ey, ew = p["eye_x"], p["eye_y"], p["eye_w"]
     # brows: AU1 lifts the inner end, AU2 the outer end, AU4 lowers and slants them inward
     bw = ew * 1.3
-    t = (uf - (ex - bw)) / (2 * bw)
+    t = (uf - (ex - bw) + 0.04 * au["AU4"]) / (2 * bw)  # AU4 also knits the brows together
     brow_y = (ey - p["brow_gap"] + 0.05 * au["AU4"] - 0.13 * au["AU1"] * (1 - t) - 0.12 * au["AU2"] * t
-              + 0.06 * au["AU4"] * (1 - t) - p["brow_arch"] * 4 * t * (1 - t))
-    brow = np.maximum(np.abs(v - brow_y) - 0.5 * p["brow_t"] * (1.2 - 0.5 * t), np.maximum(-t, t - 1) * 2 * bw)
+              + 0.12 * au["AU4"] * (1 - t) - p["brow_arch"] * 4 * t * (1 - t))
+    thick = 0.5 * p["brow_t"] * (1.2 - 0.5 * t) * (1 + 0.6 * au["AU4"] + 0.3 * au["AU9"])
+    brow = np.maximum(np.abs(v - brow_y) - thick, np.maximum(-t, t - 1) * 2 * bw)
     _paint(img, brow, aa, p["brow_tone"])
-    frown = np.maximum(np.abs(uf - 0.035) - 0.006, np.abs(v - (ey - 0.06)) - 0.04)
+    frown = np.maximum(np.abs(uf - 0.04) - 0.01, np.abs(v - (ey - 0.06)) - 0.05)
     _paint(img, frown, aa, skin * 0.55, alpha=au["AU4"] * 0.9)
     # eyes: AU5 widens, AU6/AU4/AU9 narrow
-    opening = np.clip(1 + 1.2 * au["AU5"] + 0.2 * au["AU1"] - 0.6 * au["AU6"] - 0.4 * au["AU4"] - 0.3 * au["AU9"], 0.2, 2.6)
+    opening = np.clip(1 + 1.2 * au["AU5"] + 0.2 * au["AU1"] - 0.6 * au["AU6"] - 0.5 * au["AU4"] - 0.3 * au["AU9"], 0.2, 2.6)
     eye = _ellipse(uf - ex, v - ey, ew, p["eye_h"] * opening)
     _paint(img, eye, aa, 0.25 + 0.7 * skin)
     _paint(img, np.maximum(eye, np.hypot(uf - ex, v - ey) - 0.45 * ew), aa, 0.1)
@@ -161,15 +164,15 @@ def _draw_face(img: np.ndarray, u: np.ndarray, v: np.ndarray, aa, p: dict) -> No
     _paint(img, _segment(uf, v, 0.05, ey + 0.05, 0.065, ny) - 0.006, aa, skin * 0.8)
     _paint(img, _ellipse(uf - 0.045 - 0.015 * au["AU9"], v - ny, 0.028 + 0.015 * au["AU9"], 0.016), aa, skin * 0.35)
     for k in range(3):
-        wrinkle = np.maximum(np.abs(v - ey - 0.01 - 0.035 * k) - 0.007, uf - 0.07)
+        wrinkle = np.maximum(np.abs(v - ey + 0.01 - 0.04 * k) - 0.01, uf - 0.08)
         _paint(img, wrinkle, aa, skin * 0.45, alpha=au["AU9"])
     # mouth: AU12/AU15 curve the corners, AU25/AU26/AU10 open it, AU23 thins it, AU20 stretches it
     my = ny + p["mouth_gap"] + 0.04 * au["AU26"]
-    mw = p["mouth_w"] * (1 + 0.3 * au["AU12"] + 0.35 * au["AU20"] - 0.3 * au["AU23"] - 0.3 * au["AU26"])
+    mw = p["mouth_w"] * (1 + 0.3 * au["AU12"] + 0.45 * au["AU20"] - 0.3 * au["AU23"] - 0.3 * au["AU26"])
     x2 = (uf / mw) ** 2
     shape = np.sqrt(np.clip(1 - x2, 0, 1))
-    yc = my - (0.15 * au["AU12"] - 0.12 * au["AU15"]) * x2
-    y_up = yc - (0.05 * au["AU25"] + 0.06 * au["AU10"] + 0.02 * au["AU26"]) * shape
+    yc = my - (0.15 * au["AU12"] - 0.16 * au["AU15"]) * x2
+    y_up = yc - (0.05 * au["AU25"] + 0.08 * au["AU10"] + 0.02 * au["AU26"]) * shape
     y_lo = yc + (0.05 * au["AU25"] + 0.16 * au["AU26"]) * shape
     side = (np.sqrt(x2) - 1) * mw
     fold = _segment(uf, v, 0.09, ny + 0.01, mw + 0.03, my - 0.15 * au["AU12"] + 0.1 * au["AU15"])
@@ -180,6 +183,8 @@ def _draw_face(img: np.ndarray, u: np.ndarray, v: np.ndarray, aa, p: dict) -> No
     teeth = np.maximum(np.maximum(y_up - v, v - np.minimum(y_lo, y_up + 0.035)), side)
     _paint(img, teeth, aa, 0.85, alpha=np.clip(1.5 * au["AU12"] - 0.3, 0, 1))
     _paint(img, np.maximum(np.abs(v - yc) - 0.008, side), aa, skin * 0.3)
+    chin = np.maximum(np.abs(v - y_lo - 0.07) - 0.012, uf - 0.6 * mw)  # pressed lips bunch the chin
+    _paint(img, chin, aa, skin * 0.55, alpha=au["AU23"])
 
 
 def _blur(img: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -227,7 +232,7 @@ def generate_synthfer(num_images: int = 5000, image_size: int = 48, seed: int = 
     ``meta["clean_labels"]`` with the flipped ones marked in ``meta["noisy_label_mask"]``.
     ``meta["action_intensities"]`` holds the continuous AU intensities behind ``action_units``.
     """
-    _validate(num_images, image_size, label_noise, num_identities, occlusion_rate)
+    _validate(num_images, image_size, seed, label_noise, num_identities, occlusion_rate)
     num_identities = max(1, num_images // 25) if num_identities is None else int(num_identities)
     rng_order, rng_id, rng_act, rng_nuis, rng_noise, rng_pix = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
@@ -239,11 +244,12 @@ def generate_synthfer(num_images: int = 5000, image_size: int = 48, seed: int = 
     params = {k: val[subjects] for k, val in ident.items()}
     params.update(_nuisance(rng_nuis, num_images, occlusion_rate))
     params.update({name: actions[:, i] for i, name in enumerate(_ACTIONS)})
+    chunk = max(8, _CHUNK_PIXELS // image_size**2)
     chunk_rngs = [np.random.default_rng(s) for s in
-                  np.random.SeedSequence(rng_pix.integers(2**63)).spawn(-(-num_images // _CHUNK))]
+                  np.random.SeedSequence(rng_pix.integers(2**63)).spawn(-(-num_images // chunk))]
     images = np.empty((num_images, image_size, image_size), dtype=np.uint8)
     for i, chunk_rng in enumerate(chunk_rngs):
-        sl = slice(i * _CHUNK, (i + 1) * _CHUNK)
+        sl = slice(i * chunk, (i + 1) * chunk)
         images[sl] = _render({k: val[sl] for k, val in params.items()}, image_size, chunk_rng)
     labels, noisy = clean.copy(), np.zeros(num_images, dtype=bool)
     flipped = rng_noise.choice(num_images, size=int(round(label_noise * num_images)), replace=False)

@@ -131,7 +131,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
 
     torch.manual_seed(arm["seed"])
     weights = payload.weight_files.get(arm["backbone"]) if arm["init"] == "pretrained" else None
-    model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights).to(device)
+    model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head).to(device)
     optimizer = _make_optimizer(spec, model)
     generator = torch.Generator().manual_seed(arm["seed"])
 

@@ -166,12 +166,12 @@ def test_small_cnn_rejects_other_widths_with_value_error(tmp_path):
 # --- offline resolution of pretrained weights ---------------------------------------------------
 
 
-def test_missing_weights_message_names_target_and_hub_repo(isolated_weights):
+def test_missing_weights_message_names_target_and_fetch_command(isolated_weights):
     weights_dir, _ = isolated_weights
     status = resolve_pretrained("mobilenet_v1")
     assert not status.available and status.path is None and status.source == "missing"
     assert str(weights_dir / "mobilenet_v1.safetensors") in status.message
-    assert MOBILENET_HUB_ID in status.message
+    assert "`ferbench weights fetch mobilenet_v1`" in status.message
     assert "weights.files.mobilenet_v1" in status.message
 
 
@@ -180,7 +180,7 @@ def test_missing_weights_message_prefers_the_spec_weights_dir(isolated_weights, 
     status = resolve_pretrained("resnet50", weights_dir=spec_dir)
     assert not status.available
     assert str(spec_dir / "resnet50.safetensors") in status.message
-    assert "timm/resnet50.a1_in1k" in status.message
+    assert f"`ferbench weights fetch resnet50 --dir {spec_dir}`" in status.message
 
 
 def test_backbone_without_published_weights_says_so(isolated_weights):
@@ -233,19 +233,55 @@ def test_explicit_file_wins_and_missing_explicit_file_is_named(isolated_weights,
 
 def test_weights_found_in_hugging_face_cache(isolated_weights):
     _, hub_cache = isolated_weights
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = hub_cache / f"models--{MOBILENET_HUB_ID.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
+    snapshot = _hub_snapshot(hub_cache, MOBILENET_HUB_ID)
     (snapshot / "model.safetensors").write_bytes(b"weights")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
     status = resolve_pretrained("mobilenet_v1")
     assert status.available
     assert status.path == str(snapshot / "model.safetensors")
     assert status.source == f"hf-cache:{MOBILENET_HUB_ID}"
     # Another backbone's repo is not confused with it.
     assert not resolve_pretrained("resnet50").available
+
+
+def _hub_snapshot(hub_cache, repo_id: str):
+    """A Hugging Face cache entry laid out as ``huggingface_hub`` writes it; returns the snapshot folder."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_every_resolver_path_gives_bit_identical_outputs(isolated_weights, tmp_path):
+    weights_dir, hub_cache = isolated_weights
+    torch.manual_seed(3)
+    source = timm.create_model("mobilenetv1_100", pretrained=False)
+    spec_dir = tmp_path / "spec_weights"
+    places = {
+        "weights.files": tmp_path / "mine" / "any-name.safetensors",
+        str(spec_dir): spec_dir / "mobilenet_v1.safetensors",
+        str(weights_dir): weights_dir / "mobilenet_v1.safetensors",
+        f"hf-cache:{MOBILENET_HUB_ID}": _hub_snapshot(hub_cache, MOBILENET_HUB_ID) / "model.safetensors",
+    }
+    images = torch.rand(2, 3, 64, 64)
+    outputs = {}
+    for expected_source, path in places.items():  # each step in turn; earlier steps' files are removed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_state_dict(source, path)
+        files = {"mobilenet_v1": str(places["weights.files"])} if expected_source == "weights.files" else None
+        status = resolve_pretrained("mobilenet_v1", files=files, weights_dir=spec_dir if expected_source != str(weights_dir) else None)
+        assert status.source == expected_source and status.path == str(path.resolve())
+        model = create_backbone("mobilenet_v1", 7, weights_file=status.path).eval()
+        with torch.no_grad():
+            outputs[expected_source] = model.forward_features(images)
+        if expected_source != "weights.files":
+            path.unlink()
+    with torch.no_grad():
+        reference = source.eval().forward_features(images)
+    for where, output in outputs.items():
+        assert torch.equal(output, reference), where
 
 
 # --- ferbench backbones --json ---------------------------------------------------------------

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,8 @@ from deepface.models.facial_recognition.pytorch.VGGFace import VggFaceBaseModel
 
 from backbones import backbone_parameter_counts, create_backbone, get_backbone_info, resolve_pretrained
 from harness.cli import main
+
+RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 
 # The counts Smelyakov et al. quote (Keras' count_params, classifier removed).
 PAPER_KERAS_PARAMS = {
@@ -114,3 +120,21 @@ def test_face_classifier_state_dicts_load_back_into_the_trunk(tmp_path):
     model = create_backbone("openface", 7, weights_file=path)
     for key, value in pretrained.trunk.state_dict().items():
         assert torch.equal(model.trunk.state_dict()[key], value), key
+
+
+def test_offline_study_without_face_weights_stops_in_preflight_naming_files_and_fetch_command(tmp_path, isolated_weights):
+    weights_dir, hub_cache = isolated_weights
+    storage = tmp_path / "results"
+    env = {**os.environ, "DEEPFACE_HOME": str(tmp_path / "deepface_home"), "HF_HUB_CACHE": str(hub_cache)}
+    result = subprocess.run(
+        [sys.executable, str(RUN_PY), "quick", "--storage", str(storage),
+         "--set", "grid.backbone=[vggface,openface]", "--set", "grid.init=[pretrained]",
+         "--set", "weights.source=published"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    for name, filename in (("vggface", "vgg_face_weights.pth"), ("openface", "openface_weights.pth")):
+        assert str(weights_dir / filename) in result.stderr
+        assert f"`ferbench weights fetch {name}`" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not storage.exists()  # stopped before the experiment folder and before Ray
