@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from deepface.models.facial_recognition.pytorch import OpenFace, VGGFace
 from torch import nn
 
-from backbones.registry import BackboneInfo, load_state_dict_file, register_backbone
+from backbones.registry import TORCH_DEFAULT_INIT, BackboneInfo, load_state_dict_file, register_backbone
 
 DEEPFACE_RELEASES = "https://github.com/serengil/deepface_models/releases/download/v1.0"
 
@@ -105,6 +105,7 @@ def _load_trunk(trunk: nn.Module, weights_file: Path, name: str, ignore_prefixes
         raise ValueError(f"{weights_file}: not {name} weights ({first})") from None
 
 
+DEEPFACE_INIT = f"{TORCH_DEFAULT_INIT} (deepface's PyTorch modules define no initialiser of their own)"
 VGGFACE = BackboneInfo(
     name="vggface",
     family="face",
@@ -117,6 +118,7 @@ VGGFACE = BackboneInfo(
     description="VGG-Face (deepface PyTorch), fc7 descriptor 4096-d, BGR [0,1] 224×224",
     embedding_dim=4096,
     weight_filename="vgg_face_weights.pth",
+    random_init=DEEPFACE_INIT,
 )
 OPENFACE = BackboneInfo(
     name="openface",
@@ -131,6 +133,7 @@ OPENFACE = BackboneInfo(
     embedding_dim=128,
     weight_filename="openface_weights.pth",
     fixed_input_size=True,
+    random_init=DEEPFACE_INIT,
 )
 
 

@@ -17,6 +17,12 @@ from torch import nn
 TIMM_PREFIX = "timm:"
 
 
+TORCH_DEFAULT_INIT = (
+    "PyTorch's layer defaults: conv and linear weights Kaiming-uniform (a=√5, i.e. ±1/√fan_in), "
+    "biases uniform ±1/√fan_in, BatchNorm γ=1 β=0"
+)
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     """What the harness must know to feed and describe a backbone."""
@@ -35,6 +41,7 @@ class BackboneInfo:
     weight_filename: str | None = None  # the published weight file's name, where there is one
     keras_conv_bias: bool = False  # Keras' version of this network has conv biases the PyTorch one lacks
     fixed_input_size: bool = False  # only the native size works; the harness always resizes to it
+    random_init: str = TORCH_DEFAULT_INIT  # what ``init: random`` draws, from torch's RNG seeded by the arm's seed
     extra: dict = field(default_factory=dict)
 
 

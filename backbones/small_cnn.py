@@ -36,7 +36,6 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Linear(hidden, num_classes)
         self.feature_channels = channels
 
-
     def get_classifier(self) -> nn.Module:
         return self.classifier
 

@@ -10,7 +10,20 @@ from torch import nn
 from backbones.registry import BackboneInfo, register_backbone
 
 
-def timm_info(name: str, timm_name: str, description: str = "", keras_conv_bias: bool = False) -> BackboneInfo:
+RESNET_INIT = (
+    "timm's ResNet.init_weights: convs Kaiming-normal (fan_out, ReLU), BatchNorm γ=1 β=0 except the last "
+    "BatchNorm of every residual branch, γ=0 (zero_init_last); classifier PyTorch's default"
+)
+EFFICIENTNET_INIT = (
+    "timm's efficientnet_init_weights (TensorFlow's): convs normal(0, √(2/fan_out)), BatchNorm γ=1 β=0, "
+    "classifier uniform ±1/√num_classes, biases 0"
+)
+
+
+def timm_info(
+    name: str, timm_name: str, description: str = "", keras_conv_bias: bool = False,
+    random_init: str = "the timm model's own initialiser (its init_weights / timm defaults)",
+) -> BackboneInfo:
     """Metadata from timm's pretrained config (input size, normalisation, weight source)."""
     cfg = timm.models.get_pretrained_cfg(timm_name) if "." in timm_name else None
     if cfg is None:
@@ -31,6 +44,7 @@ def timm_info(name: str, timm_name: str, description: str = "", keras_conv_bias:
         description=description or f"timm {full_name}",
         timm_name=full_name,
         keras_conv_bias=keras_conv_bias,
+        random_init=random_init,
     )
 
 
@@ -50,8 +64,10 @@ def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None) 
 
 
 register_backbone(
-    timm_info("resnet50", "resnet50.a1_in1k", "ResNet-50 (timm resnet50), ImageNet-1k", keras_conv_bias=True)
+    timm_info("resnet50", "resnet50.a1_in1k", "ResNet-50 (timm resnet50), ImageNet-1k", keras_conv_bias=True,
+              random_init=RESNET_INIT)
 )(build_timm)
 register_backbone(
-    timm_info("mobilenet_v1", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1 1.0 (timm mobilenetv1_100), ImageNet-1k")
+    timm_info("mobilenet_v1", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1 1.0 (timm mobilenetv1_100), ImageNet-1k",
+              random_init=EFFICIENTNET_INIT)
 )(build_timm)

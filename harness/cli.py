@@ -108,7 +108,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
             "mean": list(info.mean), "std": list(info.std),
             "embedding_dim": info.embedding_dim or int(model.num_features),
             **backbone_parameter_counts(name, model),
-            "pretrained": list(info.pretrained_sources), "description": info.description,
+            "pretrained": list(info.pretrained_sources), "random_init": info.random_init,
+            "description": info.description,
         })
     if args.json:
         print(json.dumps(rows, indent=2))

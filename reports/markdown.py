@@ -9,6 +9,15 @@ import pandas as pd
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
 
+def _freezing(freeze: dict) -> str:
+    policy = freeze.get("policy", "none")
+    if policy == "last_k":
+        return f"last_k (k={freeze.get('k')})"
+    if policy == "two_stage":
+        return f"two_stage (unfreeze at epoch {freeze.get('unfreeze_epoch')}, lr × {freeze.get('unfreeze_lr_factor')})"
+    return policy
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "–"
@@ -60,7 +69,8 @@ def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
         + (f", excluding {grid['exclude']}" if grid["exclude"] else ""),
         f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "
         f"batch {spec['train']['batch_size']}, input size {spec['train']['input_size']}, "
-        f"augmentation {'on' if spec['train']['augment']['enabled'] else 'off'}",
+        f"augmentation {'on' if spec['train']['augment']['enabled'] else 'off'}, "
+        f"head {spec['train'].get('head', 'linear')}, freezing {_freezing(spec['train'].get('freeze', {}))}",
         f"- Resources per trial: {spec['resources']['cpu']} CPU, {spec['resources']['gpu']} GPU",
         "",
         "## Arms",

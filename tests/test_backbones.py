@@ -78,12 +78,44 @@ def test_unknown_backbone_raises_key_error_listing_allowed_names():
         get_backbone_info("resnet_50")
 
 
-def test_random_init_follows_torch_seed():
-    torch.manual_seed(5)
-    first = create_backbone("small_cnn", 7).state_dict()
-    torch.manual_seed(5)
-    second = create_backbone("small_cnn", 7).state_dict()
-    assert all(torch.equal(first[k], second[k]) for k in first)
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenet_v1", "resnet50", "openface", "vggface"])
+def test_random_init_follows_torch_seed(name):
+    states = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        states.append(create_backbone(name, 7).state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def _largest_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    return max((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), key=lambda m: m.weight.numel())
+
+
+def _conv_fan(conv: torch.nn.Conv2d, mode: str) -> int:
+    kernel = conv.kernel_size[0] * conv.kernel_size[1]
+    return kernel * (conv.out_channels // conv.groups if mode == "fan_out" else conv.in_channels // conv.groups)
+
+
+def test_random_init_uses_each_librarys_own_initialiser():
+    """What ``random_init`` in ``ferbench backbones --json`` says is what the weights look like."""
+    torch.manual_seed(0)
+    resnet = create_backbone("resnet50", 7)
+    bottlenecks = [m for m in resnet.modules() if type(m).__name__ == "Bottleneck"]
+    assert len(bottlenecks) == 16 and all(torch.all(block.bn3.weight == 0) for block in bottlenecks)
+    conv = _largest_conv(resnet)  # Kaiming-normal, fan_out
+    assert conv.weight.std().item() == pytest.approx((2 / _conv_fan(conv, "fan_out")) ** 0.5, rel=0.05)
+
+    mobilenet = create_backbone("mobilenet_v1", 7)
+    conv = _largest_conv(mobilenet)  # TensorFlow's normal(0, sqrt(2 / fan_out))
+    assert conv.weight.std().item() == pytest.approx((2 / _conv_fan(conv, "fan_out")) ** 0.5, rel=0.05)
+    bound = 1 / 7 ** 0.5 * (1 + 1e-6)
+    assert 0.9 * bound < mobilenet.get_classifier().weight.abs().max().item() <= bound
+
+    for name in ("small_cnn", "openface", "vggface"):  # PyTorch's defaults: uniform within 1/sqrt(fan_in)
+        conv = _largest_conv(create_backbone(name, 7))
+        bound = 1 / _conv_fan(conv, "fan_in") ** 0.5 * (1 + 1e-6)  # float32 rounding
+        assert 0.99 * bound < conv.weight.abs().max().item() <= bound, name
 
 
 def test_parameter_counts_match_the_papers_keras_arithmetic():

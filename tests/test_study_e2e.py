@@ -166,8 +166,10 @@ def test_pretrained_arm_loads_the_resolved_weight_file(tmp_path):
 
 def test_trials_report_the_trainable_parameters_of_their_freezing_policy(tmp_path):
     outcome = run_study(tiny_spec(tmp_path, "frozen", "grid.seed=[0]", "grid.init=[random]", "train.epochs=1",
-                                  "train.freeze.policy=head_only"))
+                                  "train.freeze.policy=head_only", "train.head=arsirii_au"))
     _, trials = read_tables(outcome)
     row = trials.set_index("arm_id").loc["small_cnn_random_baseline_s0"]
     assert row["status"] == "completed"
-    assert row["params_trainable"] == 160 * 7 + 7 < row["params_total"]
+    # arsirii_au on small_cnn's 128 feature maps: BatchNorm1d(128) + Linear(128, 7)
+    assert row["params_trainable"] == 2 * 128 + 128 * 7 + 7 < row["params_total"]
+    assert "head arsirii_au, freezing head_only" in (outcome.report_dir / "report.md").read_text()
