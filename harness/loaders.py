@@ -71,4 +71,4 @@ DATASETS: dict[str, Callable[..., FerDataset]] = {
 
 
 def load_dataset(spec) -> FerDataset:
-    return DATASETS[spec.name](spec)
+    return DATASETS[spec.format](spec)

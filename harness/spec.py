@@ -33,27 +33,37 @@ class _Strict(BaseModel):
 
 
 class DataSpec(_Strict):
-    name: str = Field("synthfer", description="dataset loader (see `harness.loaders.DATASETS`)")
-
+    format: Literal["synthfer", "fer2013", "fer2013_folders", "rafdb", "ckplus", "folder", "auto"] = Field(
+        "synthfer", description="dataset layout; 'auto' detects it from data.path and says which it found"
+    )
     path: str | None = Field(None, description="file or folder of a real dataset")
+    ferplus_labels: str | None = Field(None, description="FER2013: fer2013new.csv; majority-vote FERPlus labels, not-a-face rows dropped")
+    contempt: str = Field("keep", description="CK+: 'keep' (an 8th class), 'drop', or a class to map it to (e.g. happy)")
+    class_map: dict[str, str] = Field(default_factory=dict, description="folder class name → canonical class name")
+    strict: bool = Field(False, description="fail on the first unreadable image instead of skipping and reporting it")
+    cache: bool = Field(True, description="reuse decoded arrays from the dataset cache")
+    drop_duplicates: bool = Field(False, description="drop training images that are exact copies of val/test images")
+    face_detect: bool = Field(False, description="detect and crop the largest face (OpenCV, offline) before caching")
+    face_size: int = Field(48, ge=16, le=512, description="face_detect: side of the cropped face in pixels")
     num_images: int = Field(5000, ge=7, description="SynthFER: images to generate")
     image_size: int = Field(48, ge=16, le=256, description="SynthFER: side length in pixels")
     label_noise: float = Field(0.05, ge=0.0, lt=1.0, description="SynthFER: fraction of flipped labels")
     seed: int = Field(0, description="SynthFER: generation seed")
 
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        from harness.loaders import DATASETS
-
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-        return name
-
 
 class SplitSpec(_Strict):
-    ratios: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="train/val/test fractions")
-    seed: int = Field(42, description="random_state of the stratified split")
+    kind: Literal["stratified", "official", "subject_kfold"] = Field(
+        "stratified", description="stratified ratios, the dataset's official split, or subject-exclusive k-fold"
+    )
+    ratios: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="stratified: train/val/test fractions")
+    seed: int = Field(42, description="random_state of every random cut")
+    test: Literal["PrivateTest", "PublicTest"] = Field(
+        "PrivateTest", description="official FER2013: the Usage reported as test; the other one is val"
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="official splits without val (RAF-DB) and k-fold: share of train cut off as val")
+    unlabeled_fraction: float = Field(0.0, ge=0, lt=1, description="share of train cut off first as 'unlabeled' (Arsirii: 0.1)")
+    k: int = Field(10, ge=2, description="subject_kfold: number of folds (the thesis: 5, 8, 10)")
+    folds: list[int] | None = Field(None, description="subject_kfold: folds to run (default: all k)")
 
     @field_validator("ratios")
     @classmethod
@@ -61,6 +71,13 @@ class SplitSpec(_Strict):
         if any(r <= 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
             raise ValueError(f"must be three positive fractions summing to 1, got {list(ratios)}")
         return ratios
+
+    @model_validator(mode="after")
+    def _folds_within_k(self) -> "SplitSpec":
+        bad = [f for f in self.folds or [] if not 0 <= f < self.k]
+        if bad:
+            raise ValueError(f"split.folds: {bad} outside 0..{self.k - 1} (split.k = {self.k})")
+        return self
 
 
 class GridSpec(_Strict):

@@ -40,12 +40,12 @@ def test_builtin_studies_load():
     assert {"quick", "smelyakov2022"} <= set(builtin_studies())
     quick = load_spec("quick")
     assert quick.study == "quick"
-    assert quick.data.name == "synthfer"
+    assert quick.data.format == "synthfer"
     assert quick.grid.backbone == ["small_cnn", "mobilenet_v1"]
     assert quick.run.allow_unavailable is True
     paper = load_spec("smelyakov2022")
     assert paper.study == "smelyakov2022"
-    assert paper.data.name == "fer2013" and paper.data.path is None
+    assert paper.data.format == "fer2013" and paper.data.path is None
     assert paper.train.lr == pytest.approx(1e-4) and paper.train.epochs == 20
     assert paper.split.ratios == (0.7, 0.1, 0.2) and paper.split.seed == 42
     assert set(paper.grid.backbone) == {"vggface", "openface", "resnet50", "mobilenet_v1"}
@@ -214,7 +214,7 @@ BAD_OVERRIDES = [
                  id="unknown-backbone"),
     pytest.param(["grid.backbone=[timm:no_such_model_xyz]"], [["grid.backbone.0", "'timm:no_such_model_xyz'"]],
                  id="unknown-timm-backbone"),
-    pytest.param(["data.name=fer2014"], [["data.name", "'fer2014'", "synthfer", "fer2013"]], id="unknown-dataset"),
+    pytest.param(["data.format=fer2014"], [["data.format", "'fer2014'", "synthfer", "fer2013", "rafdb", "ckplus", "auto"]], id="unknown-dataset"),
     pytest.param(["split.ratios=[0.7, 0.2, 0.2]"], [["split.ratios", "sum", "0.7, 0.2, 0.2"]], id="ratios-sum"),
     pytest.param(["split.ratios=[0.5, 0.1, 0.2, 0.2]"], [["split.ratios", "at most 3", "[0.5, 0.1, 0.2, 0.2]"]],
                  id="ratios-four-values"),
@@ -228,8 +228,8 @@ BAD_OVERRIDES = [
     pytest.param(["train.epochs=0", "trian.lr=1"],
                  [["train.epochs", "greater than or equal to 1", "0"], ["trian", "unknown key"]],
                  id="two-problems-two-lines"),
-    pytest.param(["grid.backbone=[foo, bar]", "data.name=nope"],
-                 [["grid.backbone.0", "'foo'"], ["grid.backbone.1", "'bar'"], ["data.name", "'nope'"]],
+    pytest.param(["grid.backbone=[foo, bar]", "data.format=nope"],
+                 [["grid.backbone.0", "'foo'"], ["grid.backbone.1", "'bar'"], ["data.format", "'nope'"]],
                  id="three-name-problems-three-lines"),
 ]
 
