@@ -154,13 +154,21 @@ def run_study(
     return StudyOutcome(experiment_dir, report_dir, trial_statuses(experiment_dir))
 
 
+def _describe_split(folds: dict) -> str:
+    if len(folds) == 1:
+        split = next(iter(folds.values()))
+        return f"{'/'.join(split)} {'/'.join(str(len(idx)) for idx in split.values())}"
+    tests = [len(split["test"]) for split in folds.values()]
+    return f"{len(folds)} subject-exclusive folds, test parts of {min(tests)}–{max(tests)} images"
+
+
 def _announce(spec: StudySpec, preflight: Preflight, experiment_dir: Path, resume: bool) -> None:
     dataset = preflight.dataset
     verb = "Resuming" if resume else "Study"
     print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms, {spec.train.epochs} epochs each → {experiment_dir}")
     print(
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
-        f"split train/val/test {'/'.join(str(len(preflight.splits[s])) for s in ('train', 'val', 'test'))}"
+        f"split {_describe_split(preflight.splits)}"
     )
     unavailable: dict[str, list[str]] = {}  # reason → arms: one line per missing weight file
     for arm in preflight.arms:

@@ -26,7 +26,7 @@ import yaml
 from harness.atomic import atomic_write_json, atomic_write_text
 from harness.preflight import Preflight
 from harness.spec import StudySpec, spec_to_yaml
-from harness.splits import save_splits
+from harness.splits import named_index_sets, save_splits
 
 FERBENCH_DIR = "ferbench"
 PACKAGES = ("ferbench", "torch", "torchvision", "ray", "timm", "torchmetrics", "numpy", "pandas", "deepface")
@@ -130,7 +130,7 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
             },
             "split_class_counts": {
                 name: dict(zip(dataset.class_names, dataset.class_counts(idx).tolist()))
-                for name, idx in preflight.splits.items()
+                for name, idx in named_index_sets(preflight.splits).items()
             },
             "weights": {
                 backbone: {"file": path, "source": preflight.weight_sources[backbone], "sha256": _sha256(path)}

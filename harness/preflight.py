@@ -7,15 +7,18 @@ All problems are collected and reported together, in one message, before anythin
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from backbones import create_backbone, resolve_pretrained
+from backbones.weights import WeightStatus, default_weights_dir
 from harness.dataset import FerDataset
 from harness.loaders import DataError, load_dataset
 from harness.spec import StudySpec
-from harness.splits import stratified_split
+from harness.splits import SplitError, make_splits
 
 
 class PreflightError(RuntimeError):
@@ -25,7 +28,7 @@ class PreflightError(RuntimeError):
 @dataclass
 class Preflight:
     dataset: FerDataset
-    splits: dict[str, np.ndarray]
+    splits: dict[int, dict[str, np.ndarray]]  # fold → train/val/test(/unlabeled) indices
     arms: list[dict]  # every grid arm, with "status": "scheduled" | "unavailable" and "reason"
     weight_files: dict[str, str] = field(default_factory=dict)
     weight_sources: dict[str, str] = field(default_factory=dict)
@@ -35,12 +38,41 @@ class Preflight:
         return [arm for arm in self.arms if arm["status"] == "scheduled"]
 
 
+class _Downloader:
+    """Preflight's last resolver step: download missing published weights when online.
+
+    After the first failed download the machine is taken to be offline and nothing else is
+    tried, so an offline preflight fails within one timeout, naming every missing file.
+    """
+
+    def __init__(self, spec: StudySpec):
+        self.spec = spec
+        offline = any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in ("FERBENCH_OFFLINE", "HF_HUB_OFFLINE"))
+        self.allowed = spec.weights.download and not offline
+
+    def fetch(self, backbone: str, missing: WeightStatus) -> WeightStatus:
+        from backbones.download import DownloadError, fetch_weights, weight_source
+
+        if weight_source(backbone) is None or missing.source != "missing" or self.spec.weights.files.get(backbone):
+            return missing
+        folder = Path(self.spec.weights.dir).expanduser() if self.spec.weights.dir else default_weights_dir()
+        print(f"  weights: downloading {backbone} into {folder}", file=sys.stderr, flush=True)
+        try:
+            fetch_weights(backbone, folder, timeout_s=self.spec.weights.download_timeout, mirror=self.spec.weights.mirror)
+        except (DownloadError, ValueError, OSError) as err:
+            self.allowed = False
+            reason = str(err).split(". Offline?")[0]  # the where-to-place advice is in the message already
+            return replace(missing, message=f"{missing.message} (automatic download failed: {reason})")
+        return resolve_pretrained(backbone, files=self.spec.weights.files, weights_dir=self.spec.weights.dir)
+
+
 def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(files, sources, problems) for every backbone that has a pretrained arm."""
     from harness.synth_identity import synth_identity_weights
     from harness.trainable import resolve_input_size
 
     files, sources, problems = {}, {}, {}
+    downloader = _Downloader(spec)
     needed = sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
     for backbone in needed:
         if spec.weights.source_for(backbone) == "synth-identity":
@@ -49,6 +81,8 @@ def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], di
             files[backbone], sources[backbone] = str(path), "synth-identity"
             continue
         status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
+        if not status.available and downloader.allowed:
+            status = downloader.fetch(backbone, status)
         if not status.available:
             problems[backbone] = status.message
             continue
@@ -61,14 +95,20 @@ def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], di
     return files, sources, problems
 
 
-def check_splits(dataset: FerDataset, splits: dict[str, np.ndarray]) -> list[str]:
+def check_splits(dataset: FerDataset, folds: dict[int, dict[str, np.ndarray]]) -> list[str]:
+    """A split that leaves a part empty, or train without a class, fails; the fix is named."""
     problems = []
-    for name, indices in splits.items():
-        if len(indices) == 0:
-            problems.append(f"split.ratios: the {name} split is empty; use more data or larger ratios")
-    missing = [dataset.class_names[c] for c in np.flatnonzero(dataset.class_counts(splits["train"]) == 0)]
-    if missing:
-        problems.append(f"data: class(es) {', '.join(missing)} have no training images; check the labels")
+    for fold, split in folds.items():
+        where = f"fold {fold}: " if len(folds) > 1 else ""
+        for name, indices in split.items():
+            if len(indices) == 0:
+                problems.append(f"split: {where}the {name} part is empty; use more data or other split.* fractions")
+        missing = [dataset.class_names[c] for c in np.flatnonzero(dataset.class_counts(split["train"]) == 0)]
+        if missing:
+            problems.append(
+                f"split: {where}class(es) {', '.join(missing)} would have no training images; "
+                "check the labels, or use fewer folds / another split.kind"
+            )
     return problems
 
 
@@ -99,9 +139,9 @@ def run_preflight(spec: StudySpec) -> Preflight:
     dataset = splits = None
     try:
         dataset = load_dataset(spec.data)
-        splits = stratified_split(dataset.labels, spec.split.ratios, spec.split.seed)
+        splits = dict(zip(spec.split.fold_ids(), make_splits(dataset, spec.split)))
         problems += check_splits(dataset, splits)
-    except (DataError, ValueError) as err:
+    except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
     data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size
     files, sources, weight_problems = resolve_weights(spec, data_size)

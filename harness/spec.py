@@ -72,6 +72,12 @@ class SplitSpec(_Strict):
             raise ValueError(f"must be three positive fractions summing to 1, got {list(ratios)}")
         return ratios
 
+    def fold_ids(self) -> list[int]:
+        """The folds a study runs: ``folds`` (or all ``k``) for subject_kfold, else the single fold 0."""
+        if self.kind != "subject_kfold":
+            return [0]
+        return list(self.folds) if self.folds is not None else list(range(self.k))
+
     @model_validator(mode="after")
     def _folds_within_k(self) -> "SplitSpec":
         bad = [f for f in self.folds or [] if not 0 <= f < self.k]
@@ -201,6 +207,12 @@ class WeightsSpec(_Strict):
     )
     sources: dict[str, PretrainedSource] = Field(default_factory=dict, description="per-backbone override of source")
     synth_identity: SynthIdentitySpec = Field(default_factory=SynthIdentitySpec)
+    download: bool = Field(
+        True, description="preflight downloads missing published weights into the weights folder "
+        "(never with FERBENCH_OFFLINE=1 or HF_HUB_OFFLINE=1)"
+    )
+    download_timeout: float = Field(20.0, gt=0, description="seconds to connect or stall per download")
+    mirror: str | None = Field(None, description="download URL/<file name> instead of the published sources")
 
     def source_for(self, backbone: str) -> str:
         return self.sources.get(backbone, self.source)
@@ -224,12 +236,13 @@ class StudySpec(_Strict):
         return self
 
     def arms(self) -> list[dict[str, Any]]:
-        """The grid cells in a stable order, with ``grid.exclude`` applied."""
+        """The grid cells in a stable order, with ``grid.exclude`` applied; k-fold studies add a ``fold`` axis."""
         cells = []
-        for backbone, init, variant, seed in itertools.product(
-            self.grid.backbone, self.grid.init, self.grid.variant, self.grid.seed
+        kfold = self.split.kind == "subject_kfold"
+        for backbone, init, variant, seed, fold in itertools.product(
+            self.grid.backbone, self.grid.init, self.grid.variant, self.grid.seed, self.split.fold_ids()
         ):
-            cell = {"backbone": backbone, "init": init, "variant": variant, "seed": seed}
+            cell = {"backbone": backbone, "init": init, "variant": variant, "seed": seed, **({"fold": fold} if kfold else {})}
             if any(all(cell.get(k) == v for k, v in rule.items()) for rule in self.grid.exclude):
                 continue
             cell["arm_id"] = arm_id(cell)
@@ -240,7 +253,8 @@ class StudySpec(_Strict):
 def arm_id(cell: dict[str, Any]) -> str:
     """A readable, filesystem-safe key of one grid arm."""
     backbone = str(cell["backbone"]).replace(":", "-").replace("/", "-")
-    return f"{backbone}_{cell['init']}_{cell['variant']}_s{cell['seed']}"
+    fold = f"_f{cell['fold']}" if "fold" in cell else ""
+    return f"{backbone}_{cell['init']}_{cell['variant']}_s{cell['seed']}{fold}"
 
 
 def builtin_studies() -> list[str]:

@@ -47,7 +47,7 @@ class StudyPayload:
     images: np.ndarray
     labels: np.ndarray
     class_names: tuple[str, ...]
-    splits: dict[str, np.ndarray]
+    splits: dict[int, dict[str, np.ndarray]]  # fold → train/val/test(/unlabeled) indices
     weight_files: dict[str, str]
     fault_injection: dict | None = None
 
@@ -123,7 +123,8 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     device = _device(spec)
 
     images, labels = _as_tensor(payload.images), _as_tensor(payload.labels)
-    split = {name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in payload.splits.items()}
+    fold = payload.splits[arm.get("fold", 0)]
+    split = {name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()}
     info = get_backbone_info(arm["backbone"])
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
     adapter = InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std)

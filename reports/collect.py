@@ -18,7 +18,7 @@ from harness.trainable import HISTORY_FILE
 
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
 EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s"]
-INTEGER_COLUMNS = {"seed", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch"}
+INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch"}
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_balanced_acc"]
 
 
@@ -76,8 +76,10 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     paths = experiment_paths(experiment_dir)
     total_epochs = read_json(paths["manifest"])["spec"]["train"]["epochs"]
     epoch_frames, trial_rows = [], []
-    for arm in read_json(paths["grid"]):
-        arm_fields = {k: arm[k] for k in ARM_COLUMNS[1:]}
+    arms = read_json(paths["grid"])
+    arm_columns = ARM_COLUMNS + (["fold"] if any("fold" in arm for arm in arms) else [])  # k-fold studies
+    for arm in arms:
+        arm_fields = {k: arm[k] for k in arm_columns[1:]}
         source = {"weights_source": arm.get("weights_source", "")}
         if arm["status"] == "unavailable":
             trial_rows.append({"trial_id": "", **arm_fields, **source, "status": "unavailable", "error": arm["reason"]})
@@ -88,7 +90,7 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
         if not epochs.empty:
             frame = epochs.reindex(columns=["epoch", *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
-            epoch_frames.append(frame[ARM_COLUMNS + ["epoch", *EPOCH_METRICS]])
+            epoch_frames.append(frame[arm_columns + ["epoch", *EPOCH_METRICS]])
         trial_rows.append(
             {"trial_id": trial_id, **arm_fields, **source, "status": status, "error": error, **_trial_summary(epochs)}
         )
@@ -96,7 +98,7 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for column in INTEGER_COLUMNS.intersection(trials_table.columns):
         trials_table[column] = trials_table[column].astype("Int64")  # stays integer beside missing values
     epochs_table = (
-        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=ARM_COLUMNS + ["epoch", *EPOCH_METRICS])
+        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=arm_columns + ["epoch", *EPOCH_METRICS])
     )
     return epochs_table, trials_table
 

@@ -9,6 +9,21 @@ import pandas as pd
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
 
+def _split_text(split: dict) -> str:
+    kind = split.get("kind", "stratified")
+    if kind == "official":
+        text = f"the dataset's official split (FER2013: test = {split['test']}, val = the other test part; " \
+               f"otherwise val = {split['val_fraction']} of train)"
+    elif kind == "subject_kfold":
+        folds = split["folds"] if split.get("folds") is not None else f"all {split['k']}"
+        text = f"subject-exclusive {split['k']}-fold (folds run: {folds}), val = {split['val_fraction']} of the training subjects"
+    else:
+        text = f"stratified train/val/test {split['ratios']}"
+    if split.get("unlabeled_fraction"):
+        text += f"; {split['unlabeled_fraction']} of train held out as unlabeled"
+    return f"{text} (seed {split['seed']})"
+
+
 def _freezing(freeze: dict) -> str:
     policy = freeze.get("policy", "none")
     if policy == "last_k":
@@ -64,7 +79,7 @@ def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
         f"- Dataset: **{dataset['name']}**, {dataset['images']} images "
         f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
         f"classes {', '.join(dataset['class_names'])}",
-        f"- Split: stratified train/val/test {spec['split']['ratios']} (seed {spec['split']['seed']})",
+        f"- Split: {_split_text(spec['split'])}",
         f"- Grid: backbone {grid['backbone']} × init {grid['init']} × variant {grid['variant']} × seed {grid['seed']}"
         + (f", excluding {grid['exclude']}" if grid["exclude"] else ""),
         f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "

@@ -138,3 +138,63 @@ def test_offline_study_without_face_weights_stops_in_preflight_naming_files_and_
         assert f"`ferbench weights fetch {name}`" in result.stderr
     assert "Traceback" not in result.stderr
     assert not storage.exists()  # stopped before the experiment folder and before Ray
+
+
+@pytest.fixture
+def served_folder(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving a folder: the stand-in for a weights mirror."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _openface_study(tmp_path, *extra):
+    from harness.spec import load_spec
+
+    return load_spec("quick", ["grid.backbone=[openface]", "grid.init=[pretrained]", "weights.source=published",
+                               "data.num_images=70", f"weights.dir={tmp_path / 'weights'}", *extra])
+
+
+def test_preflight_downloads_missing_weights_when_online(served_folder, tmp_path, isolated_weights, monkeypatch):
+    from harness.preflight import run_preflight
+
+    for var in ("HF_HUB_OFFLINE", "FERBENCH_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path / "deepface_home"))
+    folder, base = served_folder
+    torch.manual_seed(1)
+    torch.save(OpenFaceNet().state_dict(), folder / "openface_weights.pth")
+    preflight = run_preflight(_openface_study(tmp_path, f"weights.mirror={base}"))
+    fetched = tmp_path / "weights" / "openface_weights.pth"
+    assert preflight.weight_files == {"openface": str(fetched.resolve())}
+    assert fetched.read_bytes() == (folder / "openface_weights.pth").read_bytes()
+
+
+def test_preflight_offline_download_failure_names_file_and_fetch_command(tmp_path, isolated_weights, monkeypatch):
+    import socket
+
+    from harness.preflight import PreflightError, run_preflight
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path / "deepface_home"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(PreflightError) as caught:
+        run_preflight(_openface_study(tmp_path, f"weights.mirror=http://127.0.0.1:{closed}"))
+    message = str(caught.value)
+    assert str(tmp_path / "weights" / "openface_weights.pth") in message
+    assert "`ferbench weights fetch openface --dir" in message and "automatic download failed" in message
+    assert not (tmp_path / "weights" / "openface_weights.pth").exists()

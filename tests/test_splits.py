@@ -1,4 +1,4 @@
-"""Stratified splits (harness/splits.py) and atomic writes (harness/atomic.py)."""
+"""Splits (harness/splits.py): stratified, official, pseudo-labelling, subject k-fold; atomic writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from harness.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from harness.splits import SPLIT_NAMES, load_splits, save_splits, stratified_split
+from harness.dataset import FER2013_CLASSES, FerDataset
+from harness.spec import SplitSpec, load_spec
+from harness.splits import SPLIT_NAMES, SplitError, load_splits, make_splits, save_splits, stratified_split
 
 RATIOS = (0.7, 0.1, 0.2)
 # FER2013-like imbalance: one small class (disgust), 900 images.
@@ -94,26 +96,103 @@ def test_rare_class_does_not_unstratify_the_others():
 
 def test_save_and_load_splits_round_trip(tmp_path):
     labels = make_labels()
-    splits = stratified_split(labels, RATIOS, 42)
+    folds = {0: stratified_split(labels, RATIOS, 42), 3: stratified_split(labels, RATIOS, 7)}
+    folds[3]["unlabeled"] = folds[3]["train"][:5]
     path = tmp_path / "experiment" / "ferbench" / "splits.npz"
-    save_splits(path, splits)
+    save_splits(path, folds)
     loaded = load_splits(path)
-    assert set(loaded) == set(SPLIT_NAMES)
-    for name in SPLIT_NAMES:
-        assert loaded[name].dtype == np.int64
-        assert np.array_equal(loaded[name], splits[name])
+    assert set(loaded) == {0, 3} and set(loaded[3]) == {*SPLIT_NAMES, "unlabeled"}
+    for fold, split in folds.items():
+        for name, indices in split.items():
+            assert loaded[fold][name].dtype == np.int64
+            assert np.array_equal(loaded[fold][name], indices)
     assert [p.name for p in path.parent.iterdir()] == ["splits.npz"]
+
+
+def test_single_split_files_of_earlier_versions_load_as_fold_0(tmp_path):
+    splits = stratified_split(make_labels(), RATIOS, 42)
+    np.savez(tmp_path / "splits.npz", **splits)
+    loaded = load_splits(tmp_path / "splits.npz")
+    assert set(loaded) == {0} and all(np.array_equal(loaded[0][n], splits[n]) for n in SPLIT_NAMES)
 
 
 def test_save_splits_with_a_missing_split_keeps_the_old_file(tmp_path):
     path = tmp_path / "splits.npz"
     splits = stratified_split(make_labels(), RATIOS, 0)
-    save_splits(path, splits)
+    save_splits(path, {0: splits})
     before = path.read_bytes()
-    with pytest.raises(KeyError):
-        save_splits(path, {"train": splits["train"], "val": splits["val"]})
+    with pytest.raises(KeyError, match="fold 0 has no test part"):
+        save_splits(path, {0: {"train": splits["train"], "val": splits["val"]}})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["splits.npz"]
+
+
+# --- official splits, the pseudo-labelling cut and subject-exclusive k-fold ------------------
+
+
+def dataset_with(labels: np.ndarray, official=None, subjects=None) -> FerDataset:
+    meta = {} if official is None else {"official_split": np.asarray(official)}
+    images = np.zeros((len(labels), 4, 4), dtype=np.uint8)
+    return FerDataset("fixture", images, labels, FER2013_CLASSES, subjects=subjects, meta=meta)
+
+
+def test_fer2013_official_split_reports_the_chosen_test_part():
+    usage = np.array(["Training"] * 6 + ["PublicTest"] * 2 + ["PrivateTest"] * 3)
+    data = dataset_with(np.arange(11) % 7, official=usage)
+    [private] = make_splits(data, SplitSpec(kind="official"))
+    assert private["train"].tolist() == list(range(6))
+    assert private["val"].tolist() == [6, 7] and private["test"].tolist() == [8, 9, 10]
+    [public] = make_splits(data, SplitSpec(kind="official", test="PublicTest"))
+    assert public["val"].tolist() == [8, 9, 10] and public["test"].tolist() == [6, 7]
+
+
+def test_arsirii_pseudo_labelling_split_of_raf_db_sizes():
+    # RAF-DB basic: 12,271 training and 3,068 test images; Arsirii cut 0.1 unlabeled, then 0.2 val.
+    labels = make_labels(np.array([1290, 281, 717, 4772, 1982, 705, 2524]), seed=1)
+    test_labels = make_labels(np.array([329, 74, 160, 1185, 478, 162, 680]), seed=2)
+    data = dataset_with(np.concatenate([labels, test_labels]), official=["train"] * len(labels) + ["test"] * len(test_labels))
+    [split] = make_splits(data, SplitSpec(kind="official", unlabeled_fraction=0.1, val_fraction=0.2))
+    assert {name: len(idx) for name, idx in split.items()} == {"train": 8834, "val": 2209, "test": 3068, "unlabeled": 1228}
+    assert np.array_equal(np.sort(np.concatenate([split[n] for n in ("train", "val", "unlabeled")])), np.arange(12271))
+    for name in ("val", "unlabeled"):  # stratified: class shares within a point of train's
+        shares = class_counts(data.labels, split[name]) / len(split[name])
+        assert np.abs(shares - class_counts(data.labels, split["train"]) / 8834).max() < 0.01
+
+
+def test_official_split_needs_one():
+    with pytest.raises(SplitError, match="no official split; use --set split.kind=stratified"):
+        make_splits(dataset_with(make_labels()), SplitSpec(kind="official"))
+
+
+def test_subject_kfold_is_subject_exclusive_and_covers_every_image_once():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(60), 8)
+    labels = rng.integers(0, 7, len(subjects))
+    data = dataset_with(labels, subjects=subjects)
+    folds = make_splits(data, SplitSpec(kind="subject_kfold", k=5, val_fraction=0.2))
+    assert len(folds) == 5
+    tests = np.concatenate([fold["test"] for fold in folds])
+    assert np.array_equal(np.sort(tests), np.arange(len(labels)))  # every image tested exactly once
+    for fold in folds:
+        parts = [set(subjects[fold[name]]) for name in SPLIT_NAMES]
+        assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert sum(len(fold[name]) for name in SPLIT_NAMES) == len(labels)
+    chosen = make_splits(data, SplitSpec(kind="subject_kfold", k=5, val_fraction=0.2, folds=[1, 3]))
+    assert [c["test"].tolist() for c in chosen] == [folds[1]["test"].tolist(), folds[3]["test"].tolist()]
+
+
+def test_subject_kfold_needs_subjects_and_enough_of_them():
+    with pytest.raises(SplitError, match="needs subject ids"):
+        make_splits(dataset_with(make_labels()), SplitSpec(kind="subject_kfold"))
+    with pytest.raises(SplitError, match="split.k: 10 subject-exclusive folds need more than 10 subjects; fixture has 4"):
+        make_splits(dataset_with(np.arange(40) % 7, subjects=np.arange(40) % 4), SplitSpec(kind="subject_kfold", k=10))
+
+
+def test_kfold_studies_get_a_fold_axis():
+    spec = load_spec("quick", ["split.kind=subject_kfold", "split.k=5", "split.folds=[0, 2]", "grid.backbone=[small_cnn]",
+                               "grid.init=[random]"])
+    assert [arm["arm_id"] for arm in spec.arms()] == ["small_cnn_random_baseline_s0_f0", "small_cnn_random_baseline_s0_f2"]
+    assert "fold" not in load_spec("quick").arms()[0]
 
 
 # --- atomic writes ----------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from harness.engine import run_study
 from harness.spec import load_spec
+from harness.splits import load_splits
 from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
@@ -173,3 +175,15 @@ def test_trials_report_the_trainable_parameters_of_their_freezing_policy(tmp_pat
     # arsirii_au on small_cnn's 128 feature maps: BatchNorm1d(128) + Linear(128, 7)
     assert row["params_trainable"] == 2 * 128 + 128 * 7 + 7 < row["params_total"]
     assert "head arsirii_au, freezing head_only" in (outcome.report_dir / "report.md").read_text()
+
+
+def test_subject_kfold_study_runs_one_trial_per_fold_on_subject_exclusive_splits(tmp_path):
+    outcome = run_study(tiny_spec(tmp_path, "kfold", "grid.seed=[0]", "grid.init=[random]", "train.epochs=1",
+                                  "split.kind=subject_kfold", "split.k=3", "split.folds=[0,2]"))
+    assert outcome.statuses == {"small_cnn_random_baseline_s0_f0": "completed", "small_cnn_random_baseline_s0_f2": "completed"}
+    epochs, trials = read_tables(outcome)
+    assert sorted(trials["fold"]) == [0, 2] and sorted(epochs["fold"].unique()) == [0, 2]
+    folds = load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")
+    assert set(folds) == {0, 2} and not np.array_equal(folds[0]["test"], folds[2]["test"])
+    report = (outcome.report_dir / "report.md").read_text()
+    assert "fold0 test" in report and "fold2 test" in report
