@@ -1,4 +1,5 @@
-"""``ferbench`` command line: run studies, re-render reports, list backbones, manage pretrained weights.
+"""``ferbench`` command line: run studies, re-render reports, list backbones, manage pretrained
+weights, inspect datasets.
 
 Bad input ends with one message and exit code 2; nothing is written before the spec and the
 preflight pass.
@@ -11,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.data_cli import add_data_parser, cmd_data
 from harness.weights_cli import add_weights_parser, cmd_weights
 
 EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     backbones.add_argument("--json", action="store_true", help="machine-readable output")
 
     add_weights_parser(commands)
+    add_data_parser(commands)
     return parser
 
 
@@ -123,7 +126,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "weights": cmd_weights}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "weights": cmd_weights, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ import yaml
 from harness.atomic import atomic_write_json, atomic_write_text
 from harness.preflight import Preflight
 from harness.spec import StudySpec, spec_to_yaml
+from harness.data_checks import inspect as inspect_dataset
 from harness.splits import named_index_sets, save_splits
 
 FERBENCH_DIR = "ferbench"
@@ -128,6 +129,7 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
                 "class_names": list(dataset.class_names),
                 "fingerprint_sha256": dataset.fingerprint(),
             },
+            "data_summary": {**inspect_dataset(dataset, named_index_sets(preflight.splits)), **preflight.data_notes},
             "split_class_counts": {
                 name: dict(zip(dataset.class_names, dataset.class_counts(idx).tolist()))
                 for name, idx in named_index_sets(preflight.splits).items()

@@ -15,6 +15,7 @@ import numpy as np
 
 from backbones import create_backbone, resolve_pretrained
 from backbones.weights import WeightStatus, default_weights_dir
+from harness.data_checks import duplicate_training_indices
 from harness.dataset import FerDataset
 from harness.loaders import DataError, load_dataset
 from harness.spec import StudySpec
@@ -32,6 +33,7 @@ class Preflight:
     arms: list[dict]  # every grid arm, with "status": "scheduled" | "unavailable" and "reason"
     weight_files: dict[str, str] = field(default_factory=dict)
     weight_sources: dict[str, str] = field(default_factory=dict)
+    data_notes: dict = field(default_factory=dict)  # what preflight changed in the data, for the report
 
     @property
     def runnable_arms(self) -> list[dict]:
@@ -95,6 +97,17 @@ def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], di
     return files, sources, problems
 
 
+def drop_training_duplicates(dataset: FerDataset, folds: dict[int, dict[str, np.ndarray]]) -> dict:
+    """``data.drop_duplicates``: remove from train every image that is also in val or test, in
+    place; returns how many were dropped per fold, for the report."""
+    dropped = {}
+    for fold, split in folds.items():
+        duplicates = duplicate_training_indices(dataset, split)
+        split["train"] = np.setdiff1d(split["train"], duplicates)
+        dropped[str(fold)] = int(len(duplicates))
+    return {"dropped_training_duplicates": dropped}
+
+
 def check_splits(dataset: FerDataset, folds: dict[int, dict[str, np.ndarray]]) -> list[str]:
     """A split that leaves a part empty, or train without a class, fails; the fix is named."""
     problems = []
@@ -137,9 +150,12 @@ def check_local_resources(spec: StudySpec) -> list[str]:
 def run_preflight(spec: StudySpec) -> Preflight:
     problems: list[str] = check_local_resources(spec)
     dataset = splits = None
+    notes: dict = {}
     try:
         dataset = load_dataset(spec.data)
         splits = dict(zip(spec.split.fold_ids(), make_splits(dataset, spec.split)))
+        if spec.data.drop_duplicates:
+            notes = drop_training_duplicates(dataset, splits)
         problems += check_splits(dataset, splits)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
@@ -166,4 +182,4 @@ def run_preflight(spec: StudySpec) -> Preflight:
             "reason": weight_problems[arm["backbone"]] if missing else "",
             "weights_source": sources.get(arm["backbone"], "") if pretrained else "",
         })
-    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources)
+    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources, data_notes=notes)

@@ -13,7 +13,8 @@ __all__ = ["build_report", "collect", "trial_statuses"]
 
 
 def build_report(experiment_dir: str | Path) -> Path:
-    """Write ``report/report.md`` and ``report/tables/{epochs,trials}.csv``; returns the report folder."""
+    """Write ``report/report.md``, ``report/tables/{epochs,trials}.csv`` and ``report/figures/``;
+    returns the report folder."""
     experiment_dir = Path(experiment_dir)
     paths = experiment_paths(experiment_dir)
     if not paths["grid"].is_file():
@@ -22,5 +23,11 @@ def build_report(experiment_dir: str | Path) -> Path:
     tables = paths["report"] / "tables"
     atomic_write_text(tables / "epochs.csv", epochs.to_csv(index=False))
     atomic_write_text(tables / "trials.csv", trials.to_csv(index=False))
-    atomic_write_text(paths["report"] / "report.md", render_markdown(read_json(paths["manifest"]), trials))
+    manifest = read_json(paths["manifest"])
+    data_section = None
+    if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only
+        from reports.data_section import render_data_section
+
+        data_section = render_data_section(manifest["data_summary"], paths["report"] / "figures")
+    atomic_write_text(paths["report"] / "report.md", render_markdown(manifest, trials, data_section))
     return paths["report"]

@@ -63,7 +63,7 @@ def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=columns)
 
 
-def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
+def render_markdown(manifest: dict, trials: pd.DataFrame, data_section: str | None = None) -> str:
     spec = manifest["spec"]
     dataset = manifest["dataset"]
     grid = spec["grid"]
@@ -107,12 +107,13 @@ def render_markdown(manifest: dict, trials: pd.DataFrame) -> str:
         for (status, reason), arms in reasons.items():
             lines.append(f"- {', '.join(arms)} — **{status}**: {reason}")
         lines.append("")
-    split_counts = pd.DataFrame(manifest["split_class_counts"]).rename_axis("class").reset_index()
-    split_counts.loc[len(split_counts)] = ["total", *split_counts.iloc[:, 1:].sum().tolist()]
+    if data_section is not None:
+        lines += [data_section.rstrip(), ""]
+    else:
+        split_counts = pd.DataFrame(manifest["split_class_counts"]).rename_axis("class").reset_index()
+        split_counts.loc[len(split_counts)] = ["total", *split_counts.iloc[:, 1:].sum().tolist()]
+        lines += ["## Class counts per split", "", markdown_table(split_counts)]
     lines += [
-        "## Class counts per split",
-        "",
-        markdown_table(split_counts),
         "## Metrics",
         "",
         "- `train_acc` / `train_loss`: running average over the epoch's batches (as Keras reports it); "

@@ -56,7 +56,8 @@ def test_study_writes_report_with_every_arm(baseline_run):
     report = (baseline_run.report_dir / "report.md").read_text()
     for arm in baseline_run.statuses:
         assert arm in report
-    assert "Class counts per split" in report and "unavailable" in report
+    assert "## Data" in report and "### Images per class, per split" in report and "unavailable" in report
+    assert (baseline_run.report_dir / "figures" / "class_counts.png").stat().st_size > 1000
     for trial_dir in baseline_run.experiment_dir.glob("small_cnn_random_*"):
         assert (trial_dir / "test_predictions.npz").is_file()
 
@@ -186,4 +187,4 @@ def test_subject_kfold_study_runs_one_trial_per_fold_on_subject_exclusive_splits
     folds = load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")
     assert set(folds) == {0, 2} and not np.array_equal(folds[0]["test"], folds[2]["test"])
     report = (outcome.report_dir / "report.md").read_text()
-    assert "fold0 test" in report and "fold2 test" in report
+    assert "fold0 test" in report and "fold2 test" in report and "subject-exclusive 3-fold" in report
