@@ -27,6 +27,10 @@ class FerDataset:
     class_names: the class order ``labels`` refers to.
     subjects:    int64 identity / subject id per sample, or None when unknown.
     action_units: uint8 0/1 matrix (N, len(au_names)), or None.
+    sources:     where each sample came from (image path, or ``<csv>:<line>``), or None; kept so
+                 that a duplicate, a skipped file or a misclassified sample can be traced back.
+    meta:        loader facts: ``format``, ``source``, ``official_split`` (per-sample split name
+                 where the dataset has one), ``skipped`` ({path, reason}), ``resized`` (paths).
     """
 
     name: str
@@ -37,6 +41,7 @@ class FerDataset:
     action_units: np.ndarray | None = None
     au_names: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict)
+    sources: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -46,10 +51,13 @@ class FerDataset:
             raise ValueError(f"{self.name}: {len(self.labels)} labels for {n} images")
         if n and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError(f"{self.name}: labels outside 0..{len(self.class_names) - 1}")
-        for extra in ("subjects", "action_units"):
+        for extra in ("subjects", "action_units", "sources"):
             value = getattr(self, extra)
             if value is not None and len(value) != n:
                 raise ValueError(f"{self.name}: {len(value)} {extra} for {n} images")
+        split = self.meta.get("official_split")
+        if split is not None and len(split) != n:
+            raise ValueError(f"{self.name}: {len(split)} official_split values for {n} images")
 
     def __len__(self) -> int:
         return len(self.images)

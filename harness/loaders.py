@@ -1,17 +1,25 @@
-"""Dataset loaders by name: each turns a ``DataSpec`` into a validated ``FerDataset``."""
+"""Dataset loaders by name: each turns a ``DataSpec`` into a validated ``FerDataset``.
+
+Real datasets go: resolve ``data.path`` → detect the format (``auto``) → reuse the dataset cache,
+or read (``harness.formats``), crop faces (``data.face_detect``), stack to one size, map classes
+to the canonical order, and cache. Every problem is a ``DataError`` naming the file and the fix.
+"""
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+from harness.data_cache import cached_dataset
+from harness.dataset import FerDataset
+from harness.formats import READERS
+from harness.formats.common import NO_FACE, DataError, Decoded, contempt_policy, to_dataset
+from harness.formats.detect import detect_format
+from harness.formats.images import stack_images
 
-from harness.dataset import FER2013_CLASSES, FerDataset
-
-
-class DataError(ValueError):
-    """A dataset cannot be read; ``str()`` names the file / row and the fix."""
+__all__ = ["DATASETS", "DataError", "load_dataset"]
 
 
 def load_synthfer(spec) -> FerDataset:
@@ -22,51 +30,61 @@ def load_synthfer(spec) -> FerDataset:
     )
 
 
-def load_fer2013_csv(spec) -> FerDataset:
-    """FER2013 as distributed (``emotion,pixels,Usage``; also icml_face_data.csv's spaced header)."""
-    import pandas as pd
-
+def dataset_path(spec) -> Path:
+    """``data.path`` resolved to an absolute path that exists (Tune changes the working directory)."""
     if not spec.path:
-        raise DataError("data.path: FER2013 needs the CSV file, e.g. --set data.path=/data/fer2013.csv")
-    path = Path(spec.path).expanduser()
-    if not path.is_file():
-        raise DataError(f"data.path: {path} does not exist; point it at fer2013.csv")
-    try:
-        frame = pd.read_csv(path, dtype={"pixels": str}, skipinitialspace=True)
-    except Exception as err:  # pandas raises many parser error types
-        raise DataError(f"{path}: not a readable CSV ({err})") from None
-    frame.columns = [c.strip() for c in frame.columns]
-    missing = {"emotion", "pixels"} - set(frame.columns)
-    if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(missing)}; expected emotion,pixels,Usage")
-    labels = pd.to_numeric(frame["emotion"], errors="coerce")
-    bad = labels.isna() | (labels < 0) | (labels >= len(FER2013_CLASSES))
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{path}: row {row + 2}: emotion {str(frame['emotion'].iloc[row]).strip()} is not an integer 0..6 (FER2013's class order: 0 angry … 6 neutral)")
-    pixel_rows = frame["pixels"].fillna("").str.split()
-    lengths = pixel_rows.str.len().to_numpy()
-    side = int(round(np.sqrt(lengths.max()))) if len(lengths) else 0
-    wrong = np.flatnonzero(lengths != side * side)
-    if side == 0 or len(wrong):
-        row = int(wrong[0]) if len(wrong) else 0
-        raise DataError(f"{path}: row {row + 2}: {lengths[row]} pixel values, expected {side * side} (a square image)")
-    images = np.array(pixel_rows.tolist(), dtype=np.int64)
-    if images.min() < 0 or images.max() > 255:
-        raise DataError(f"{path}: pixel values outside 0..255")
-    usage = frame["Usage"].astype(str).to_numpy() if "Usage" in frame.columns else None
-    return FerDataset(
-        name="fer2013",
-        images=images.astype(np.uint8).reshape(-1, side, side),
-        labels=labels.to_numpy(dtype=np.int64),
-        class_names=FER2013_CLASSES,
-        meta={"source": str(path.resolve()), "usage": usage},
-    )
+        raise DataError(f"data.path: format {spec.format} needs the dataset's file or folder, e.g. --set data.path=/data/fer2013.csv")
+    path = Path(spec.path).expanduser().resolve()
+    if not path.exists():
+        raise DataError(f"data.path: {path} does not exist; point it at the dataset's file or folder")
+    return path
+
+
+def dataset_format(spec, path: Path) -> str:
+    """``data.format``, or with ``auto`` the detected one (said on stderr)."""
+    if spec.format != "auto":
+        return spec.format
+    found = detect_format(path)
+    print(f"data: detected format {found} in {path}", file=sys.stderr)
+    return found
+
+
+def crop_detected_faces(decoded: Decoded, size: int, source: Path) -> Decoded:
+    """The largest face of every image, ``size``×``size``; images without one are skipped."""
+    from harness.face_detect import crop_faces
+
+    crops, missed = crop_faces(list(decoded.images), size)
+    if len(missed) == len(decoded.labels):
+        raise DataError(f"{source}: no face found in any of the {len(missed)} images; set data.face_detect=false for pre-cropped faces")
+    decoded = decoded.skip({i: NO_FACE for i in missed}) if missed else decoded
+    return replace(decoded, images=crops)
+
+
+def read_dataset(spec, data_format: str, path: Path) -> FerDataset:
+    """Read ``path`` as ``data_format`` into the canonical form, bypassing the cache."""
+    reader = READERS[data_format]
+    if (reader.takes == "file" and not path.is_file()) or (reader.takes == "folder" and not path.is_dir()):
+        raise DataError(f"data.path: {path} is not a {reader.takes}; format {data_format} reads a {reader.takes} such as {reader.example}")
+    decoded = reader.read(spec, path)
+    if spec.face_detect:
+        decoded = crop_detected_faces(decoded, spec.face_size, path)
+    return to_dataset(stack_images(decoded), data_format, spec.contempt, str(path))
+
+
+def load_real_dataset(spec) -> FerDataset:
+    """A real dataset from ``data.path``, from the dataset cache when its source is unchanged."""
+    contempt_policy(spec.contempt)  # a bad option fails before any decoding
+    path = dataset_path(spec)
+    data_format = dataset_format(spec, path)
+    if not spec.cache:
+        return read_dataset(spec, data_format, path)
+    inputs = READERS[data_format].inputs(path)
+    return cached_dataset(spec, data_format, path, inputs, lambda: read_dataset(spec, data_format, path))
 
 
 DATASETS: dict[str, Callable[..., FerDataset]] = {
     "synthfer": load_synthfer,
-    "fer2013": load_fer2013_csv,
+    **{name: load_real_dataset for name in (*READERS, "auto")},
 }
 
 

@@ -2,6 +2,13 @@ import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "FERBENCH_CACHE_DIR" not in os.environ:  # dataset and synth-identity caches: never the user's
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["FERBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="ferbench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FERBENCH_CACHE_DIR"], True)
 
 import pytest  # noqa: E402
 
