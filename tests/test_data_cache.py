@@ -15,7 +15,9 @@ from test_loaders import USAGES, write_fer_csv
 from harness.data_cache import cache_root, write_cache
 from harness.dataset import FerDataset
 from harness.loaders import DataError, load_dataset
-from harness.spec import DataSpec
+from harness.spec import DataSpec, SplitSpec
+from harness.splits import make_splits
+from harness.synthfer import FER2013_COUNTS
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +157,8 @@ def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, capsys):
     distinct = rng.integers(0, 256, size=(64, 48 * 48))
     text = [" ".join(map(str, row)) for row in distinct]
     usage = np.repeat(USAGES, [28709, 3589, 3589])
-    order, labels = rng.integers(0, 64, len(usage)), rng.integers(0, 7, len(usage))
+    order = rng.integers(0, 64, len(usage))
+    labels = rng.permutation(np.repeat(np.arange(7), FER2013_COUNTS))  # FER2013's own class sizes
     csv = tmp_path / "fer2013.csv"
     with open(csv, "w") as handle:
         handle.write("emotion,pixels,Usage\n")
@@ -172,3 +175,8 @@ def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, capsys):
     np.testing.assert_array_equal(first.labels, labels)
     assert same(first, cached) and "data: cached" in capsys.readouterr().err
     print(f"FER2013-size CSV: first load {first_s:.2f} s, cached load {cached_s:.2f} s")
+    # The Smelyakov split: stratified 70/10/20, random_state 42, each class within one image of its share.
+    [split] = make_splits(cached, SplitSpec())
+    for name, ratio in zip(("train", "val", "test"), (0.7, 0.1, 0.2)):
+        counts = np.bincount(cached.labels[split[name]], minlength=7)
+        assert np.abs(counts - ratio * np.array(FER2013_COUNTS)).max() <= 1, (name, counts)
