@@ -218,6 +218,10 @@ class WeightsSpec(_Strict):
         return self.sources.get(backbone, self.source)
 
 
+class ReportSpec(_Strict):
+    window: int = Field(5, ge=1, description="epochs per MCR / MOFR window")
+
+
 class StudySpec(_Strict):
     study: str = Field(description="study name, used for the experiment folder")
     description: str = ""
@@ -228,6 +232,7 @@ class StudySpec(_Strict):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     run: RunSpec = Field(default_factory=RunSpec)
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     @model_validator(mode="after")
     def _grid_not_empty(self) -> "StudySpec":

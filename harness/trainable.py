@@ -21,6 +21,7 @@ from ray import tune
 
 from backbones import count_parameters, create_backbone, get_backbone_info
 from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
+from harness.atomic import atomic_write_json
 from harness.augment import InputAdapter
 from harness.spec import StudySpec
 from harness.training import accuracy_and_loss, predict, train_one_epoch
@@ -28,6 +29,7 @@ from harness.training import accuracy_and_loss, predict, train_one_epoch
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
+TEST_PER_CLASS_FILE = "test_per_class.json"
 # Test-only fault injection, read on the driver: fail each arm once, right after the
 # checkpoint of this epoch, leaving a marker file per arm so the retry runs through.
 FAIL_ONCE_ENV = "FERBENCH_TEST_FAIL_ONCE_AT_EPOCH"
@@ -170,7 +172,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
             "train_images_per_s": images_per_s, **static, **count_parameters(model),
         }
         if epoch == train.epochs:
-            metrics.update(_test_metrics(model, images, labels, split["test"], len(payload.class_names), eval_kwargs))
+            metrics.update(_test_metrics(model, images, labels, split["test"], payload.class_names, eval_kwargs))
         history.append(metrics)
         _save_checkpoint(
             {
@@ -182,20 +184,38 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         _maybe_inject_failure(payload.fault_injection, arm["arm_id"], epoch)
 
 
-def _test_metrics(model, images, labels, test_idx, num_classes: int, eval_kwargs: dict) -> dict:
-    """Final test evaluation; predictions are kept as a trial artifact for the report."""
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+def _test_metrics(model, images, labels, test_idx, class_names: tuple[str, ...], eval_kwargs: dict) -> dict:
+    """Final test evaluation (torchmetrics). Predictions, per-class precision / recall / F1 and the
+    confusion matrix are kept as trial artifacts for the report."""
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
 
+    num_classes = len(class_names)
     logits = predict(model, images, test_idx, **eval_kwargs)
     targets = labels[test_idx]
     probabilities = torch.softmax(logits, dim=1)
     np.savez_compressed(
         TEST_PREDICTIONS_FILE, indices=test_idx.numpy(), targets=targets.numpy(), probabilities=probabilities.numpy()
     )
+    scores = {
+        name: function(logits, targets, num_classes=num_classes, average=None, zero_division=0).tolist()
+        for name, function in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score))
+    }
+    atomic_write_json(Path(TEST_PER_CLASS_FILE).resolve(), {
+        "class_names": list(class_names), **scores,
+        "support": torch.bincount(targets, minlength=num_classes).tolist(),
+        "confusion_matrix": multiclass_confusion_matrix(logits, targets, num_classes=num_classes).tolist(),
+    })
     test_acc, test_loss = accuracy_and_loss(logits, targets)
     return {
         "test_acc": test_acc,
         "test_loss": test_loss,
         "test_macro_f1": float(multiclass_f1_score(logits, targets, num_classes=num_classes, average="macro")),
+        "test_weighted_f1": float(multiclass_f1_score(logits, targets, num_classes=num_classes, average="weighted")),
         "test_balanced_acc": float(multiclass_accuracy(logits, targets, num_classes=num_classes, average="macro")),
     }

@@ -1,33 +1,39 @@
-"""FERBench reports: collect an experiment folder into tables and render them."""
+"""FERBench reports: collect an experiment folder into tables, figures and the rendered report."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.experiment import experiment_paths, read_json
 from harness.atomic import atomic_write_text
-from reports.collect import collect, trial_statuses
+from harness.experiment import experiment_paths, read_json
+from reports.collect import collect, collect_per_class, trial_statuses
+from reports.comparison import comparison_tables, render_comparison, write_table
 from reports.markdown import render_markdown
 
 __all__ = ["build_report", "collect", "trial_statuses"]
 
 
 def build_report(experiment_dir: str | Path) -> Path:
-    """Write ``report/report.md``, ``report/tables/{epochs,trials}.csv`` and ``report/figures/``;
-    returns the report folder."""
+    """Write ``report/report.md``, ``report/tables/`` (CSV and Parquet) and ``report/figures/``;
+    returns the report folder. Works on running, interrupted and finished experiments alike."""
     experiment_dir = Path(experiment_dir)
     paths = experiment_paths(experiment_dir)
     if not paths["grid"].is_file():
         raise FileNotFoundError(f"{experiment_dir} is not a FERBench experiment (no {paths['grid'].relative_to(experiment_dir)})")
-    epochs, trials = collect(experiment_dir)
-    tables = paths["report"] / "tables"
-    atomic_write_text(tables / "epochs.csv", epochs.to_csv(index=False))
-    atomic_write_text(tables / "trials.csv", trials.to_csv(index=False))
     manifest = read_json(paths["manifest"])
+    spec = manifest["spec"]
+    window = spec.get("report", {}).get("window", 5)
+    epochs, trials = collect(experiment_dir)
+    per_class, _ = collect_per_class(experiment_dir)
+    comparison = comparison_tables(epochs, trials, window, spec["train"]["epochs"])
+    tables = paths["report"] / "tables"
+    for name, frame in {"epochs": epochs, "trials": trials, "per_class": per_class, **comparison}.items():
+        write_table(tables, name, frame)
+    sections = [render_comparison(comparison, per_class, window)]
     data_section = None
     if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only
         from reports.data_section import render_data_section
 
         data_section = render_data_section(manifest["data_summary"], paths["report"] / "figures")
-    atomic_write_text(paths["report"] / "report.md", render_markdown(manifest, trials, data_section))
+    atomic_write_text(paths["report"] / "report.md", render_markdown(manifest, trials, data_section, sections))
     return paths["report"]

@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 
 from harness.experiment import experiment_paths, read_json
-from harness.trainable import HISTORY_FILE
+from harness.trainable import HISTORY_FILE, TEST_PER_CLASS_FILE
 
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
 EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s"]
 INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch"}
-TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_balanced_acc"]
+TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"]
 
 
 def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
@@ -126,6 +126,26 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
     }
     summary.update({name: last.get(name, np.nan) for name in TEST_METRICS})
     return summary
+
+
+def collect_per_class(experiment_dir: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """(per_class, confusion): one row per arm × class of the test split (precision, recall, F1,
+    support), and each arm's confusion matrix (rows true, columns predicted) with its class names."""
+    experiment_dir = Path(experiment_dir)
+    rows, confusion = [], {}
+    arms = read_json(experiment_paths(experiment_dir)["grid"])
+    for arm in arms:
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"]) if arm["status"] != "unavailable" else None
+        path = trial_dir / TEST_PER_CLASS_FILE if trial_dir else None
+        if path is None or not path.is_file():
+            continue
+        scores = read_json(path)
+        fields = {k: arm[k] for k in ARM_COLUMNS[1:] + (["fold"] if "fold" in arm else [])}
+        for i, name in enumerate(scores["class_names"]):
+            rows.append({**fields, "class": name, **{k: scores[k][i] for k in ("precision", "recall", "f1", "support")}})
+        confusion[arm["arm_id"]] = {"class_names": scores["class_names"], "matrix": scores["confusion_matrix"]}
+    columns = ARM_COLUMNS[1:] + ["class", "precision", "recall", "f1", "support"]
+    return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)), confusion
 
 
 def trial_statuses(experiment_dir: Path) -> dict[str, str]:

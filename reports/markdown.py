@@ -63,7 +63,9 @@ def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=columns)
 
 
-def render_markdown(manifest: dict, trials: pd.DataFrame, data_section: str | None = None) -> str:
+def render_markdown(
+    manifest: dict, trials: pd.DataFrame, data_section: str | None = None, sections: list[str] | None = None
+) -> str:
     spec = manifest["spec"]
     dataset = manifest["dataset"]
     grid = spec["grid"]
@@ -107,6 +109,7 @@ def render_markdown(manifest: dict, trials: pd.DataFrame, data_section: str | No
         for (status, reason), arms in reasons.items():
             lines.append(f"- {', '.join(arms)} — **{status}**: {reason}")
         lines.append("")
+    lines += [section.rstrip() + "\n" for section in sections or []]
     if data_section is not None:
         lines += [data_section.rstrip(), ""]
     else:
@@ -119,7 +122,8 @@ def render_markdown(manifest: dict, trials: pd.DataFrame, data_section: str | No
         "- `train_acc` / `train_loss`: running average over the epoch's batches (as Keras reports it); "
         "epoch 0 is a clean pass of the untrained model.",
         "- `val_*`: evaluation pass on the validation split after each epoch.",
-        "- Test macro F1 and balanced accuracy: torchmetrics, averaged over classes.",
+        "- Test macro / weighted F1, balanced accuracy, per-class precision / recall / F1 and the confusion "
+        "matrix: torchmetrics, computed in each trial from its test predictions (kept as `test_predictions.npz`).",
         "",
         "## Reproducibility",
         "",
@@ -128,7 +132,9 @@ def render_markdown(manifest: dict, trials: pd.DataFrame, data_section: str | No
         f"- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
         f"- Hardware: {manifest['hardware'].get('processor')}, {manifest['hardware'].get('cpu_count')} CPUs, "
         f"{manifest['hardware'].get('memory_gb', '?')} GiB, GPUs: {manifest['hardware'].get('cuda_devices') or 'none'}",
-        "- Tables: `tables/epochs.csv` (one row per trial × epoch), `tables/trials.csv` (one row per arm).",
+        "- Tables (CSV and Parquet): `tables/epochs.csv` (one row per trial × epoch), `tables/trials.csv` (one row "
+        "per arm), `tables/mcr_mofr.csv`, `tables/summary.csv` (per model and metric across seeds), "
+        "`tables/differences.csv` (paired comparisons), `tables/per_class.csv`.",
         "",
     ]
     return "\n".join(lines)

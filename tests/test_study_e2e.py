@@ -9,6 +9,7 @@ import pytest
 from harness.engine import run_study
 from harness.spec import load_spec
 from harness.splits import load_splits
+from reports.collect import collect_per_class
 from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
@@ -58,6 +59,22 @@ def test_study_writes_report_with_every_arm(baseline_run):
         assert arm in report
     assert "## Data" in report and "### Images per class, per split" in report and "unavailable" in report
     assert (baseline_run.report_dir / "figures" / "class_counts.png").stat().st_size > 1000
+
+
+def test_per_class_results_agree_with_the_trials_macro_f1(baseline_run):
+    _, trials = read_tables(baseline_run)
+    per_class = pd.read_csv(baseline_run.report_dir / "tables" / "per_class.csv")
+    completed = trials[trials.status == "completed"].set_index("arm_id")
+    assert set(per_class["arm_id"]) == set(completed.index)
+    _, confusion = collect_per_class(baseline_run.experiment_dir)
+    for arm_id, rows in per_class.groupby("arm_id"):
+        assert len(rows) == 7 and rows["f1"].between(0, 1).all()
+        matrix = np.array(confusion[arm_id]["matrix"])
+        assert matrix.sum(axis=1).tolist() == rows["support"].tolist()
+        assert np.trace(matrix) / matrix.sum() == pytest.approx(completed.loc[arm_id, "test_acc"], abs=1e-6)
+        seen = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0  # torchmetrics' macro F1 skips classes never seen
+        assert rows["f1"][seen].mean() == pytest.approx(completed.loc[arm_id, "test_macro_f1"], abs=1e-6)
+        assert rows["support"].sum() == 48  # the test part: 20% of 240 images
     for trial_dir in baseline_run.experiment_dir.glob("small_cnn_random_*"):
         assert (trial_dir / "test_predictions.npz").is_file()
 
@@ -188,3 +205,29 @@ def test_subject_kfold_study_runs_one_trial_per_fold_on_subject_exclusive_splits
     assert set(folds) == {0, 2} and not np.array_equal(folds[0]["test"], folds[2]["test"])
     report = (outcome.report_dir / "report.md").read_text()
     assert "fold0 test" in report and "fold2 test" in report and "subject-exclusive 3-fold" in report
+
+
+def test_report_tables_are_written_as_csv_and_parquet_and_match_the_curves(baseline_run):
+    tables = baseline_run.report_dir / "tables"
+    for name in ("epochs", "trials", "per_class", "mcr_mofr", "summary", "differences"):
+        assert pd.read_parquet(tables / f"{name}.parquet").shape == pd.read_csv(tables / f"{name}.csv").shape, name
+    epochs, trials = read_tables(baseline_run)
+    mcr = pd.read_csv(tables / "mcr_mofr.csv")
+    arm = "small_cnn_random_baseline_s1"
+    curve = epochs[epochs.arm_id == arm].set_index("epoch")
+    gap = curve["train_acc"] - curve["val_acc"]
+    rows = mcr[(mcr.arm_id == arm) & (mcr.window == "1-2")].set_index(["metric", "kind"])["value"]
+    assert rows["accuracy", "MCR"] == pytest.approx((curve.train_acc[2] - curve.train_acc[0]) / 2)
+    assert rows["loss", "MCR"] == pytest.approx((curve.train_loss[2] - curve.train_loss[0]) / 2)
+    assert rows["accuracy", "MOFR"] == pytest.approx((gap[2] - gap[0]) / 2)
+    summary = pd.read_csv(tables / "summary.csv").set_index(["backbone", "init", "metric"])
+    random_acc = trials[(trials.init == "random")]["test_acc"]
+    assert summary.loc[("small_cnn", "random", "test_acc"), "mean"] == pytest.approx(random_acc.mean())
+    assert summary.loc[("small_cnn", "random", "test_acc"), "n"] == 2
+    report = (baseline_run.report_dir / "report.md").read_text()
+    for heading in ("### Accuracy-based MCR", "### Loss-based MCR", "### Accuracy-based MOFR", "### Loss-based MOFR",
+                    "## Across seeds", "## Per-class F1 on the test split"):
+        assert heading in report
+    over_seeds = mcr[(mcr.backbone == "small_cnn") & (mcr.init == "random") & (mcr.metric == "accuracy")
+                     & (mcr.kind == "MCR") & (mcr.window == "1-2")]["value"].mean()
+    assert f"| small_cnn_random | {over_seeds:.4f} |" in report

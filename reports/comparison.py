@@ -1,0 +1,120 @@
+"""The comparison part of the report: the Smelyakov MCR/MOFR tables, statistics across seeds, the
+paired pretrained − random differences and per-class F1, as tables (CSV + Parquet) and Markdown.
+
+Why one module: the same frames go to ``tables/`` and into ``report.md``, so the numbers a reader
+sees are the numbers in the files.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from reports.derived import initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
+from reports.markdown import markdown_table
+
+SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table
+    "test_acc": "test acc", "test_macro_f1": "test macro F1", "test_weighted_f1": "test weighted F1",
+    "initial_acc": "initial val acc", "initial_loss": "initial val loss", "best_val_acc": "best val acc",
+    "params_trainable": "trainable params", "train_images_per_s": "train img/s", "train_time_s": "train s",
+}
+DIFFERENCE_METRICS = ("test_acc", "test_macro_f1", "initial_acc")
+WHOLE_NUMBERS = {"params_trainable", "train_images_per_s", "train_time_s"}
+
+
+def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, last_epoch: int) -> dict[str, pd.DataFrame]:
+    """``mcr_mofr``, ``summary`` (long, per arm group and metric) and ``differences`` (paired)."""
+    initial = initial_metrics(epochs)[["arm_id", "initial_acc", "initial_loss"]] if not epochs.empty else None
+    enriched = trials.merge(initial, on="arm_id", how="left") if initial is not None else trials
+    differences = [paired_differences(enriched, metric) for metric in DIFFERENCE_METRICS if metric in enriched]
+    return {
+        "mcr_mofr": mcr_mofr(epochs, window, last_epoch),
+        "summary": seed_summary(enriched),
+        "differences": pd.concat(differences, ignore_index=True) if differences else pd.DataFrame(),
+    }
+
+
+def _mean_std(row: pd.Series) -> str:
+    if row["n"] == 0 or pd.isna(row["mean"]):
+        return "–"
+    digits = 0 if row["metric"] in WHOLE_NUMBERS else 3
+    text = f"{row['mean']:,.{digits}f}"
+    if row["n"] > 1 and not pd.isna(row["std"]):
+        text += f" ± {row['std']:,.{digits}f} [{row['ci95_low']:,.{digits}f}, {row['ci95_high']:,.{digits}f}]"
+    return text
+
+
+def _seed_table(summary: pd.DataFrame) -> pd.DataFrame:
+    shown = summary[summary["metric"].isin(SUMMARY_METRICS)].copy()
+    shown["model"] = shown["backbone"] + "_" + shown["init"] + "_" + shown["variant"]
+    shown["cell"] = shown.apply(_mean_std, axis=1)
+    n = shown.groupby("model", sort=False)["n"].max()
+    table = shown.pivot(index="model", columns="metric", values="cell")
+    table = table.reindex(index=n.index, columns=[m for m in SUMMARY_METRICS if m in table.columns])
+    table.insert(0, "seeds", n)
+    return table.rename(columns=SUMMARY_METRICS).reset_index()
+
+
+def _differences_table(differences: pd.DataFrame) -> pd.DataFrame:
+    table = differences.copy()
+    table["within"] = table["variant"].where(table["variant"].notna(), table["init"])
+    table["difference"] = table["mean_diff"].map(lambda v: "–" if pd.isna(v) else f"{v:+.3f}")
+    table["95% CI"] = [
+        "– (fewer than 2 seed pairs)" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]" + (" **excludes 0**" if flag else "")
+        for low, high, flag in zip(table["ci_low"], table["ci_high"], table["excludes_zero"])
+    ]
+    columns = {"comparison": "comparison", "backbone": "backbone", "within": "variant / init", "metric": "metric",
+               "n_pairs": "seed pairs", "difference": "mean difference", "95% CI": "95% CI (bootstrap)"}
+    return table[list(columns)].rename(columns=columns)
+
+
+def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
+    frame = per_class.assign(model=per_class["backbone"] + "_" + per_class["init"] + "_" + per_class["variant"])
+    classes = list(dict.fromkeys(frame["class"]))
+    return frame.pivot_table(index="model", columns="class", values="f1", aggfunc="mean", sort=False)[classes].reset_index()
+
+
+def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, window: int) -> str:
+    """Markdown sections: convergence and overfitting, across seeds, pretrained vs random, per class."""
+    lines = [
+        "## Convergence and overfitting (Smelyakov et al., Tables 2–5)", "",
+        f"For a metric M with M_0 before training and a window of epochs a..b (windows of {window} epochs): "
+        "MCR(a..b) = (1/(b−a+1)) · Σ_{e=a..b} (M_e − M_{e−1}) on the training metric (mean convergence rate); "
+        "MOFR(a..b) = the same on G_e = M_e(train) − M_e(val) (mean overfitting rate). Computed for accuracy and for "
+        "loss; rows `<backbone>_<init>`, means over seeds; a window with a missing epoch is blank. "
+        "Initial accuracy / loss are the validation values after epoch 1.", "",
+    ]
+    if tables["mcr_mofr"].empty:
+        lines += ["No epochs recorded yet.", ""]
+    for title, table in smelyakov_tables(tables["mcr_mofr"]).items():
+        lines += [f"### {title[0].upper()}{title[1:]}", "", markdown_table(table.reset_index(), digits=4)]
+    lines += [
+        "## Across seeds", "",
+        "Mean ± standard deviation [95% Student-t confidence interval] over the completed seeds (and folds) of "
+        "each model; one seed shows the value alone. All metrics are in `tables/summary.csv`.", "",
+        markdown_table(_seed_table(tables["summary"])),
+    ]
+    if not tables["differences"].empty:
+        lines += [
+            "## Pretrained vs random, variant vs baseline", "",
+            "Paired by seed: the mean of (pretrained − random) per backbone, with a 95% percentile-bootstrap interval "
+            "(10,000 resamples); a difference is claimed only where its interval excludes 0.", "",
+            markdown_table(_differences_table(tables["differences"])),
+        ]
+    if not per_class.empty:
+        lines += ["## Per-class F1 on the test split", "",
+                  "Mean over seeds; precision, recall, support and every arm are in `tables/per_class.csv`.", "",
+                  markdown_table(_per_class_table(per_class))]
+    return "\n".join(lines)
+
+
+def write_table(folder, name: str, frame: pd.DataFrame) -> None:
+    """``name.csv`` and ``name.parquet`` side by side, each written atomically."""
+    import io
+
+    from harness.atomic import atomic_write_bytes, atomic_write_text
+
+    atomic_write_text(folder / f"{name}.csv", frame.to_csv(index=False))
+    buffer = io.BytesIO()
+    frame.astype({c: "string" for c in frame.columns if frame[c].dtype == object}).to_parquet(buffer, index=False)
+    atomic_write_bytes(folder / f"{name}.parquet", buffer.getvalue())
+

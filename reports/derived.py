@@ -1,0 +1,272 @@
+"""Metrics derived from the tidy tables of ``reports.collect``: the Smelyakov et al. (2022)
+convergence / overfitting rates per epoch window, initial (epoch-1) metrics, and statistics across
+seeds (t intervals, paired bootstrap differences) so that a report can say whether a difference
+between arms is larger than the seed-to-seed noise.
+
+All functions are pure: DataFrames in, DataFrames out, nothing read or written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+ARM_KEYS = ["backbone", "init", "variant", "seed"]  # + "fold" in k-fold studies
+GROUP_KEYS = ["backbone", "init", "variant"]  # an arm group: seeds and folds pooled
+RATE_METRICS = {"accuracy": ("train_acc", "val_acc"), "loss": ("train_loss", "val_loss")}
+RATE_KINDS = ("MCR", "MOFR")
+# Columns that can read back from CSV as numbers (an all-empty text column is float NaN) but are
+# identifiers, settings or text, not metrics to average.
+NOT_METRICS = {"trial_id", "arm_id", "seed", "fold", "weights_source", "status", "error", "epochs_done",
+               "input_size", "resumed_at_epochs"}
+INIT_ORDER = ("pretrained", "random")  # the paper lists the pretrained arm first
+
+
+def _arm_keys(frame: pd.DataFrame) -> list[str]:
+    return ARM_KEYS + (["fold"] if "fold" in frame.columns else [])
+
+
+def _unit_keys(frame: pd.DataFrame) -> list[str]:
+    """What pairs two arms of one group: the seed, and the fold in k-fold studies."""
+    return ["seed"] + (["fold"] if "fold" in frame.columns else [])
+
+
+# --------------------------------------------------------------------------- MCR / MOFR
+
+
+def epoch_windows(last_epoch: int, window: int = 5) -> list[tuple[int, int]]:
+    """Windows (a, b) covering epochs 1..last_epoch in steps of ``window``; the last may be shorter."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    return [(a, min(a + window - 1, last_epoch)) for a in range(1, last_epoch + 1, window)]
+
+
+def _curves(epochs: pd.DataFrame, column: str, arms: pd.Index, last_epoch: int) -> np.ndarray:
+    """arms × epochs 0..last_epoch matrix of ``column``; a missing epoch or value is NaN."""
+    wide = epochs.pivot(index="arm_id", columns="epoch", values=column)
+    return wide.reindex(index=arms, columns=range(last_epoch + 1)).to_numpy(dtype=float)
+
+
+def _window_means(quantity: np.ndarray, windows: list[tuple[int, int]]) -> np.ndarray:
+    """arms × windows: mean of the epoch-to-epoch differences of ``quantity`` over each window.
+
+    ``np.mean`` propagates NaN on purpose: a window is defined only when every difference in it
+    is, i.e. when M_{a-1}, ..., M_b are all recorded (see ``mcr_mofr``).
+    """
+    steps = np.diff(quantity, axis=1)  # column e-1 holds M_e - M_{e-1}
+    return np.stack([steps[:, a - 1 : b].mean(axis=1) for a, b in windows], axis=1)
+
+
+def mcr_mofr(epochs: pd.DataFrame, window: int = 5, last_epoch: int | None = None) -> pd.DataFrame:
+    """Mean convergence rate (MCR) and mean overfitting rate (MOFR) per arm and epoch window, for
+    accuracy and loss, in the long schema of ``tables/mcr_mofr.csv`` (DESIGN.md):
+    backbone, init, variant, seed, [fold], arm_id, metric, kind, window ("1-5"), value.
+
+    MCR(a..b) = mean over e = a..b of M_e - M_{e-1} on the train metric; MOFR the same on
+    G_e = M_e^train - M_e^val. Windows are shared by all arms (1-5, 6-10, ... up to ``last_epoch``,
+    default the largest epoch in the table; the last window may be shorter), so the tables line up.
+
+    Missing-epoch rule: a window's value is NaN unless every epoch a-1..b of the arm is recorded
+    with a finite value (for MOFR: train and val). A gap, a missing epoch 0, or an arm stopped early
+    therefore gives NaN for the windows it touches, never a value from a shorter or interpolated
+    window. Every arm in ``epochs`` gets a row for every window (arms with only epoch 0 get NaN);
+    an empty table gives an empty frame with the schema's columns.
+    """
+    keys = _arm_keys(epochs)
+    columns = [*keys, "arm_id", "metric", "kind", "window", "value"]
+    trained = epochs["epoch"].max() if len(epochs) else 0
+    last_epoch = int(trained) if last_epoch is None else last_epoch
+    if epochs.empty or last_epoch < 1:
+        return pd.DataFrame(columns=columns)
+    epochs = epochs.drop_duplicates(["arm_id", "epoch"], keep="last")  # a replayed epoch: the last wins
+    arms = epochs.drop_duplicates("arm_id")[[*keys, "arm_id"]].reset_index(drop=True)
+    windows = epoch_windows(last_epoch, window)
+    labels = [f"{a}-{b}" for a, b in windows]
+    blocks = []
+    for metric, (train_col, val_col) in RATE_METRICS.items():
+        train = _curves(epochs, train_col, pd.Index(arms["arm_id"]), last_epoch)
+        val = _curves(epochs, val_col, pd.Index(arms["arm_id"]), last_epoch)
+        for kind, quantity in (("MCR", train), ("MOFR", train - val)):
+            values = pd.DataFrame(_window_means(quantity, windows), columns=labels)
+            block = pd.concat([arms, values], axis=1).melt(id_vars=[*keys, "arm_id"], var_name="window", value_name="value")
+            blocks.append(block.assign(metric=metric, kind=kind))
+    return pd.concat(blocks, ignore_index=True)[columns]
+
+
+# --------------------------------------------------------------------------- initial metrics
+
+
+def initial_metrics(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: the metrics after the first epoch of training, and the best validation accuracy.
+
+    ``initial_acc`` / ``initial_loss`` are **validation** values at epoch 1: Smelyakov et al. rank
+    models "in terms of initial and final accuracy on the validation set", the reading of their
+    Figs 9-10. The training-set values (running averages over epoch 1) are kept beside them as
+    ``initial_train_acc`` / ``initial_train_loss``. ``best_val_acc`` / ``best_epoch`` range over
+    all recorded epochs, epoch 0 included (as in ``trials.csv``); ties go to the earliest epoch.
+    Columns: backbone, init, variant, seed, [fold], arm_id, initial_acc, initial_loss,
+    initial_train_acc, initial_train_loss, best_val_acc, best_epoch (NaN / <NA> when undefined).
+    """
+    keys = [*_arm_keys(epochs), "arm_id"]
+    epochs = epochs.drop_duplicates(["arm_id", "epoch"], keep="last").reset_index(drop=True)  # idxmax needs unique labels
+    arms = epochs.drop_duplicates("arm_id")[keys]
+    first = epochs.loc[epochs["epoch"] == 1, ["arm_id", "val_acc", "val_loss", "train_acc", "train_loss"]].rename(
+        columns={"val_acc": "initial_acc", "val_loss": "initial_loss",
+                 "train_acc": "initial_train_acc", "train_loss": "initial_train_loss"}
+    )
+    scored = epochs.dropna(subset=["val_acc"]).sort_values(["arm_id", "epoch"])
+    best = scored.loc[scored.groupby("arm_id")["val_acc"].idxmax(), ["arm_id", "val_acc", "epoch"]]
+    best = best.rename(columns={"val_acc": "best_val_acc", "epoch": "best_epoch"})
+    result = arms.merge(first, on="arm_id", how="left").merge(best, on="arm_id", how="left")
+    result["best_epoch"] = result["best_epoch"].astype("Int64")
+    return result.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- Smelyakov Tables 2-5
+
+
+def _model_order(groups: pd.DataFrame) -> pd.DataFrame:
+    """Backbones and variants in order of first appearance, pretrained before random (as in the paper)."""
+    rank = {name: i for i, name in enumerate(INIT_ORDER)}
+    ordered = groups.assign(
+        _b=pd.factorize(groups["backbone"])[0],
+        _i=groups["init"].map(lambda init: rank.get(init, len(rank))),
+        _v=pd.factorize(groups["variant"])[0],
+    )
+    return ordered.sort_values(["_b", "_i", "init", "_v"], kind="stable").drop(columns=["_b", "_i", "_v"])
+
+
+def smelyakov_tables(mcr: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The paper's Tables 2-5 ("accuracy-based MCR", "loss-based MCR", "accuracy-based MOFR",
+    "loss-based MOFR") from ``mcr_mofr``'s output: one row per model ``<backbone>_<init>``
+    (``_<variant>`` appended when the study has more than one variant), one column per epoch
+    window in epoch order, values the mean over seeds and folds (NaN seeds skipped; NaN when no
+    seed has a value). Rows: backbones and variants in order of appearance, pretrained first."""
+    models = _model_order(mcr[GROUP_KEYS].drop_duplicates())
+    names = models["backbone"].astype(str) + "_" + models["init"].astype(str)
+    if mcr["variant"].nunique() > 1:
+        names = names + "_" + models["variant"].astype(str)
+    rows = pd.MultiIndex.from_frame(models)
+    windows = sorted(mcr["window"].unique(), key=lambda label: int(str(label).split("-")[0]))
+    means = mcr.groupby([*GROUP_KEYS, "metric", "kind", "window"])["value"].mean().unstack("window")
+    tables = {}
+    for kind in RATE_KINDS:
+        for metric in RATE_METRICS:
+            selected = means[(means.index.get_level_values("metric") == metric) & (means.index.get_level_values("kind") == kind)]
+            table = selected.droplevel(["metric", "kind"]).reindex(index=rows, columns=windows)
+            table.index = pd.Index(names.tolist(), name="model")
+            table.columns = pd.Index(windows, name="window")
+            tables[f"{metric}-based {kind}"] = table.astype(float)
+    return tables
+
+
+# --------------------------------------------------------------------------- statistics across seeds
+
+
+def t_interval(mean: np.ndarray, std: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student t confidence interval of a mean from n samples; NaN where n < 2."""
+    n = np.asarray(n, dtype=float)
+    dof = np.where(n >= 2, n - 1, np.nan)
+    half = stats.t.ppf(0.5 + level / 2, dof) * np.asarray(std, dtype=float) / np.sqrt(n)
+    return np.asarray(mean) - half, np.asarray(mean) + half
+
+
+def _completed(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["status"] == "completed"] if "status" in trials.columns else trials
+
+
+def default_metrics(trials: pd.DataFrame) -> list[str]:
+    """Numeric trial-level columns worth summarising (identifiers and settings left out)."""
+    numeric = trials.select_dtypes(include="number").columns
+    return [c for c in numeric if c not in NOT_METRICS]
+
+
+def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Mean / std / 95% t interval across seeds (and folds) per arm group, for ``summary.csv``.
+
+    Long format, one row per (backbone, init, variant, metric): columns backbone, init, variant,
+    metric, n, mean, std, ci95_low, ci95_high. Long because n differs per metric (a NaN metric is
+    not counted) and the column set stays fixed whatever metrics a study has. Only completed trials
+    count; a group with none still appears, with n = 0. std uses ddof=1; with n < 2 std and the
+    interval are NaN.
+    """
+    metrics = default_metrics(trials) if metrics is None else metrics
+    groups = trials[GROUP_KEYS].drop_duplicates()
+    done = _completed(trials)
+    values = done[GROUP_KEYS + metrics].melt(id_vars=GROUP_KEYS, var_name="metric", value_name="value")
+    values["value"] = pd.to_numeric(values["value"], errors="coerce").astype(float)
+    summary = values.groupby([*GROUP_KEYS, "metric"], sort=False)["value"].agg(n="count", mean="mean", std="std")
+    everything = groups.merge(pd.DataFrame({"metric": metrics}), how="cross")
+    summary = everything.merge(summary.reset_index(), on=[*GROUP_KEYS, "metric"], how="left")
+    summary["n"] = summary["n"].fillna(0).astype(int)
+    summary.loc[summary["n"] < 2, "std"] = np.nan
+    summary["ci95_low"], summary["ci95_high"] = t_interval(summary["mean"], summary["std"], summary["n"])
+    return summary.reset_index(drop=True)
+
+
+def bootstrap_mean_ci(
+    differences: np.ndarray, n_boot: int = 10000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``differences``; NaN with fewer than 2 values.
+
+    A fresh generator from ``seed`` per call keeps each comparison's interval independent of which
+    other comparisons were computed.
+    """
+    differences = np.asarray(differences, dtype=float)
+    if len(differences) < 2:
+        return np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, len(differences), size=(n_boot, len(differences)))].mean(axis=1)
+    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metric: str, n_boot: int, seed: int) -> list[dict]:
+    """One row per backbone × level of the other factor: ``treated`` - ``reference`` of ``factor``,
+    paired by seed (and fold)."""
+    units = _unit_keys(trials)
+    held = next(k for k in ("init", "variant") if k != factor)  # the other factor, held fixed
+    scored = _completed(trials).dropna(subset=[metric])
+    rows = []
+    for (backbone, level), _ in trials.groupby(["backbone", held], sort=False):
+        cell = scored[(scored["backbone"] == backbone) & (scored[held] == level)]
+        sides = [cell.loc[cell[factor] == side, [*units, metric]] for side in (treated, reference)]
+        both = sides[0].merge(sides[1], on=units, how="outer", suffixes=("_a", "_b"), indicator=True)
+        paired = both[both["_merge"] == "both"]
+        diffs = (paired[f"{metric}_a"] - paired[f"{metric}_b"]).to_numpy(dtype=float)
+        ci_low, ci_high = bootstrap_mean_ci(diffs, n_boot, seed)
+        rows.append({
+            "comparison": f"{treated} − {reference}", "backbone": backbone, held: level, factor: np.nan,
+            "n_pairs": len(diffs), "n_unpaired": int((both["_merge"] != "both").sum()),
+            "mean_diff": diffs.mean() if len(diffs) else np.nan, "ci_low": ci_low, "ci_high": ci_high,
+        })
+    return rows
+
+
+def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """Does pretraining (or a variant) help beyond seed noise? Paired differences of ``metric``:
+    "pretrained − random" per backbone × variant, and "<variant> − baseline" per backbone × init,
+    pairing completed trials by seed (and fold). Columns: comparison, backbone, variant, init,
+    metric, n_pairs, n_unpaired, mean_diff, ci_low, ci_high, excludes_zero.
+
+    The compared factor's column is NaN (its levels are in ``comparison``). ``n_unpaired`` counts
+    seeds (folds) present on only one side — failed, missing or NaN partners — which are left out.
+    The 95% interval is a percentile bootstrap of the mean paired difference (``n_boot`` resamples,
+    deterministic in ``seed``); with n_pairs < 2 it is NaN and ``excludes_zero`` is False.
+    A comparison appears only when the study has both levels (e.g. both inits).
+    """
+    columns = ["comparison", "backbone", "variant", "init", "metric", "n_pairs", "n_unpaired",
+               "mean_diff", "ci_low", "ci_high", "excludes_zero"]
+    rows = []
+    if {"pretrained", "random"} <= set(trials["init"]):
+        rows += _pairs(trials, "init", "pretrained", "random", metric, n_boot, seed)
+    variants = list(dict.fromkeys(trials["variant"]))
+    if "baseline" in variants:
+        for variant in (v for v in variants if v != "baseline"):
+            rows += _pairs(trials, "variant", variant, "baseline", metric, n_boot, seed)
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    result = pd.DataFrame(rows).assign(metric=metric)
+    result["excludes_zero"] = (result["ci_low"] > 0) | (result["ci_high"] < 0)  # NaN compares False
+    return result[columns]
