@@ -7,7 +7,7 @@ from pathlib import Path
 from harness.atomic import atomic_write_text
 from harness.experiment import experiment_paths, read_json
 from reports.collect import collect, collect_per_class, trial_statuses
-from reports.comparison import comparison_tables, render_comparison, write_table
+from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from reports.markdown import render_markdown
 
 __all__ = ["build_report", "collect", "trial_statuses"]
@@ -29,6 +29,7 @@ def build_report(experiment_dir: str | Path) -> Path:
     tables = paths["report"] / "tables"
     for name, frame in {"epochs": epochs, "trials": trials, "per_class": per_class, **comparison}.items():
         write_table(tables, name, frame)
+    draw_figures(epochs, trials, comparison, paths["report"] / "figures")
     sections = [render_comparison(comparison, per_class, window)]
     data_section = None
     if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only

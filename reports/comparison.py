@@ -73,9 +73,25 @@ def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
     return frame.pivot_table(index="model", columns="class", values="f1", aggfunc="mean", sort=False)[classes].reset_index()
 
 
+def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], folder) -> None:
+    """The comparison figures, PNG, into the report's ``figures`` folder (placeholders when empty)."""
+    from reports import figures
+
+    figures.plot_curves(epochs, folder / "curves.png")
+    figures.plot_initial_bars(epochs, folder / "initial.png")
+    figures.plot_mcr_mofr_heatmaps(tables["mcr_mofr"], folder / "mcr_mofr.png")
+    costs = figures.cost_summary(trials)
+    figures.plot_accuracy_vs_cost(costs, folder / "accuracy_vs_params.png", cost="params_trainable")
+    figures.plot_accuracy_vs_cost(costs, folder / "accuracy_vs_throughput.png", cost="train_images_per_s")
+
+
 def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, window: int) -> str:
-    """Markdown sections: convergence and overfitting, across seeds, pretrained vs random, per class."""
+    """Markdown sections: curves, convergence and overfitting, across seeds, pretrained vs random,
+    per class; figures linked from ``figures/`` (see ``draw_figures``)."""
     lines = [
+        "## Learning curves (Smelyakov et al., Figs 5–10)", "",
+        "![Accuracy and loss over epochs per backbone: train and val, pretrained solid, random dashed](figures/curves.png)", "",
+        "![Validation accuracy and loss after epoch 1](figures/initial.png)", "",
         "## Convergence and overfitting (Smelyakov et al., Tables 2–5)", "",
         f"For a metric M with M_0 before training and a window of epochs a..b (windows of {window} epochs): "
         "MCR(a..b) = (1/(b−a+1)) · Σ_{e=a..b} (M_e − M_{e−1}) on the training metric (mean convergence rate); "
@@ -87,11 +103,14 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
         lines += ["No epochs recorded yet.", ""]
     for title, table in smelyakov_tables(tables["mcr_mofr"]).items():
         lines += [f"### {title[0].upper()}{title[1:]}", "", markdown_table(table.reset_index(), digits=4)]
+    lines += ["![MCR and MOFR per window](figures/mcr_mofr.png)", ""]
     lines += [
         "## Across seeds", "",
         "Mean ± standard deviation [95% Student-t confidence interval] over the completed seeds (and folds) of "
         "each model; one seed shows the value alone. All metrics are in `tables/summary.csv`.", "",
         markdown_table(_seed_table(tables["summary"])),
+        "![Test accuracy vs trainable parameters, Pareto front](figures/accuracy_vs_params.png)", "",
+        "![Test accuracy vs training throughput, Pareto front](figures/accuracy_vs_throughput.png)", "",
     ]
     if not tables["differences"].empty:
         lines += [

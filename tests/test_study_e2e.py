@@ -231,3 +231,17 @@ def test_report_tables_are_written_as_csv_and_parquet_and_match_the_curves(basel
     over_seeds = mcr[(mcr.backbone == "small_cnn") & (mcr.init == "random") & (mcr.metric == "accuracy")
                      & (mcr.kind == "MCR") & (mcr.window == "1-2")]["value"].mean()
     assert f"| small_cnn_random | {over_seeds:.4f} |" in report
+
+
+def test_every_figure_the_report_links_exists(baseline_run):
+    import re
+
+    from PIL import Image
+
+    report = (baseline_run.report_dir / "report.md").read_text()
+    linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report))
+    assert {f"figures/{name}.png" for name in ("curves", "initial", "mcr_mofr", "accuracy_vs_params",
+                                               "accuracy_vs_throughput", "class_counts")} <= linked
+    for link in linked:
+        with Image.open(baseline_run.report_dir / link) as image:
+            assert image.width > 400 and image.height > 200, link
