@@ -24,12 +24,12 @@ def build_report(experiment_dir: str | Path) -> Path:
     spec = manifest["spec"]
     window = spec.get("report", {}).get("window", 5)
     epochs, trials = collect(experiment_dir)
-    per_class, _ = collect_per_class(experiment_dir)
+    per_class, confusion = collect_per_class(experiment_dir)
     comparison = comparison_tables(epochs, trials, window, spec["train"]["epochs"])
     tables = paths["report"] / "tables"
     for name, frame in {"epochs": epochs, "trials": trials, "per_class": per_class, **comparison}.items():
         write_table(tables, name, frame)
-    draw_figures(epochs, trials, comparison, paths["report"] / "figures")
+    draw_figures(epochs, trials, comparison, confusion, paths["report"] / "figures")
     sections = [render_comparison(comparison, per_class, window)]
     data_section = None
     if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only

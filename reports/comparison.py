@@ -73,10 +73,12 @@ def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
     return frame.pivot_table(index="model", columns="class", values="f1", aggfunc="mean", sort=False)[classes].reset_index()
 
 
-def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], folder) -> None:
+def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], confusion: dict, folder) -> None:
     """The comparison figures, PNG, into the report's ``figures`` folder (placeholders when empty)."""
     from reports import figures
+    from reports.confusion import plot_confusion_matrices
 
+    plot_confusion_matrices(confusion, trials, folder / "confusion.png")
     figures.plot_curves(epochs, folder / "curves.png")
     figures.plot_initial_bars(epochs, folder / "initial.png")
     figures.plot_mcr_mofr_heatmaps(tables["mcr_mofr"], folder / "mcr_mofr.png")
@@ -122,7 +124,8 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
     if not per_class.empty:
         lines += ["## Per-class F1 on the test split", "",
                   "Mean over seeds; precision, recall, support and every arm are in `tables/per_class.csv`.", "",
-                  markdown_table(_per_class_table(per_class))]
+                  markdown_table(_per_class_table(per_class)),
+                  "![Normalised confusion matrices](figures/confusion.png)", ""]
     return "\n".join(lines)
 
 

@@ -241,7 +241,7 @@ def test_every_figure_the_report_links_exists(baseline_run):
     report = (baseline_run.report_dir / "report.md").read_text()
     linked = set(re.findall(r"\]\((figures/[^)]+\.png)\)", report))
     assert {f"figures/{name}.png" for name in ("curves", "initial", "mcr_mofr", "accuracy_vs_params",
-                                               "accuracy_vs_throughput", "class_counts")} <= linked
+                                               "accuracy_vs_throughput", "class_counts", "confusion")} <= linked
     for link in linked:
         with Image.open(baseline_run.report_dir / link) as image:
             assert image.width > 400 and image.height > 200, link
