@@ -33,8 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--print-spec", action="store_true", help="print the resolved spec as YAML and exit")
     run.add_argument("--verbose", action="store_true", help="show Ray's own progress tables and logs")
 
-    report = commands.add_parser("report", help="re-render the report of an experiment folder")
-    report.add_argument("experiment_dir", type=Path)
+    report = commands.add_parser("report", help="re-render the report of experiment folders, or compare them")
+    report.add_argument("experiment_dirs", type=Path, nargs="+", metavar="EXPERIMENT_DIR")
+    report.add_argument("--compare", action="store_true",
+                        help="also write one report setting the experiments side by side (the first is the reference)")
+    report.add_argument("--out", type=Path, help="folder of the comparison (default: beside the first experiment, "
+                                                 "compare-<A>-vs-<B>…)")
 
     backbones = commands.add_parser("backbones", help="list the registered backbones")
     backbones.add_argument("--json", action="store_true", help="machine-readable output")
@@ -88,13 +92,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports import build_report
+    from reports import build_comparison_report, build_report
 
+    folders = [folder.resolve() for folder in args.experiment_dirs]
+    if args.compare and len(folders) < 2:
+        return _fail("--compare needs two or more experiment folders, e.g. ferbench report A B --compare")
+    if args.out and not args.compare:
+        return _fail("--out names the comparison's folder; add --compare")
     try:
-        report_dir = build_report(args.experiment_dir.resolve())
+        for folder in folders:
+            print(f"Report: {build_report(folder) / 'report.md'}")
+        if args.compare:
+            out = args.out or folders[0].parent / ("compare-" + "-vs-".join(f.name for f in folders))
+            print(f"Comparison: {build_comparison_report(folders, out.resolve()) / 'report.md'}")
     except FileNotFoundError as err:
         return _fail(str(err))
-    print(f"Report: {report_dir / 'report.md'}")
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 from ray import tune
 
-from backbones import count_parameters, create_backbone, get_backbone_info
+from backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
 from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
 from harness.atomic import atomic_write_json
 from harness.augment import InputAdapter
+from harness.inference_speed import measure_inference
 from harness.spec import StudySpec
 from harness.training import accuracy_and_loss, predict, train_one_epoch
 
@@ -153,6 +155,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     freeze = FreezePlan(**train.freeze.model_dump())
 
     for epoch in range(start_epoch, train.epochs + 1):
+        epoch_start = time.perf_counter()
         apply_freeze(model, freeze, max(epoch, 1))  # epoch 0 reports the first epoch's trainable count
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(epoch, 1))
@@ -173,6 +176,10 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         }
         if epoch == train.epochs:
             metrics.update(_test_metrics(model, images, labels, split["test"], payload.class_names, eval_kwargs))
+            metrics.update(measure_inference(model, images[split["test"][: train.eval_batch_size]], adapter=adapter, device=device,
+                                             batch_size=train.eval_batch_size))
+            metrics.update({f"backbone_{k}": v for k, v in backbone_parameter_counts(arm["backbone"], model).items()})
+        metrics["epoch_wall_s"] = time.perf_counter() - epoch_start  # training, evaluation and test
         history.append(metrics)
         _save_checkpoint(
             {

@@ -17,9 +17,12 @@ from harness.experiment import experiment_paths, read_json
 from harness.trainable import HISTORY_FILE, TEST_PER_CLASS_FILE
 
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
-EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s"]
-INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch"}
+EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s", "epoch_wall_s"]
+INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch",
+                   "backbone_params", "backbone_keras_params", "infer_batch_size"}
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"]
+# Measured once after the test evaluation (see harness.inference_speed, backbones.registry).
+FINAL_MEASURES = ["infer_latency_ms", "infer_images_per_s", "infer_batch_size", "backbone_params", "backbone_keras_params"]
 
 
 def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
@@ -122,9 +125,10 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
         "best_epoch": int(best["epoch"]),
         "train_images_per_s": float(np.nanmean(trained["train_images_per_s"])) if len(trained) else np.nan,
         "train_time_s": float(trained["epoch_time_s"].sum()) if len(trained) else 0.0,
+        "wall_time_s": float(epochs["epoch_wall_s"].sum()) if "epoch_wall_s" in epochs else np.nan,
         "resumed_at_epochs": " ".join(str(int(e)) for e in sorted(set(epochs.get("attempt_start_epoch", pd.Series(dtype=float)).dropna())) if e > 0),
     }
-    summary.update({name: last.get(name, np.nan) for name in TEST_METRICS})
+    summary.update({name: last.get(name, np.nan) for name in TEST_METRICS + FINAL_MEASURES})
     return summary
 
 

@@ -16,9 +16,10 @@ SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed 
     "test_acc": "test acc", "test_macro_f1": "test macro F1", "test_weighted_f1": "test weighted F1",
     "initial_acc": "initial val acc", "initial_loss": "initial val loss", "best_val_acc": "best val acc",
     "params_trainable": "trainable params", "train_images_per_s": "train img/s", "train_time_s": "train s",
+    "infer_latency_ms": "latency ms (batch 1)", "infer_images_per_s": "infer img/s", "wall_time_s": "wall s",
 }
 DIFFERENCE_METRICS = ("test_acc", "test_macro_f1", "initial_acc")
-WHOLE_NUMBERS = {"params_trainable", "train_images_per_s", "train_time_s"}
+WHOLE_NUMBERS = {"params_trainable", "train_images_per_s", "train_time_s", "infer_images_per_s", "wall_time_s"}
 
 
 def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, last_epoch: int) -> dict[str, pd.DataFrame]:

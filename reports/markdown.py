@@ -9,7 +9,7 @@ import pandas as pd
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
 
-def _split_text(split: dict) -> str:
+def split_text(split: dict) -> str:
     kind = split.get("kind", "stratified")
     if kind == "official":
         text = f"the dataset's official split (FER2013: test = {split['test']}, val = the other test part; " \
@@ -63,6 +63,16 @@ def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=columns)
 
 
+def _partial_banner(manifest: dict, counts: pd.Series) -> list[str]:
+    """A study still running or interrupted: say so before any number is read."""
+    unfinished = int(counts.get("incomplete", 0))
+    if not unfinished:
+        return []
+    return [f"> **Partial results**: {unfinished} of {int(counts.sum())} arms have not finished (still running, "
+            f"or interrupted: `ferbench run {manifest['study']} --resume` continues it). Tables and figures show "
+            "only the epochs recorded so far; statistics count completed arms only.", ""]
+
+
 def render_markdown(
     manifest: dict, trials: pd.DataFrame, data_section: str | None = None, sections: list[str] | None = None
 ) -> str:
@@ -76,12 +86,13 @@ def render_markdown(
         "",
         f"Created {manifest['created']}. {len(trials)} arms: {status_line}.",
         "",
+        *_partial_banner(manifest, counts),
         "## Study",
         "",
         f"- Dataset: **{dataset['name']}**, {dataset['images']} images "
         f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
         f"classes {', '.join(dataset['class_names'])}",
-        f"- Split: {_split_text(spec['split'])}",
+        f"- Split: {split_text(spec['split'])}",
         f"- Grid: backbone {grid['backbone']} × init {grid['init']} × variant {grid['variant']} × seed {grid['seed']}"
         + (f", excluding {grid['exclude']}" if grid["exclude"] else ""),
         f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "

@@ -41,6 +41,7 @@ def test_training_copies_of_test_images_are_flagged_or_dropped(tmp_path, drop):
     assert len(train) == 24 - 2 * drop  # rows 0, 3, …, 69 are Training
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CKPLUS48.is_dir(), reason=f"the CK+ 48×48 set is not at {CKPLUS48}")
 def test_ckplus_subject_exclusive_10_fold_study(tmp_path):
     spec = load_spec("quick", [

@@ -301,10 +301,14 @@ def test_study_file_with_unknown_section(capsys, tmp_path):
 
 @pytest.fixture
 def no_ray_cluster(monkeypatch):
-    """Preflight checks local resources only when not attached to a cluster."""
+    """Preflight checks local resources only when not attached to a cluster. A Ray left running by
+    an earlier in-process study is stopped first, so the check below sees only this test's doing."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     yield
-    import ray
 
     assert not ray.is_initialized(), "a failing preflight must not start Ray"
 

@@ -1,0 +1,140 @@
+"""``ferbench report A B … --compare``: one report that sets experiments side by side.
+
+Why a separate report: two studies (another dataset, another split, a changed recipe) are run at
+different times, so their arms are not paired by seed. Per model (``<backbone>_<init>_<variant>``)
+each experiment's mean over seeds is shown with its 95% t interval, and every later experiment is
+compared with the first by the difference of means with a Welch 95% interval; a difference is
+claimed only where that interval excludes 0. Experiments on different data say so in the header.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness.atomic import atomic_write_text
+from harness.experiment import experiment_paths, read_json
+from reports.collect import collect
+from reports.comparison import comparison_tables, write_table
+from reports.markdown import markdown_table, split_text
+
+COMPARED_METRICS = {  # trial-level metric → label
+    "test_acc": "test acc", "test_macro_f1": "test macro F1", "initial_acc": "initial val acc",
+    "infer_latency_ms": "latency ms", "train_images_per_s": "train img/s",
+}
+
+
+def _experiment_summary(experiment_dir: Path) -> tuple[dict, pd.DataFrame, pd.Series]:
+    """(manifest, per-model summary rows of the compared metrics, arm status counts)."""
+    manifest = read_json(experiment_paths(experiment_dir)["manifest"])
+    spec = manifest["spec"]
+    epochs, trials = collect(experiment_dir)
+    tables = comparison_tables(epochs, trials, spec.get("report", {}).get("window", 5), spec["train"]["epochs"])
+    summary = tables["summary"]
+    summary = summary[summary["metric"].isin(COMPARED_METRICS)].copy()
+    summary["model"] = summary["backbone"] + "_" + summary["init"] + "_" + summary["variant"]
+    return manifest, summary, trials["status"].value_counts()
+
+
+def welch_interval(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
+                   level: float = 0.95) -> tuple[float, float]:
+    """Interval of mean_b − mean_a for independent samples (Welch–Satterthwaite degrees of
+    freedom); NaN unless both sides have two or more values."""
+    if n_a < 2 or n_b < 2 or np.isnan(std_a) or np.isnan(std_b):
+        return np.nan, np.nan
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    se = np.sqrt(va + vb)
+    diff = mean_b - mean_a
+    if se == 0:
+        return diff, diff
+    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    half = stats.t.ppf(0.5 + level / 2, dof) * se
+    return diff - half, diff + half
+
+
+def comparison_table(names: list[str], summaries: list[pd.DataFrame]) -> pd.DataFrame:
+    """Long table: one row per model × metric × experiment with n / mean / std / interval, and for
+    experiments after the first the difference to the first with its Welch interval."""
+    rows = []
+    for name, summary in zip(names, summaries):
+        for row in summary.itertuples(index=False):
+            rows.append({"experiment": name, "model": row.model, "metric": row.metric, "n": row.n,
+                         "mean": row.mean, "std": row.std, "ci95_low": row.ci95_low, "ci95_high": row.ci95_high})
+    table = pd.DataFrame(rows, columns=["experiment", "model", "metric", "n", "mean", "std", "ci95_low", "ci95_high"])
+    reference = table[table["experiment"] == names[0]].set_index(["model", "metric"])
+    diffs = []
+    for row in table.itertuples(index=False):
+        key = (row.model, row.metric)
+        if row.experiment == names[0] or key not in reference.index:
+            diffs.append((np.nan, np.nan, np.nan))
+            continue
+        ref = reference.loc[key]
+        low, high = welch_interval(ref["mean"], ref["std"], int(ref["n"]), row.mean, row.std, int(row.n))
+        diffs.append((row.mean - ref["mean"], low, high))
+    table["diff_vs_first"], table["diff_ci95_low"], table["diff_ci95_high"] = map(list, zip(*diffs)) if diffs else ([], [], [])
+    table["excludes_zero"] = (table["diff_ci95_low"] > 0) | (table["diff_ci95_high"] < 0)
+    return table
+
+
+def _cell(row) -> str:
+    if row.n == 0 or pd.isna(row.mean):
+        return "–"
+    digits = 0 if row.metric == "train_images_per_s" else 3
+    text = f"{row.mean:,.{digits}f}"
+    if row.n >= 2 and not pd.isna(row.ci95_low):
+        text += f" [{row.ci95_low:,.{digits}f}, {row.ci95_high:,.{digits}f}]"
+    text += f" (n={row.n})"
+    if not pd.isna(row.diff_vs_first):
+        text += f"; Δ {row.diff_vs_first:+,.{digits}f}"
+        if not pd.isna(row.diff_ci95_low):
+            text += f" [{row.diff_ci95_low:+,.{digits}f}, {row.diff_ci95_high:+,.{digits}f}]"
+            text += " **excludes 0**" if row.excludes_zero else ""
+    return text
+
+
+def _metric_table(table: pd.DataFrame, metric: str, names: list[str]) -> pd.DataFrame:
+    rows = table[table["metric"] == metric]
+    wide = rows.assign(cell=[_cell(r) for r in rows.itertuples(index=False)]).pivot(
+        index="model", columns="experiment", values="cell")
+    models = list(dict.fromkeys(rows["model"]))
+    return wide.reindex(index=models, columns=names).fillna("not in this experiment").reset_index()
+
+
+def _header(names: list[str], manifests: list[dict], statuses: list[pd.Series]) -> list[str]:
+    lines = ["| experiment | study | dataset | images | split | epochs | arms |", "|---|---|---|---|---|---|---|"]
+    for name, manifest, counts in zip(names, manifests, statuses):
+        dataset, spec = manifest["dataset"], manifest["spec"]
+        arms = ", ".join(f"{n} {s}" for s, n in counts.items())
+        lines.append(f"| `{name}` | {manifest['study']} | {dataset['name']} (`{dataset['fingerprint_sha256'][:12]}`) | "
+                     f"{dataset['images']} | {split_text(spec['split'])} | {spec['train']['epochs']} | {arms} |")
+    notes = [""]
+    if len({m["dataset"]["fingerprint_sha256"] for m in manifests}) > 1:
+        notes.append("**The experiments use different data** (dataset fingerprints differ): a difference mixes "
+                     "the effect of the data with that of the models.")
+    if any("incomplete" in counts for counts in statuses):
+        notes.append("**Partial results**: some arms have not finished (running, or interrupted); only recorded "
+                     "trials count.")
+    return lines + notes
+
+
+def build_comparison(experiment_dirs: list[Path], out_dir: Path) -> Path:
+    """Write ``report.md``, ``tables/comparison.csv|.parquet`` into ``out_dir``; returns it."""
+    names = [Path(d).name for d in experiment_dirs]
+    if len(set(names)) != len(names):
+        names = [str(d) for d in experiment_dirs]
+    loaded = [_experiment_summary(Path(d)) for d in experiment_dirs]
+    manifests, summaries, statuses = (list(x) for x in zip(*loaded))
+    table = comparison_table(names, summaries)
+    write_table(out_dir / "tables", "comparison", table)
+    lines = [f"# FERBench comparison — {' vs '.join(names)}", "", *_header(names, manifests, statuses), "",
+             f"Per model: mean over completed seeds [95% t interval] (n seeds); for `{names[0]}`'s followers, "
+             f"Δ = their mean − `{names[0]}`'s with a Welch 95% interval (the experiments are independent, not "
+             "paired by seed); a difference is claimed only where the interval excludes 0.", ""]
+    for metric, label in COMPARED_METRICS.items():
+        if (table["metric"] == metric).any():
+            lines += [f"## {label[0].upper()}{label[1:]}", "", markdown_table(_metric_table(table, metric, names))]
+    atomic_write_text(out_dir / "report.md", "\n".join(lines))
+    return out_dir
