@@ -8,6 +8,7 @@ from harness.atomic import atomic_write_text
 from harness.experiment import experiment_paths, read_json
 from reports.collect import collect, collect_per_class, trial_statuses
 from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
+from reports.html import write_html_report
 from reports.markdown import render_markdown
 
 __all__ = ["build_report", "collect", "trial_statuses"]
@@ -37,4 +38,5 @@ def build_report(experiment_dir: str | Path) -> Path:
 
         data_section = render_data_section(manifest["data_summary"], paths["report"] / "figures")
     atomic_write_text(paths["report"] / "report.md", render_markdown(manifest, trials, data_section, sections))
+    write_html_report(paths["report"])
     return paths["report"]
