@@ -10,8 +10,21 @@ from reports.collect import collect, collect_per_class, trial_statuses
 from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from reports.html import write_html_report
 from reports.markdown import render_markdown
+from reports.recommendation import render_recommendation
 
-__all__ = ["build_report", "collect", "trial_statuses"]
+__all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
+
+
+def build_comparison_report(experiment_dirs: list[Path], out_dir: Path) -> Path:
+    """``ferbench report A B … --compare``: the experiments side by side in ``out_dir``."""
+    from reports.compare import build_comparison
+
+    for folder in experiment_dirs:
+        if not experiment_paths(folder)["grid"].is_file():
+            raise FileNotFoundError(f"{folder} is not a FERBench experiment (no ferbench/grid.json)")
+    build_comparison(experiment_dirs, out_dir)
+    write_html_report(out_dir)
+    return out_dir
 
 
 def build_report(experiment_dir: str | Path) -> Path:
@@ -31,7 +44,10 @@ def build_report(experiment_dir: str | Path) -> Path:
     for name, frame in {"epochs": epochs, "trials": trials, "per_class": per_class, **comparison}.items():
         write_table(tables, name, frame)
     draw_figures(epochs, trials, comparison, confusion, paths["report"] / "figures")
-    sections = [render_comparison(comparison, per_class, window)]
+    sections = [
+        render_comparison(comparison, per_class, window),
+        render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"]),
+    ]
     data_section = None
     if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only
         from reports.data_section import render_data_section

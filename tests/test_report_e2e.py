@@ -140,6 +140,7 @@ def test_compare_sets_two_experiments_side_by_side(study, tmp_path, capsys):
     assert "| mobilenet_v1_pretrained_baseline |" in report and "not in this experiment" in report
     assert f"Δ {row['diff_vs_first']:+.3f}" in report
     assert "different data" not in report  # same SynthFER arguments, same fingerprint
+    assert "data:image" not in report and "Δ" in (out / "report.html").read_text()  # rendered as HTML too
 
 
 def test_compare_needs_two_experiments(study, capsys):
