@@ -5,6 +5,7 @@
         ferbench/spec.yaml       the resolved study spec (what --resume re-runs)
         ferbench/splits.npz      train/val/test indices used by every trial and by the report
         ferbench/grid.json       every grid arm with its preflight status
+        ferbench/samples.npz     a few test images per class, shown with each model's predictions
         <arm_id>_<trial_id>/     Tune trial folders: result.json, checkpoints, test_predictions.npz
         report/                  report.md, tables/*.csv
 """
@@ -25,6 +26,7 @@ import yaml
 
 from harness.atomic import atomic_write_json, atomic_write_text
 from harness.preflight import Preflight
+from harness.samples import save_samples, select_samples
 from harness.spec import StudySpec, spec_to_yaml
 from harness.data_checks import inspect as inspect_dataset
 from harness.splits import named_index_sets, save_splits
@@ -40,6 +42,7 @@ def experiment_paths(experiment_dir: Path) -> dict[str, Path]:
         "spec": meta / "spec.yaml",
         "splits": meta / "splits.npz",
         "grid": meta / "grid.json",
+        "samples": meta / "samples.npz",
         "report": Path(experiment_dir) / "report",
     }
 
@@ -110,6 +113,10 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
     dataset = preflight.dataset
     save_splits(paths["splits"], preflight.splits)
     atomic_write_text(paths["spec"], spec_to_yaml(spec))
+    if spec.report.samples_per_class:  # the report renders them without the dataset
+        test_idx = preflight.splits[min(preflight.splits)]["test"]
+        save_samples(paths["samples"], select_samples(dataset.images, dataset.labels, dataset.class_names,
+                                                      test_idx, spec.report.samples_per_class, spec.split.seed))
     atomic_write_json(
         paths["manifest"],
         {

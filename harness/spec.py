@@ -220,6 +220,7 @@ class WeightsSpec(_Strict):
 
 class ReportSpec(_Strict):
     window: int = Field(5, ge=1, description="epochs per MCR / MOFR window")
+    samples_per_class: int = Field(2, ge=0, description="test images per class shown with each model's predictions (0: none)")
 
 
 class StudySpec(_Strict):

@@ -1,0 +1,157 @@
+"""Sample test images beside every model's predicted class probabilities (Smelyakov et al. 2022,
+Figs 11-17), rendered from the experiment folder alone: the images come from
+``ferbench/samples.npz`` (written on the driver), the probabilities from each completed trial's
+``test_predictions.npz``, averaged over the seeds (and folds) of a model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from harness.experiment import experiment_paths, read_json
+from harness.samples import Samples, load_samples
+from harness.trainable import TEST_PREDICTIONS_FILE
+from reports.collect import _trial_dir
+from reports.figures import GROUP_KEYS, _light, _order, _save, _style, backbone_palette, placeholder
+
+TITLE = "Sample test images and predicted probabilities"
+COLUMNS = ["sample", "index", "true_class", "model", *GROUP_KEYS, "class", "probability", "n_trials"]
+VARIANT_HATCHES = ("", "..", "xx", "--", "oo", "++")
+TRUE_BAND = "#fff3b0"
+
+
+def _trial_probabilities(path: Path, indices: np.ndarray, n_classes: int) -> dict[int, np.ndarray]:
+    """Sample position → probability row, for the samples in this trial's test split."""
+    with np.load(path) as stored:
+        tested, probabilities = stored["indices"], stored["probabilities"]
+    if probabilities.ndim != 2 or probabilities.shape[1] != n_classes:
+        return {}
+    row_of = {int(index): row for row, index in enumerate(tested)}
+    return {i: probabilities[row_of[int(index)]] for i, index in enumerate(indices) if int(index) in row_of}
+
+
+def collect_sample_probabilities(experiment_dir: Path) -> tuple[Samples | None, pd.DataFrame]:
+    """(samples or None, long table): one row per sample × model × class with the model's mean
+    probability over the trials that tested the sample (a k-fold trial whose test part lacks it
+    is left out). A trial counts once it has written its test predictions."""
+    experiment_dir = Path(experiment_dir)
+    paths = experiment_paths(experiment_dir)
+    samples = load_samples(paths["samples"])
+    if samples is None or not len(samples["indices"]):
+        return samples, pd.DataFrame(columns=COLUMNS)
+    class_names = [str(c) for c in samples["class_names"]]
+    stacks: dict[tuple, dict[int, list[np.ndarray]]] = {}
+    for arm in read_json(paths["grid"]):
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"]) if arm["status"] != "unavailable" else None
+        if trial_dir is None or not (trial_dir / TEST_PREDICTIONS_FILE).is_file():
+            continue
+        found = _trial_probabilities(trial_dir / TEST_PREDICTIONS_FILE, samples["indices"], len(class_names))
+        for position, row in found.items():
+            stacks.setdefault(tuple(arm[k] for k in GROUP_KEYS), {}).setdefault(position, []).append(row)
+    rows = []
+    for key, by_sample in stacks.items():
+        for position, stack in by_sample.items():
+            mean = np.mean(stack, axis=0)
+            base = {"sample": position, "index": int(samples["indices"][position]),
+                    "true_class": class_names[int(samples["labels"][position])], "model": "_".join(map(str, key)),
+                    **dict(zip(GROUP_KEYS, key)), "n_trials": len(stack)}
+            rows += [{**base, "class": name, "probability": float(p)} for name, p in zip(class_names, mean)]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return samples, table.sort_values(["sample", "model"], kind="stable").reset_index(drop=True)
+
+
+def model_styles(probs: pd.DataFrame) -> dict[str, dict]:
+    """model → bar colour and hatch, as in the report's other figures: the backbone's colour,
+    pretrained full, random light and hatched ``//``; further variants add a dotted / crossed hatch."""
+    models = _order(probs[GROUP_KEYS].drop_duplicates())
+    palette = backbone_palette(list(models["backbone"]))
+    variants = sorted(set(models["variant"]), key=lambda v: (v != "baseline", v))
+    styles = {}
+    for backbone, init, variant in models.itertuples(index=False):
+        solid = init == "pretrained"
+        hatch = ("" if solid else "//") + VARIANT_HATCHES[variants.index(variant) % len(VARIANT_HATCHES)]
+        styles[f"{backbone}_{init}_{variant}"] = {
+            "color": palette[backbone] if solid else _light(palette[backbone], 0.55), "hatch": hatch or None}
+    return styles
+
+
+def _draw_image(ax, image: np.ndarray, title: str) -> None:
+    image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def _draw_bars(ax, probs: pd.DataFrame, classes: list[str], true_class: str, styles: dict[str, dict]) -> None:
+    """One group per class (top to bottom), one bar per model; the true class on a yellow band."""
+    models = [m for m in styles if m in set(probs["model"])]
+    height = 0.84 / max(len(models), 1)
+    truth = classes.index(true_class)
+    ax.axhspan(truth - 0.48, truth + 0.48, color=TRUE_BAND, zorder=0)
+    table = probs.pivot_table(index="model", columns="class", values="probability")
+    for k, model in enumerate(models):
+        offsets = np.arange(len(classes)) - 0.42 + (k + 0.5) * height
+        values = table.loc[model].reindex(classes).to_numpy(dtype=float)
+        ax.barh(offsets, values, height * 0.92, edgecolor="0.25", lw=0.4, zorder=2, gid=f"{model}", **styles[model])
+    right = sum(table.loc[m].reindex(classes).to_numpy(dtype=float).argmax() == truth for m in models)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.get_yticklabels()[truth].set_fontweight("bold")
+    ax.set_ylim(len(classes) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="y", visible=False)
+    many = len(models) > 1
+    ax.set_title(f"{right} of {len(models)} model{'s' if many else ''} predict{'' if many else 's'} {true_class}", fontsize=9)
+
+
+def draw_sample_predictions(samples: Samples | None, probs: pd.DataFrame) -> Figure | None:
+    """Samples in a grid (two per row when there are more than four): image, then its bars."""
+    if samples is None or probs.empty:
+        return None
+    classes = [str(c) for c in samples["class_names"]]
+    styles = model_styles(probs)
+    shown = sorted(set(probs["sample"]))
+    columns = 1 if len(shown) <= 4 else 2
+    rows = math.ceil(len(shown) / columns)
+    row_height = max(1.8, 0.5 + len(classes) * (0.04 * len(styles) + 0.1))
+    legend_rows = math.ceil((len(styles) + 1) / 4)
+    with _style():
+        figure = Figure(figsize=(7.2 * columns, row_height * rows + 0.3 * legend_rows + 0.6), layout="constrained")
+        grid = figure.add_gridspec(rows + 1, 2 * columns, width_ratios=[1, 3.4] * columns,
+                                   height_ratios=[0.3 * legend_rows] + [row_height] * rows)
+        for n, position in enumerate(shown):
+            r, c = divmod(n, columns)
+            part = probs[probs["sample"] == position]
+            true_class = part["true_class"].iloc[0]
+            _draw_image(figure.add_subplot(grid[r + 1, 2 * c]), samples["images"][position],
+                        f"true: {true_class}\n(image {int(samples['indices'][position])})")
+            bars = figure.add_subplot(grid[r + 1, 2 * c + 1])
+            _draw_bars(bars, part, classes, true_class, styles)
+            if r == rows - 1 or n + columns >= len(shown):
+                bars.set_xlabel("predicted probability", fontsize=8)
+        handles = [Patch(facecolor=s["color"], hatch=s["hatch"], edgecolor="0.25", label=m) for m, s in styles.items()]
+        handles.append(Patch(facecolor=TRUE_BAND, label="true class"))
+        key = figure.add_subplot(grid[0, :])  # the legend gets its own row, so it never covers the title
+        key.axis("off")
+        key.legend(handles=handles, loc="center", ncols=min(len(handles), 4), frameon=False, fontsize=9)
+        n_max = int(probs["n_trials"].max())
+        note = f"mean over up to {n_max} seeds / folds per model" if n_max > 1 else "one trial per model"
+        figure.suptitle(f"{TITLE} (Smelyakov et al., Figs 11–17; {note})")
+    return figure
+
+
+def plot_sample_predictions(samples: Samples | None, probs: pd.DataFrame, path: Path) -> Path:
+    """Write ``draw_sample_predictions`` as a PNG at ``path`` (placeholder when nothing to show)."""
+    figure = draw_sample_predictions(samples, probs)
+    if figure is not None:
+        return _save(figure, path)
+    reason = "no sample images stored" if samples is None or not len(samples["indices"]) else "no completed trial"
+    return placeholder(path, TITLE, reason)
