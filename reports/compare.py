@@ -74,7 +74,7 @@ def comparison_table(names: list[str], summaries: list[pd.DataFrame]) -> pd.Data
         ref = reference.loc[key]
         low, high = welch_interval(ref["mean"], ref["std"], int(ref["n"]), row.mean, row.std, int(row.n))
         diffs.append((row.mean - ref["mean"], low, high))
-    table["diff_vs_first"], table["diff_ci95_low"], table["diff_ci95_high"] = map(list, zip(*diffs)) if diffs else ([], [], [])
+    table[["diff_vs_first", "diff_ci95_low", "diff_ci95_high"]] = pd.DataFrame(diffs, index=table.index, columns=range(3), dtype=float)
     table["excludes_zero"] = (table["diff_ci95_low"] > 0) | (table["diff_ci95_high"] < 0)
     return table
 
