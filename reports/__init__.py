@@ -11,6 +11,7 @@ from reports.comparison import comparison_tables, draw_figures, render_compariso
 from reports.html import write_html_report
 from reports.markdown import render_markdown
 from reports.recommendation import render_recommendation
+from reports.sample_predictions import SAMPLES_SECTION, collect_sample_probabilities, plot_sample_predictions
 
 __all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
 
@@ -39,13 +40,17 @@ def build_report(experiment_dir: str | Path) -> Path:
     window = spec.get("report", {}).get("window", 5)
     epochs, trials = collect(experiment_dir)
     per_class, confusion = collect_per_class(experiment_dir)
+    samples, sample_predictions = collect_sample_probabilities(experiment_dir)
     comparison = comparison_tables(epochs, trials, window, spec["train"]["epochs"])
     tables = paths["report"] / "tables"
-    for name, frame in {"epochs": epochs, "trials": trials, "per_class": per_class, **comparison}.items():
+    named = {"epochs": epochs, "trials": trials, "per_class": per_class, "sample_predictions": sample_predictions}
+    for name, frame in {**named, **comparison}.items():
         write_table(tables, name, frame)
     draw_figures(epochs, trials, comparison, confusion, paths["report"] / "figures")
+    plot_sample_predictions(samples, sample_predictions, paths["report"] / "figures" / "sample_predictions.png")
     sections = [
         render_comparison(comparison, per_class, window),
+        SAMPLES_SECTION,
         render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"]),
     ]
     data_section = None

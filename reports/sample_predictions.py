@@ -155,3 +155,13 @@ def plot_sample_predictions(samples: Samples | None, probs: pd.DataFrame, path: 
         return _save(figure, path)
     reason = "no sample images stored" if samples is None or not len(samples["indices"]) else "no completed trial"
     return placeholder(path, TITLE, reason)
+
+
+SAMPLES_SECTION = (
+    "## Sample test images (Smelyakov et al., Figs 11–17)\n\n"
+    "A few test images per class (`report.samples_per_class`, picked once on the driver from the first fold's "
+    "test split by a seeded permutation), each beside every model's predicted class probabilities, averaged "
+    "over seeds (and folds). Bars take the backbone's colour, random init is light and hatched, the true class "
+    "is on a yellow band. Values are in `tables/sample_predictions.csv`.\n\n"
+    "![Sample test images with each model's predicted probabilities](figures/sample_predictions.png)\n"
+)

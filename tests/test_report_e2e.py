@@ -25,8 +25,9 @@ TINY = [
     "grid.backbone=[small_cnn,mobilenet_v1]", "grid.init=[pretrained,random]", "grid.seed=[0,1]", "grid.exclude=[]",
     "resources.cpu=1", "weights.source=published", "run.allow_unavailable=false",
 ]
-TABLES = ("epochs", "trials", "per_class", "mcr_mofr", "summary", "differences")
-FIGURES = ("curves", "initial", "mcr_mofr", "accuracy_vs_params", "accuracy_vs_throughput", "confusion", "class_counts")
+TABLES = ("epochs", "trials", "per_class", "mcr_mofr", "summary", "differences", "sample_predictions")
+FIGURES = ("curves", "initial", "mcr_mofr", "accuracy_vs_params", "accuracy_vs_throughput", "confusion", "class_counts",
+           "sample_predictions")
 
 
 def _weight_files(folder) -> list[str]:
@@ -68,9 +69,13 @@ def test_every_arm_completes_and_every_table_and_figure_is_written(study):
         assert (study.report_dir / link).stat().st_size > 5000, link
     for heading in ("### Accuracy-based MCR", "### Loss-based MCR", "### Accuracy-based MOFR", "### Loss-based MOFR",
                     "## Across seeds", "## Pretrained vs random", "## Per-class F1 on the test split",
-                    "## Recommendation", "**Decision rule (Smelyakov et al.)**"):
+                    "## Sample test images", "## Recommendation", "**Decision rule (Smelyakov et al.)**"):
         assert heading in report, heading
     assert "Partial results" not in report
+    samples = tables["sample_predictions"]
+    assert set(samples["model"]) == {f"{b}_{i}_baseline" for b in ("small_cnn", "mobilenet_v1") for i in ("pretrained", "random")}
+    sums = samples.groupby(["sample", "model"])["probability"].sum()
+    assert np.allclose(sums, 1.0, atol=1e-4)  # each model's mean softmax over the classes
 
 
 def test_trials_carry_costs_measured_in_the_trial(study):
