@@ -33,7 +33,8 @@ def load_synthfer(spec) -> FerDataset:
 def dataset_path(spec) -> Path:
     """``data.path`` resolved to an absolute path that exists (Tune changes the working directory)."""
     if not spec.path:
-        raise DataError(f"data.path: format {spec.format} needs the dataset's file or folder, e.g. --set data.path=/data/fer2013.csv")
+        example = READERS[spec.format].example.split(" (")[0] if spec.format in READERS else "/data/fer2013.csv"
+        raise DataError(f"data.path: format {spec.format} needs the dataset's file or folder, e.g. --set data.path={example}")
     path = Path(spec.path).expanduser().resolve()
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist; point it at the dataset's file or folder")

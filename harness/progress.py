@@ -57,9 +57,11 @@ class ProgressPrinter(Callback):
             self.first_result_at = time.monotonic()
         self.last_epoch[trial.trial_id] = epoch
         arm = trial.config["arm"]["arm_id"]
-        speed = f" | {result['train_images_per_s']:.0f} img/s" if epoch > 0 else ""
+        round_no, round_epoch = int(result.get("round", 0)), int(result.get("round_epoch", epoch))
+        speed = f" | {result['train_images_per_s']:.0f} img/s" if round_epoch > 0 else ""
+        where = f"round {round_no} epoch {round_epoch}" if round_no else f"epoch {epoch}/{self.epochs}"  # pseudo-label students
         self._print(
-            f"{self._prefix()} {arm} epoch {epoch}/{self.epochs} "
+            f"{self._prefix()} {arm} {where} "
             f"train acc {result['train_acc']:.3f} loss {result['train_loss']:.3f} | "
             f"val acc {result['val_acc']:.3f} loss {result['val_loss']:.3f}{speed}"
         )

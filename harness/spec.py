@@ -19,7 +19,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_STUDY_PACKAGE = "harness.studies"
-VARIANTS = ("baseline",)
+# Training variants (grid.variant): "+" combines pseudo-labelling with balanced sampling.
+VARIANTS = ("baseline", "pseudo_label", "balanced", "pseudo_label+balanced")
+Variant = Literal["baseline", "pseudo_label", "balanced", "pseudo_label+balanced"]
+ARSIRII_UNLABELED_FRACTION = 0.1  # Arsirii & Petrosiuk: 1,228 of RAF-DB's 12,271 training images
 INITS = ("random", "pretrained")
 GRID_AXES = ("backbone", "init", "variant", "seed")
 
@@ -89,7 +92,7 @@ class SplitSpec(_Strict):
 class GridSpec(_Strict):
     backbone: list[str] = Field(min_length=1)
     init: list[Literal["random", "pretrained"]] = Field(["random"], min_length=1)
-    variant: list[Literal["baseline"]] = Field(["baseline"], min_length=1)
+    variant: list[Variant] = Field(["baseline"], min_length=1, description="training variants; see VARIANTS")
     seed: list[int] = Field([0], min_length=1)
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="partial arms to leave out")
 
@@ -168,6 +171,48 @@ class TrainSpec(_Strict):
         return value
 
 
+class PseudoLabelSpec(_Strict):
+    """Teacher/student pseudo-labelling (Arsirii & Petrosiuk 2023), used by the pseudo_label variants."""
+
+    unlabeled_path: str | None = Field(
+        None, description="external unlabeled images (not supported yet: the pool is split.unlabeled_fraction of train)"
+    )
+    threshold: float = Field(0.99, ge=0, lt=1, description="add a pool image when its max softmax probability exceeds this")
+    max_rounds: int = Field(3, ge=1, le=50, description="student rounds after the teacher; fewer when nothing clears the threshold")
+    epochs_per_round: int | None = Field(None, ge=1, description="epochs of each student round (default: train.epochs)")
+    student_init: Literal["teacher", "initial"] = Field(
+        "teacher", description="each student starts from the previous model's weights, or from the arm's initial weights"
+    )
+    repredict: bool = Field(
+        False, description="re-predict the whole pool every round (labels may change) instead of fixing images once added"
+    )
+    per_class_cap: int | None = Field(None, ge=1, description="at most this many pseudo-labelled images per class (most confident kept)")
+
+    @field_validator("unlabeled_path")
+    @classmethod
+    def _no_external_pool(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                f"an external unlabeled pool is not supported yet (got {value!r}); remove it and use "
+                "split.unlabeled_fraction, the held-out share of train (Arsirii: 0.1)"
+            )
+        return value
+
+
+class BalancedSpec(_Strict):
+    """Class balancing of the balanced variants (Moravčík 2021, section 5.1.1)."""
+
+    oversample: bool = Field(True, description="each epoch draws M = fraction × (largest class count) images of every class")
+    fraction: float = Field(0.8, gt=0, le=1, description="M as a fraction of the largest training class (the thesis: about 0.8)")
+    class_weighted_loss: bool = Field(False, description="weight the cross-entropy by n / (K · n_class) of the training set")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> "BalancedSpec":
+        if not (self.oversample or self.class_weighted_loss):
+            raise ValueError("balanced: oversample and class_weighted_loss are both false; enable one, or use variant baseline")
+        return self
+
+
 class ResourcesSpec(_Strict):
     cpu: float = Field(1, gt=0, description="CPUs per trial (also torch threads)")
     gpu: float = Field(0, ge=0, description="GPUs per trial; fractions share one GPU")
@@ -234,6 +279,23 @@ class StudySpec(_Strict):
     run: RunSpec = Field(default_factory=RunSpec)
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    pseudo_label: PseudoLabelSpec = Field(default_factory=PseudoLabelSpec)
+    balanced: BalancedSpec = Field(default_factory=BalancedSpec)
+
+    @model_validator(mode="after")
+    def _pseudo_label_pool(self) -> "StudySpec":
+        """A pseudo-label arm needs an unlabeled pool: the paper's 10% of train unless set (only
+        when the grid has such an arm, so excluding them leaves the other arms' split unchanged)."""
+        if not any(uses_pseudo_label(arm["variant"]) for arm in self.arms()):
+            return self
+        if "unlabeled_fraction" not in self.split.model_fields_set:
+            self.split.unlabeled_fraction = ARSIRII_UNLABELED_FRACTION
+        elif self.split.unlabeled_fraction == 0:
+            raise ValueError(
+                "split.unlabeled_fraction: 0 leaves variant pseudo_label no unlabeled pool; "
+                f"set a share of train such as {ARSIRII_UNLABELED_FRACTION} (Arsirii), or drop the variant"
+            )
+        return self
 
     @model_validator(mode="after")
     def _grid_not_empty(self) -> "StudySpec":
@@ -254,6 +316,14 @@ class StudySpec(_Strict):
             cell["arm_id"] = arm_id(cell)
             cells.append(cell)
         return cells
+
+
+def uses_pseudo_label(variant: str) -> bool:
+    return "pseudo_label" in variant.split("+")
+
+
+def uses_balanced(variant: str) -> bool:
+    return "balanced" in variant.split("+")
 
 
 def arm_id(cell: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ checkpoint and, on CPU with the same seed, continues with bit-identical numbers.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -22,16 +23,21 @@ from ray import tune
 
 from backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
 from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
-from harness.atomic import atomic_write_json
+from harness import pseudo_label as pl
+from harness.atomic import atomic_write_bytes, atomic_write_json
 from harness.augment import InputAdapter
+from harness.balanced import balanced_epoch_indices, class_weights
 from harness.inference_speed import measure_inference
-from harness.spec import StudySpec
+from harness.scores import class_scores
+from harness.spec import StudySpec, uses_balanced, uses_pseudo_label
 from harness.training import accuracy_and_loss, predict, train_one_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
 TEST_PER_CLASS_FILE = "test_per_class.json"
+ROUNDS_FILE = "pseudo_label_rounds.json"  # pseudo_label variants: one record per round (0 = teacher)
+ROUND_POOL_FILE = "pseudo_label_round{round}.npz"  # the pool predictions a round's pseudo-labels came from
 # Test-only fault injection, read on the driver: fail each arm once, right after the
 # checkpoint of this epoch, leaving a marker file per arm so the retry runs through.
 FAIL_ONCE_ENV = "FERBENCH_TEST_FAIL_ONCE_AT_EPOCH"
@@ -116,113 +122,204 @@ def _maybe_inject_failure(fault: dict | None, arm_id: str, epoch: int) -> None:
         raise RuntimeError(f"injected test failure after epoch {epoch} of {arm_id}")
 
 
-def run_trial(config: dict, payload: StudyPayload) -> None:
-    """Train one arm for ``train.epochs`` epochs, reporting epoch 0 (before training) to the last."""
+@dataclass
+class _Trial:
+    """One arm's model, optimizer, data and settings: what every row (epoch) of the trial uses."""
+
+    spec: StudySpec
+    arm: dict
+    payload: StudyPayload
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    initial_weights: dict  # the arm's weights before training: students with student_init=initial
+    images: torch.Tensor
+    labels: torch.Tensor
+    split: dict
+    adapter: InputAdapter
+    device: torch.device
+    static: dict
+
+    @property
+    def eval_kwargs(self) -> dict:
+        return dict(batch_size=self.spec.train.eval_batch_size, adapter=self.adapter, device=self.device)
+
+    def predict_probabilities(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predict(self.model, self.images, indices, **self.eval_kwargs), dim=1)
+
+    def start_student(self, from_initial: bool) -> None:
+        """A pseudo-labelling round starts a new training run: fresh optimizer (and schedule), from
+        the previous model's or the initial weights."""
+        if from_initial:
+            self.model.load_state_dict(self.initial_weights)
+        self.optimizer = _make_optimizer(self.spec, self.model)
+
+    def run_epoch(self, epoch: int, round_no: int, round_epoch: int, train_idx: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Train one epoch (``round_epoch`` 0: evaluate only) on ``train_idx`` with ``targets``; val metrics."""
+        train, freeze = self.spec.train, FreezePlan(**self.spec.train.freeze.model_dump())
+        apply_freeze(self.model, freeze, max(round_epoch, 1))  # epoch 0 reports the first epoch's trainable count
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(round_epoch, 1))
+        balanced = self.spec.balanced if uses_balanced(self.arm["variant"]) else None
+        weights = class_weights(targets[train_idx], len(self.payload.class_names)) if balanced and balanced.class_weighted_loss else None
+        if round_epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
+            logits = predict(self.model, self.images, train_idx, **self.eval_kwargs)
+            train_acc, _ = accuracy_and_loss(logits, targets[train_idx])
+            train_loss = float(torch.nn.functional.cross_entropy(logits, targets[train_idx], weight=weights))
+            seconds, images_per_s = 0.0, float("nan")
+        else:
+            epoch_idx = balanced_epoch_indices(train_idx, targets, balanced.fraction, self.generator) if balanced and balanced.oversample else train_idx
+            augment = train.augment.model_dump(exclude={"enabled"}) if train.augment.enabled else None
+            stats = train_one_epoch(
+                self.model, self.optimizer, self.images, targets, epoch_idx, batch_size=train.batch_size,
+                adapter=self.adapter, augment=augment, generator=self.generator, device=self.device, class_weights=weights,
+            )
+            train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
+        val_acc, val_loss = accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
+        return {
+            "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx),
+            "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc, "val_loss": val_loss,
+            "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds, "train_images_per_s": images_per_s,
+            **self.static, **count_parameters(self.model),
+        }
+
+    def final_measures(self) -> dict:
+        """Measured once, after the last test evaluation of the trial."""
+        test_idx, batch = self.split["test"], self.spec.train.eval_batch_size
+        measures = measure_inference(self.model, self.images[test_idx[:batch]], adapter=self.adapter, device=self.device, batch_size=batch)
+        measures.update({f"backbone_{k}": v for k, v in backbone_parameter_counts(self.arm["backbone"], self.model).items()})
+        return {**measures, "trial_finished": True}
+
+
+def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     spec = StudySpec.model_validate(payload.spec)
-    arm = config["arm"]
-    train = spec.train
+    arm, train = config["arm"], spec.train
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     if train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = _device(spec)
-
-    images, labels = _as_tensor(payload.images), _as_tensor(payload.labels)
     fold = payload.splits[arm.get("fold", 0)]
-    split = {name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()}
     info = get_backbone_info(arm["backbone"])
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
-    adapter = InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std)
-    augment = train.augment.model_dump(exclude={"enabled"}) if train.augment.enabled else None
-
     torch.manual_seed(arm["seed"])
     weights = payload.weight_files.get(arm["backbone"]) if arm["init"] == "pretrained" else None
     model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head).to(device)
-    optimizer = _make_optimizer(spec, model)
-    generator = torch.Generator().manual_seed(arm["seed"])
+    return _Trial(
+        spec=spec, arm=arm, payload=payload, model=model, optimizer=_make_optimizer(spec, model),
+        generator=torch.Generator().manual_seed(arm["seed"]),
+        initial_weights={k: v.detach().clone() for k, v in model.state_dict().items()},
+        images=_as_tensor(payload.images), labels=_as_tensor(payload.labels),
+        split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
+        adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), device=device,
+        static={"input_size": input_size},
+    )
 
+
+def run_trial(config: dict, payload: StudyPayload) -> None:
+    """Train one arm, reporting every row (epoch 0, before training, to the last) with a checkpoint.
+
+    ``baseline`` and ``balanced`` arms have one round of ``train.epochs`` epochs; pseudo_label arms
+    continue with student rounds (see ``harness.pseudo_label``). ``epoch`` counts rows across the
+    whole trial; ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place
+    a row in its round, so MCR/MOFR are computable per round.
+    """
+    trial = _build_trial(config, payload)
+    settings = trial.spec.pseudo_label if uses_pseudo_label(trial.arm["variant"]) else None
     state, history = _load_checkpoint()
-    start_epoch = 0
+    rounds, epoch = pl.RoundState(), 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        trial.model.load_state_dict(state["model"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+        trial.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start_epoch = state["epoch"] + 1
-
-    eval_kwargs = dict(batch_size=train.eval_batch_size, adapter=adapter, device=device)
+        epoch = state["epoch"] + 1
+        rounds = pl.RoundState.from_dict(state.get("rounds")) if "rounds" in state else pl.RoundState(round_epoch=epoch)
     # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
-    static = {"input_size": input_size, "attempt_start_epoch": start_epoch}
-    freeze = FreezePlan(**train.freeze.model_dump())
-
-    for epoch in range(start_epoch, train.epochs + 1):
+    trial.static["attempt_start_epoch"] = epoch
+    while not rounds.finished:
+        if rounds.round > 0 and rounds.round_epoch == 0:
+            trial.start_student(from_initial=settings.student_init == "initial")
+        train_idx, targets = pl.training_targets(trial.labels, trial.split["train"], rounds.pseudo_idx, rounds.pseudo_labels)
         epoch_start = time.perf_counter()
-        apply_freeze(model, freeze, max(epoch, 1))  # epoch 0 reports the first epoch's trainable count
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(epoch, 1))
-        if epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
-            train_acc, train_loss = accuracy_and_loss(predict(model, images, split["train"], **eval_kwargs), labels[split["train"]])
-            seconds, images_per_s = 0.0, float("nan")
+        metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
+        round_epochs = trial.spec.train.epochs if rounds.round == 0 else settings.epochs_per_round or trial.spec.train.epochs
+        if rounds.round_epoch < round_epochs:
+            rounds.round_epoch += 1
         else:
-            stats = train_one_epoch(
-                model, optimizer, images, labels, split["train"], batch_size=train.batch_size,
-                adapter=adapter, augment=augment, generator=generator, device=device,
-            )
-            train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
-        val_acc, val_loss = accuracy_and_loss(predict(model, images, split["val"], **eval_kwargs), labels[split["val"]])
-        metrics = {
-            "epoch": epoch, "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc,
-            "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": seconds,
-            "train_images_per_s": images_per_s, **static, **count_parameters(model),
-        }
-        if epoch == train.epochs:
-            metrics.update(_test_metrics(model, images, labels, split["test"], payload.class_names, eval_kwargs))
-            metrics.update(measure_inference(model, images[split["test"][: train.eval_batch_size]], adapter=adapter, device=device,
-                                             batch_size=train.eval_batch_size))
-            metrics.update({f"backbone_{k}": v for k, v in backbone_parameter_counts(arm["backbone"], model).items()})
+            scalars, per_class = _test_metrics(trial)
+            metrics.update(scalars)
+            if settings is None:
+                rounds.finish("")
+            else:
+                _end_round(trial, settings, rounds, metrics, per_class)
+                metrics.update({"pl_rounds": rounds.round if rounds.finished else rounds.round - 1, "pl_stop_reason": rounds.stop_reason})
+            if rounds.finished:
+                metrics.update(trial.final_measures())
         metrics["epoch_wall_s"] = time.perf_counter() - epoch_start  # training, evaluation and test
         history.append(metrics)
         _save_checkpoint(
             {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": arm,
+                "model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(), "epoch": epoch,
+                "generator": trial.generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": trial.arm,
+                "rounds": rounds.to_dict(),
             },
             history,
         )
-        _maybe_inject_failure(payload.fault_injection, arm["arm_id"], epoch)
+        _maybe_inject_failure(payload.fault_injection, trial.arm["arm_id"], epoch)
+        epoch += 1
 
 
-def _test_metrics(model, images, labels, test_idx, class_names: tuple[str, ...], eval_kwargs: dict) -> dict:
-    """Final test evaluation (torchmetrics). Predictions, per-class precision / recall / F1 and the
-    confusion matrix are kept as trial artifacts for the report."""
-    from torchmetrics.functional.classification import (
-        multiclass_accuracy,
-        multiclass_confusion_matrix,
-        multiclass_f1_score,
-        multiclass_precision,
-        multiclass_recall,
-    )
-
-    num_classes = len(class_names)
-    logits = predict(model, images, test_idx, **eval_kwargs)
-    targets = labels[test_idx]
-    probabilities = torch.softmax(logits, dim=1)
-    np.savez_compressed(
-        TEST_PREDICTIONS_FILE, indices=test_idx.numpy(), targets=targets.numpy(), probabilities=probabilities.numpy()
-    )
-    scores = {
-        name: function(logits, targets, num_classes=num_classes, average=None, zero_division=0).tolist()
-        for name, function in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score))
+def _end_round(trial: _Trial, settings, rounds: pl.RoundState, metrics: dict, per_class: dict) -> None:
+    """Record the finished round, then choose the next round's pseudo-labels (or stop)."""
+    num_classes = len(trial.payload.class_names)
+    val_logits = predict(trial.model, trial.images, trial.split["val"], **trial.eval_kwargs)
+    val_scores, _ = class_scores(val_logits, trial.labels[trial.split["val"]], num_classes)
+    evaluation = {
+        "epoch": metrics["epoch"], "train_size": metrics["train_size"], "val_acc": val_scores["acc"],
+        "val_macro_f1": val_scores["macro_f1"], **{k: metrics[k] for k in ("test_acc", "test_macro_f1", "test_weighted_f1")},
+        "test_per_class": {k: per_class[k] for k in ("precision", "recall", "f1", "support")},
+        "test_confusion_matrix": per_class["confusion_matrix"],
     }
-    atomic_write_json(Path(TEST_PER_CLASS_FILE).resolve(), {
-        "class_names": list(class_names), **scores,
-        "support": torch.bincount(targets, minlength=num_classes).tolist(),
-        "confusion_matrix": multiclass_confusion_matrix(logits, targets, num_classes=num_classes).tolist(),
+    rounds.records.append(pl.round_record(rounds, trial.labels[rounds.pseudo_idx], num_classes, evaluation))
+    if rounds.round >= settings.max_rounds:
+        rounds.finish(f"max_rounds {settings.max_rounds} reached")
+    else:
+        pool = trial.split["unlabeled"]
+        plan, candidates, probabilities = pl.plan_next_round(
+            pool, trial.predict_probabilities, rounds.pseudo_idx, rounds.pseudo_labels, threshold=settings.threshold,
+            repredict=settings.repredict, cap=settings.per_class_cap, num_classes=num_classes,
+        )
+        _write_pool_predictions(rounds.round + 1, candidates, probabilities, plan)
+        if plan.stop_reason:
+            rounds.finish(plan.stop_reason)
+        else:
+            added_labels = plan.pseudo_labels[torch.isin(plan.pseudo_idx, plan.added)]
+            summary = pl.selection_summary(plan, trial.labels[plan.added], added_labels, num_classes)
+            rounds.advance(plan, summary)
+    atomic_write_json(Path(ROUNDS_FILE).resolve(), {
+        "class_names": list(trial.payload.class_names), "settings": settings.model_dump(),
+        "pool_size": len(trial.split["unlabeled"]), "finished": rounds.finished, "stop_reason": rounds.stop_reason,
+        "rounds": rounds.records,
     })
-    test_acc, test_loss = accuracy_and_loss(logits, targets)
-    return {
-        "test_acc": test_acc,
-        "test_loss": test_loss,
-        "test_macro_f1": float(multiclass_f1_score(logits, targets, num_classes=num_classes, average="macro")),
-        "test_weighted_f1": float(multiclass_f1_score(logits, targets, num_classes=num_classes, average="weighted")),
-        "test_balanced_acc": float(multiclass_accuracy(logits, targets, num_classes=num_classes, average="macro")),
-    }
+
+
+def _write_pool_predictions(round_no: int, candidates: torch.Tensor, probabilities: torch.Tensor, plan: pl.RoundPlan) -> None:
+    """What round ``round_no``'s pseudo-labels were chosen from: no hidden labels in this file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, candidates=candidates.numpy(), probabilities=probabilities.numpy(),
+                        pseudo_indices=plan.pseudo_idx.numpy(), pseudo_labels=plan.pseudo_labels.numpy())
+    atomic_write_bytes(Path(ROUND_POOL_FILE.format(round=round_no)).resolve(), buffer.getvalue())
+
+
+def _test_metrics(trial: _Trial) -> tuple[dict, dict]:
+    """Test evaluation (torchmetrics). Predictions, per-class precision / recall / F1 and the
+    confusion matrix are kept as trial artifacts for the report (the last round's, for pseudo_label)."""
+    test_idx, class_names = trial.split["test"], trial.payload.class_names
+    logits = predict(trial.model, trial.images, test_idx, **trial.eval_kwargs)
+    targets = trial.labels[test_idx]
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, indices=test_idx.numpy(), targets=targets.numpy(), probabilities=torch.softmax(logits, dim=1).numpy())
+    atomic_write_bytes(Path(TEST_PREDICTIONS_FILE).resolve(), buffer.getvalue())
+    scalars, per_class = class_scores(logits, targets, len(class_names))
+    atomic_write_json(Path(TEST_PER_CLASS_FILE).resolve(), {"class_names": list(class_names), **per_class})
+    return {f"test_{name}": value for name, value in scalars.items()}, per_class

@@ -50,9 +50,13 @@ def train_one_epoch(
     augment: dict | None,
     generator: torch.Generator,
     device: torch.device,
+    class_weights: torch.Tensor | None = None,
 ) -> EpochStats:
     """Train over ``indices`` in a shuffled order; accuracy and loss are running averages over the
-    epoch's batches (weighted by batch size), as Keras reports them."""
+    epoch's batches (weighted by batch size), as Keras reports them. ``class_weights`` weights the
+    cross-entropy per class (the balanced variant's class-weighted loss); the loss reported is then
+    the weighted one being minimised."""
+    weight = class_weights.to(device) if class_weights is not None else None
     train_mode(model)
     order = indices[torch.randperm(len(indices), generator=generator)]
     correct = 0
@@ -65,7 +69,7 @@ def train_one_epoch(
             x = random_affine(x, generator, **augment)
         y = labels[batch_idx].to(device, non_blocking=True)
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

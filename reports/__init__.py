@@ -11,6 +11,7 @@ from reports.comparison import comparison_tables, draw_figures, render_compariso
 from reports.html import write_html_report
 from reports.markdown import render_markdown
 from reports.recommendation import render_recommendation
+from reports.pseudo_label_section import pseudo_label_section
 from reports.sample_predictions import SAMPLES_SECTION, collect_sample_probabilities, plot_sample_predictions
 
 __all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
@@ -51,6 +52,7 @@ def build_report(experiment_dir: str | Path) -> Path:
     sections = [
         render_comparison(comparison, per_class, window),
         SAMPLES_SECTION,
+        pseudo_label_section(experiment_dir, epochs, window, paths["report"]),
         render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"]),
     ]
     data_section = None

@@ -17,12 +17,15 @@ from harness.experiment import experiment_paths, read_json
 from harness.trainable import HISTORY_FILE, TEST_PER_CLASS_FILE
 
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
+# round / round_epoch place a row in a pseudo-labelling round (0: the teacher, and every other arm).
+ROUND_COLUMNS = ["round", "round_epoch", "train_size"]
 EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s", "epoch_wall_s"]
-INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "input_size", "params_total", "params_trainable", "best_epoch",
+INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "pl_rounds", "input_size", "params_total", "params_trainable", "best_epoch",
                    "backbone_params", "backbone_keras_params", "infer_batch_size"}
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"]
 # Measured once after the test evaluation (see harness.inference_speed, backbones.registry).
 FINAL_MEASURES = ["infer_latency_ms", "infer_images_per_s", "infer_batch_size", "backbone_params", "backbone_keras_params"]
+PSEUDO_LABEL_SUMMARY = ["pl_rounds", "pl_stop_reason"]  # student rounds trained, and why no further round ran
 
 
 def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
@@ -52,7 +55,12 @@ def read_epochs(trial_dir: Path) -> pd.DataFrame:
     frame = pd.DataFrame(_checkpoint_history(trial_dir) + _json_lines(trial_dir / "result.json"))
     if frame.empty or "epoch" not in frame:
         return pd.DataFrame(columns=["epoch"])
-    return frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+    frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
+    if "round" not in frame:  # experiments of earlier versions: a single round
+        frame["round"] = 0
+    frame["round"] = frame["round"].fillna(0).astype(int)
+    frame["round_epoch"] = frame["round_epoch"].fillna(frame["epoch"]) if "round_epoch" in frame else frame["epoch"]
+    return frame
 
 
 def _error_text(trial_dir: Path) -> str:
@@ -66,8 +74,12 @@ def _error_text(trial_dir: Path) -> str:
 def _arm_status(epochs: pd.DataFrame, trial_dir: Path | None, total_epochs: int) -> tuple[str, str]:
     if trial_dir is None:
         return "incomplete", ""
-    finished = not epochs.empty and epochs["epoch"].max() >= total_epochs and "test_acc" in epochs
-    if finished and pd.notna(epochs["test_acc"].iloc[-1]):
+    if "trial_finished" in epochs:  # a pseudo_label trial has test metrics after every round
+        finished = bool(epochs["trial_finished"].eq(True).any())
+    else:  # experiments of earlier versions
+        finished = not epochs.empty and epochs["epoch"].max() >= total_epochs and "test_acc" in epochs
+        finished = finished and pd.notna(epochs["test_acc"].iloc[-1])
+    if finished:
         return "completed", ""
     error = _error_text(trial_dir)
     return ("failed", error) if error else ("incomplete", "")
@@ -92,8 +104,8 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         status, error = _arm_status(epochs, trial_dir, total_epochs)
         trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
         if not epochs.empty:
-            frame = epochs.reindex(columns=["epoch", *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
-            epoch_frames.append(frame[arm_columns + ["epoch", *EPOCH_METRICS]])
+            frame = epochs.reindex(columns=["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
+            epoch_frames.append(frame[arm_columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]])
         trial_rows.append(
             {"trial_id": trial_id, **arm_fields, **source, "status": status, "error": error, **_trial_summary(epochs)}
         )
@@ -101,7 +113,7 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     for column in INTEGER_COLUMNS.intersection(trials_table.columns):
         trials_table[column] = trials_table[column].astype("Int64")  # stays integer beside missing values
     epochs_table = (
-        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=arm_columns + ["epoch", *EPOCH_METRICS])
+        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=arm_columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS])
     )
     return epochs_table, trials_table
 
@@ -129,6 +141,8 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
         "resumed_at_epochs": " ".join(str(int(e)) for e in sorted(set(epochs.get("attempt_start_epoch", pd.Series(dtype=float)).dropna())) if e > 0),
     }
     summary.update({name: last.get(name, np.nan) for name in TEST_METRICS + FINAL_MEASURES})
+    if "pl_rounds" in epochs:
+        summary.update({name: last.get(name) for name in PSEUDO_LABEL_SUMMARY})
     return summary
 
 

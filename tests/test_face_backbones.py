@@ -163,7 +163,7 @@ def served_folder(tmp_path):
 def _openface_study(tmp_path, *extra):
     from harness.spec import load_spec
 
-    return load_spec("quick", ["grid.backbone=[openface]", "grid.init=[pretrained]", "weights.source=published",
+    return load_spec("quick", ["grid.backbone=[openface]", "grid.init=[pretrained]", "grid.variant=[baseline]", "weights.source=published",
                                "data.num_images=70", f"weights.dir={tmp_path / 'weights'}", *extra])
 
 

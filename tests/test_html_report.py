@@ -226,7 +226,7 @@ def test_clicking_a_header_sorts_numerically_in_chromium(chromium, tmp_path):
 
 TINY = [
     "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32",
-    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.seed=[0,1]", "grid.exclude=[]",
+    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.seed=[0,1]", "grid.exclude=[]", "grid.variant=[baseline]",
     "resources.cpu=1", "run.allow_unavailable=true",
 ]
 

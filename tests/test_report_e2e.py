@@ -23,6 +23,7 @@ from reports.compare import welch_interval
 TINY = [
     "data.num_images=240", "data.image_size=24", "train.epochs=3", "train.batch_size=32",
     "grid.backbone=[small_cnn,mobilenet_v1]", "grid.init=[pretrained,random]", "grid.seed=[0,1]", "grid.exclude=[]",
+    "grid.variant=[baseline]",
     "resources.cpu=1", "weights.source=published", "run.allow_unavailable=false",
 ]
 TABLES = ("epochs", "trials", "per_class", "mcr_mofr", "summary", "differences", "sample_predictions")

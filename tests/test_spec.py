@@ -105,7 +105,7 @@ def test_numeric_looking_string_override_for_string_field():
 def test_arms_order_is_backbone_init_variant_seed_product():
     spec = load_spec(
         "quick", ["grid.backbone=[mobilenet_v1, small_cnn]", "grid.init=[random, pretrained]", "grid.seed=[3, 1]",
-                  "grid.exclude=[]"]
+                  "grid.exclude=[]", "grid.variant=[baseline]"]
     )
     got = [(a["backbone"], a["init"], a["variant"], a["seed"]) for a in spec.arms()]
     assert got == [
@@ -127,9 +127,11 @@ def test_quick_study_compares_random_and_synth_identity_pretraining():
     assert [a["arm_id"] for a in quick.arms()] == [
         "small_cnn_random_baseline_s0",
         "small_cnn_pretrained_baseline_s0",
+        "small_cnn_pretrained_pseudo_label_s0",
         "mobilenet_v1_random_baseline_s0",
         "mobilenet_v1_pretrained_baseline_s0",
     ]
+    assert quick.split.unlabeled_fraction == 0.1  # the pseudo_label arm's pool, Arsirii's share
     assert quick.weights.source_for("mobilenet_v1") == "synth-identity"
     assert load_spec("quick", ["weights.sources={mobilenet_v1: published}"]).weights.source_for("mobilenet_v1") == "published"
 
@@ -141,6 +143,7 @@ def test_exclude_rules_match_partial_arms():
             "grid.init=[random, pretrained]",
             "grid.seed=[0, 1]",
             "grid.exclude=[{init: pretrained, seed: 1}, {backbone: small_cnn, seed: 0}]",
+            "grid.variant=[baseline]",
         ],
     )
     assert [a["arm_id"] for a in spec.arms()] == [
@@ -154,7 +157,8 @@ def test_exclude_rules_match_partial_arms():
 def test_arm_id_is_filesystem_safe():
     cell = {"backbone": "timm:hf/some_model", "init": "pretrained", "variant": "baseline", "seed": 7}
     assert arm_id(cell) == "timm-hf-some_model_pretrained_baseline_s7"
-    spec = load_spec("quick", ["grid.backbone=[timm:resnet18]", "grid.exclude=[]", "grid.init=[random]", "grid.seed=[0]"])
+    spec = load_spec("quick", ["grid.backbone=[timm:resnet18]", "grid.exclude=[]", "grid.init=[random]", "grid.seed=[0]",
+                               "grid.variant=[baseline]"])
     assert [a["arm_id"] for a in spec.arms()] == ["timm-resnet18_random_baseline_s0"]
 
 

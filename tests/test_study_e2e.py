@@ -16,6 +16,7 @@ METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
 TINY = [
     "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32",
     "grid.backbone=[small_cnn]", "grid.init=[random,pretrained]", "grid.seed=[0,1]", "grid.exclude=[]",
+    "grid.variant=[baseline]",
     "resources.cpu=1", "run.allow_unavailable=true", "weights.source=published",
 ]
 

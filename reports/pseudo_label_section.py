@@ -1,0 +1,144 @@
+"""The report's pseudo-labelling section (Arsirii & Petrosiuk 2023): round by round, what was added,
+how right the pseudo-labels were, and how the student scored; tables, a figure and Markdown.
+
+Read from each pseudo_label trial's ``pseudo_label_rounds.json`` (written by the trial at the end
+of every round), so a report of an interrupted study shows the rounds finished so far.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from harness.experiment import experiment_paths, read_json
+from harness.spec import uses_pseudo_label
+from harness.trainable import ROUNDS_FILE
+from reports.collect import ARM_COLUMNS, _trial_dir
+from reports.comparison import write_table
+from reports.derived import mcr_mofr
+from reports.markdown import markdown_table
+
+ROUND_COLUMNS = ["round", "epoch", "train_size", "candidates", "confident", "images_added", "pseudo_labelled",
+                 "added_precision", "pseudo_precision", "val_acc", "val_macro_f1", "test_acc", "test_macro_f1",
+                 "test_weighted_f1"]
+
+
+def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rounds, per_class): one row per pseudo_label arm × round (per-class added counts as
+    ``added_<class>``, the arm's stop reason on its last row), and one per arm × round × class."""
+    rows, class_rows = [], []
+    for arm in read_json(experiment_paths(experiment_dir)["grid"]):
+        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"]) if arm["status"] != "unavailable" else None
+        path = trial_dir / ROUNDS_FILE if trial_dir else None
+        if not uses_pseudo_label(arm["variant"]) or path is None or not path.is_file():
+            continue
+        stored = read_json(path)
+        fields = {k: arm[k] for k in ARM_COLUMNS[1:] + (["fold"] if "fold" in arm else [])}
+        names = stored["class_names"]
+        for position, record in enumerate(stored["rounds"]):
+            last = position == len(stored["rounds"]) - 1
+            stop = stored["stop_reason"] if last and stored["finished"] else ""
+            rows.append({**fields, **{k: record.get(k) for k in ROUND_COLUMNS}, "threshold": stored["settings"]["threshold"],
+                         **{f"added_{name}": n for name, n in zip(names, record["added_per_class"])}, "stop_reason": stop})
+            scores = record["test_per_class"]
+            for i, name in enumerate(names):
+                class_rows.append({**fields, "round": record["round"], "class": name, "added": record["added_per_class"][i],
+                                   "pseudo_labelled": record["pseudo_per_class"][i],
+                                   "pseudo_precision": record["pseudo_precision_per_class"][i],
+                                   **{f"test_{k}": scores[k][i] for k in ("precision", "recall", "f1", "support")}})
+    return pd.DataFrame(rows), pd.DataFrame(class_rows)
+
+
+def round_mcr_mofr(epochs: pd.DataFrame, window: int) -> pd.DataFrame:
+    """MCR / MOFR of every round of the pseudo_label arms, over ``round_epoch`` (0 = the round's
+    evaluation before training), in the schema of ``mcr_mofr.csv`` plus ``round``."""
+    if epochs.empty or "round" not in epochs:
+        return pd.DataFrame()
+    chosen = epochs[epochs["variant"].map(uses_pseudo_label)]
+    blocks = [mcr_mofr(part.assign(epoch=part["round_epoch"]), window).assign(round=r) for r, part in chosen.groupby("round")]
+    return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+
+
+def _model(frame: pd.DataFrame) -> pd.Series:
+    return frame["backbone"] + "_" + frame["init"] + "_" + frame["variant"]
+
+
+def draw_rounds(rounds: pd.DataFrame) -> Figure | None:
+    """Test macro F1 (left) and pseudo-labelled images in the training set (right) per round, one
+    line per model, mean over seeds."""
+    if rounds.empty:
+        return None
+    frame = rounds.assign(model=_model(rounds))
+    means = frame.groupby(["model", "round"], sort=False)[["test_macro_f1", "pseudo_labelled"]].mean().reset_index()
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for model, part in means.groupby("model", sort=False):
+        left.plot(part["round"], part["test_macro_f1"], marker="o", label=model)
+        right.plot(part["round"], part["pseudo_labelled"], marker="o", label=model)
+    for axes, title in ((left, "test macro F1"), (right, "pseudo-labelled images in train")):
+        axes.set_xlabel("round (0 = teacher)")
+        axes.set_title(title)
+        axes.set_xticks(sorted(means["round"].unique()))
+    left.legend(fontsize=8)
+    return figure
+
+
+def _added_text(row: pd.Series, names: list[str]) -> str:
+    parts = [f"{name} {int(row[f'added_{name}'])}" for name in names if row.get(f"added_{name}", 0)]
+    return ", ".join(parts) or "–"
+
+
+def _round_table(rounds: pd.DataFrame) -> pd.DataFrame:
+    names = [c.removeprefix("added_") for c in rounds.columns if c.startswith("added_") and c != "added_precision"]
+    table = rounds.assign(model=_model(rounds) + "_s" + rounds["seed"].astype(str))
+    table["added per class"] = [_added_text(row, names) for _, row in table.iterrows()]
+    columns = {"model": "arm", "round": "round", "images_added": "added", "added per class": "added per class",
+               "pseudo_labelled": "pseudo-labelled in train", "added_precision": "precision of added",
+               "pseudo_precision": "precision of all", "val_acc": "val acc", "val_macro_f1": "val macro F1",
+               "test_acc": "test acc", "test_macro_f1": "test macro F1"}
+    return table[list(columns)].rename(columns=columns)
+
+
+def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int, report_dir: Path) -> str:
+    """Write ``tables/pseudo_label_rounds``, ``pseudo_label_per_class``, ``pseudo_label_mcr_mofr`` and
+    ``figures/pseudo_label_rounds.png``; return the Markdown section ("" without pseudo_label arms)."""
+    rounds, per_class = collect_rounds(experiment_dir)
+    if rounds.empty:
+        return ""
+    tables = report_dir / "tables"
+    write_table(tables, "pseudo_label_rounds", rounds)
+    write_table(tables, "pseudo_label_per_class", per_class)
+    write_table(tables, "pseudo_label_mcr_mofr", round_mcr_mofr(epochs, window))
+    figure = draw_rounds(rounds)
+    if figure is not None:
+        from reports.figures import _save
+
+        _save(figure, report_dir / "figures" / "pseudo_label_rounds.png")
+    threshold = rounds["threshold"].iloc[0]
+    stops = rounds[rounds["stop_reason"].astype(bool)]
+    lines = [
+        "## Pseudo-labelling (Arsirii & Petrosiuk 2023)", "",
+        f"Round 0 is the teacher, trained on the labelled part of train. After each round the model predicts the "
+        f"unlabeled pool (a held-out share of train whose labels are hidden); every image predicted with probability "
+        f"above {threshold} joins the training set with its predicted label, and the next round trains a student on the "
+        "union. *added*: images new in the round's training set; *precision*: share of pseudo-labels equal to the "
+        "hidden true label (of the added ones, and of all pseudo-labelled images in the round's training set). "
+        "Val/test scores are the round's last epoch. Per-class counts, precision and test F1 per round are in "
+        "`tables/pseudo_label_per_class.csv`, MCR/MOFR per round in `tables/pseudo_label_mcr_mofr.csv` "
+        "(over each round's own epochs), confusion matrices per round in each trial's `pseudo_label_rounds.json`; "
+        "the paired pseudo_label − baseline differences are in the *variant vs baseline* table above.", "",
+        markdown_table(_round_table(rounds)),
+        "![Test macro F1 and pseudo-labelled images per round](figures/pseudo_label_rounds.png)", "",
+    ]
+    for _, row in stops.iterrows():
+        student_rounds = int(row["round"])
+        lines.append(f"- {_model(row.to_frame().T).iloc[0]}_s{row['seed']}: {student_rounds} student round(s); "
+                     f"stopped: {row['stop_reason']}.")
+    if not per_class.empty:  # the paper's Fig. 7: teacher (round 0) vs students, per class
+        frame = per_class.assign(model=_model(per_class))
+        f1 = frame.pivot_table(index=["model", "round"], columns="class", values="test_f1", aggfunc="mean", sort=False)
+        lines += ["", "Test F1 per class and round (mean over seeds):", "", markdown_table(f1.reset_index())]
+    return "\n".join(lines) + "\n"
+
