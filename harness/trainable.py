@@ -166,7 +166,7 @@ class _Trial:
             logits = predict(self.model, self.images, train_idx, **self.eval_kwargs)
             train_acc, _ = accuracy_and_loss(logits, targets[train_idx])
             train_loss = float(torch.nn.functional.cross_entropy(logits, targets[train_idx], weight=weights))
-            seconds, images_per_s = 0.0, float("nan")
+            seconds, images_per_s, epoch_images = 0.0, float("nan"), 0
         else:
             epoch_idx = balanced_epoch_indices(train_idx, targets, balanced.fraction, self.generator) if balanced and balanced.oversample else train_idx
             augment = train.augment.model_dump(exclude={"enabled"}) if train.augment.enabled else None
@@ -175,9 +175,10 @@ class _Trial:
                 adapter=self.adapter, augment=augment, generator=self.generator, device=self.device, class_weights=weights,
             )
             train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
+            epoch_images = stats.images  # K·M with balanced oversampling, else the training set
         val_acc, val_loss = accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
         return {
-            "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx),
+            "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx), "epoch_images": epoch_images,
             "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc, "val_loss": val_loss,
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds, "train_images_per_s": images_per_s,
             **self.static, **count_parameters(self.model),

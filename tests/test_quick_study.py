@@ -30,7 +30,7 @@ def test_run_py_runs_the_quick_study_end_to_end(tmp_path):
     trials = pd.read_csv(experiment / "report" / "tables" / "trials.csv").set_index("arm_id")
     assert sorted(trials.index) == sorted(arms)
     pretrained = [a for a in arms if "_pretrained_" in a]
-    assert len(pretrained) == 2 and (trials["status"] == "completed").all()
+    assert len(pretrained) == 3 and (trials["status"] == "completed").all()
     assert (trials.loc[pretrained, "weights_source"] == "synth-identity").all()  # offline pretraining
     assert len(list((tmp_path / "cache" / "synth-identity").glob("*.safetensors"))) == 2
     text = report.read_text()
@@ -38,7 +38,15 @@ def test_run_py_runs_the_quick_study_end_to_end(tmp_path):
         assert arm in text
     epochs = pd.read_csv(experiment / "report" / "tables" / "epochs.csv")
     runnable = len(arms)
-    assert len(epochs) == runnable * (spec.train.epochs + 1)
+    baseline = epochs[epochs["variant"] == "baseline"]
+    assert len(baseline) == (runnable - 1) * (spec.train.epochs + 1)
+    # The pseudo_label arm: the teacher's epochs, then each student round's evaluation and epochs.
+    rounds = pd.read_csv(experiment / "report" / "tables" / "pseudo_label_rounds.csv")
+    assert rounds["round"].tolist() == list(range(len(rounds))) and len(rounds) >= 2  # at least one student round
+    assert rounds["images_added"].iloc[1] > 0
+    student_rows = (len(rounds) - 1) * (spec.pseudo_label.epochs_per_round + 1)
+    assert len(epochs) - len(baseline) == spec.train.epochs + 1 + student_rows
+    assert "## Pseudo-labelling (Arsirii & Petrosiuk 2023)" in text
     assert f"[{runnable}/{runnable} trials" in done.stdout and f"epoch {spec.train.epochs}/{spec.train.epochs}" in done.stdout
     small_cnn = trials[trials.index.str.startswith("small_cnn")]
     assert (small_cnn["test_acc"] > 0.3).all()  # learns far above the 1/7 chance level
