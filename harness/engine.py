@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from harness.experiment import (
     read_stored_spec,
     write_experiment_inputs,
 )
-from harness.preflight import Preflight, run_preflight
+from harness.preflight import Preflight, PreflightError, run_preflight
 from harness.spec import StudySpec
 from harness.splits import load_splits
 
@@ -40,17 +42,105 @@ class StudyOutcome:
         return "incomplete" not in self.statuses.values()
 
 
+def running_cluster_address() -> str | None:
+    """The Ray cluster this process should join, or ``None`` to start a private local Ray.
+
+    ``RAY_ADDRESS`` wins (``local`` asks for a private Ray). Without it, the cluster that ``ray start``
+    runs on this machine: on the head of a ``ray up`` cluster, where ``ray submit`` runs
+    ``python ~/run.py`` with no ``RAY_ADDRESS``, Ray records the address in
+    ``<RAY_TMPDIR or /tmp>/ray/ray_current_cluster``. A record whose port nobody listens on is left
+    from a cluster that has stopped, and ignored.
+    """
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address:
+        return None if address == "local" else address
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return recorded
+    except (OSError, ValueError):
+        return None
+
+
 def init_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Attach to a running cluster when ``RAY_ADDRESS`` names one, otherwise start a local Ray."""
+    """Attach to the running cluster (``running_cluster_address``), otherwise start a local Ray."""
     import ray
 
     if ray.is_initialized():
         return
     quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
+    address = running_cluster_address()
+    if address:  # a cluster's resources are its nodes' (and the autoscaler's), never ours to set
+        ray.init(address=address, **quiet)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+
+
+# Filesystems every node mounts under the same path: what a trial on a worker writes there, the
+# driver on the head reads.
+SHARED_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "fuse.glusterfs", "ceph", "fuse.ceph",
+    "beegfs", "gpfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.mount-s3", "fuse.sshfs",
+})
+
+
+def filesystem_type(path: Path) -> str:
+    """Type of the filesystem holding ``path`` (or its nearest existing parent), from /proc/self/mounts."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    best, fstype = "", ""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:  # not Linux: nothing to go by
+        return ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040: a space
+        if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+            best, fstype = mount_point, fields[2]
+    return fstype
+
+
+def check_results_storage(spec: StudySpec, experiment_dir: Path) -> None:
+    """Refuse a results folder only the driver's machine has when trials may run on other machines.
+
+    Each trial writes its checkpoints and results where it runs; on another machine that is not
+    where the driver (on the head) looks, and the study's results are lost. Trials may run elsewhere
+    when a node of the cluster is on another machine, or when no node on the driver's machine can
+    host a trial (a head with ``CPU: 0``: the autoscaler will add workers). Object storage (``s3://…``) and
+    shared filesystems pass; ``FERBENCH_SHARED_STORAGE=1`` (or a spec's ``run.shared_storage``)
+    vouches for a shared mount that is not recognised.
+    """
+    import ray
+
+    if "://" in spec.run.storage or getattr(spec.run, "shared_storage", False):
+        return
+    if os.environ.get("FERBENCH_SHARED_STORAGE", "").lower() in ("1", "true", "yes"):
+        return
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    here = next((n for n in nodes if n["NodeID"] == ray.get_runtime_context().get_node_id()), {})
+    on_this_machine = [n for n in nodes if n["NodeManagerAddress"] == here.get("NodeManagerAddress")]
+    machines = {node["NodeManagerAddress"] for node in nodes} - {here.get("NodeManagerAddress")}
+    hosts_trials = any(
+        n["Resources"].get("CPU", 0) >= spec.resources.cpu and n["Resources"].get("GPU", 0) >= spec.resources.gpu
+        for n in on_this_machine
+    )
+    if (not machines and hosts_trials) or filesystem_type(experiment_dir) in SHARED_FILESYSTEMS:
+        return
+    where = f"nodes on {len(machines)} other machine(s)" if machines else "a head node that runs no trials"
+    raise PreflightError(
+        f"run.storage: {experiment_dir.parent} is on this machine only, but the cluster has {where}, whose trials "
+        "would write their results to their own disks; use --storage s3://BUCKET/PREFIX, or a folder on a "
+        "filesystem every node mounts (NFS, EFS, Lustre; if yours is not recognised as one, set FERBENCH_SHARED_STORAGE=1)"
+    )
 
 
 def _trial_dirname(trial) -> str:
@@ -117,7 +207,14 @@ def run_study(
             )
     experiment_dir = Path(experiment_dir).resolve()
 
+    address = running_cluster_address()
+    if address:  # preflight leaves node resources to the cluster (its autoscaler may add GPU nodes)
+        os.environ["RAY_ADDRESS"] = address
     preflight = run_preflight(spec)  # raises PreflightError before anything is written
+    runnable = preflight.runnable_arms
+    if runnable:
+        init_ray(verbose=verbose)
+        check_results_storage(spec, experiment_dir)
     if resume:
         preflight.splits = load_splits(experiment_paths(experiment_dir)["splits"])
         preflight.arms = read_json(experiment_paths(experiment_dir)["grid"])
@@ -125,11 +222,9 @@ def run_study(
         write_experiment_inputs(experiment_dir, spec, preflight, command or sys.argv)
     _announce(spec, preflight, experiment_dir, resume)
 
-    runnable = preflight.runnable_arms
     if runnable:
         already = sum(s == "completed" for s in trial_statuses(experiment_dir).values()) if resume else 0
         progress = ProgressPrinter(len(runnable), spec.train.epochs, already_finished=already)
-        init_ray(verbose=verbose)
         if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
             for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):

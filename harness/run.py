@@ -1,7 +1,11 @@
 """`python harness/run.py ARGS` behaves exactly like `ferbench run ARGS`.
 
-Self-contained on purpose: `ray submit cluster.yaml harness/run.py` copies this file alone to
-`~/run.py` on the head node, where the installed `ferbench` package provides the rest.
+Self-contained on purpose: `ray submit cluster.yaml harness/run.py -- ARGS` copies this file alone
+to `~/run.py` on the head node and runs it there, where the installed `ferbench` package provides
+the rest. There the study joins the running cluster (`RAY_ADDRESS`, or the cluster `ray start`
+recorded on the node) instead of starting a Ray of its own, resolves its paths against the working
+directory (the SSH user's home), and refuses a results folder on the head's own disk when trials run
+on other machines (use `--storage s3://…` or a shared filesystem).
 """
 
 import os
