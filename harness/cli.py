@@ -34,10 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Ray's own progress tables and logs")
 
     report = commands.add_parser("report", help="re-render the report of experiment folders, or compare them")
-    report.add_argument("experiment_dirs", type=Path, nargs="+", metavar="EXPERIMENT_DIR")
+    report.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
+                        help="an experiment folder, or s3://BUCKET/PREFIX/<experiment>")
+    report.add_argument("--s3-endpoint", metavar="URL", help="endpoint of an S3-compatible server "
+                                                             "(default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or AWS)")
     report.add_argument("--compare", action="store_true",
                         help="also write one report setting the experiments side by side (the first is the reference)")
-    report.add_argument("--out", type=Path, help="folder of the comparison (default: beside the first experiment, "
+    report.add_argument("--out", help="folder of the comparison (default: beside the first experiment, "
                                                  "compare-<A>-vs-<B>…)")
 
     backbones = commands.add_parser("backbones", help="list the registered backbones")
@@ -68,10 +71,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(spec_to_yaml(spec), end="")
         return EXIT_OK
 
-    storage = Path(spec.run.storage).expanduser().resolve()
+    from harness.storage import is_remote
+
+    remote = is_remote(spec.run.storage)
+    storage = spec.run.storage if remote else Path(spec.run.storage).expanduser().resolve()
     experiment_dir = None
     if args.resume:
-        experiment_dir = storage / spec.run.name if spec.run.name else latest_experiment(storage, spec.study)
+        try:
+            experiment_dir = _remote_resume_folder(spec) if remote else (
+                storage / spec.run.name if spec.run.name else latest_experiment(storage, spec.study))
+        except (ValueError, OSError) as err:
+            return _fail(f"--resume: {err}")
         if experiment_dir is None or not experiment_dir.exists():
             return _fail(f"--resume: no experiment of study {spec.study!r} under {storage}; run it without --resume first")
 
@@ -91,22 +101,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_TRIALS if "failed" in statuses else EXIT_OK
 
 
+def _remote_resume_folder(spec) -> Path | None:
+    """Download the experiment to continue (``run.name``, else the newest of the study) from the bucket."""
+    from harness.storage import download, latest_remote_experiment, parse_remote
+
+    storage = parse_remote(spec.run.storage, spec.run.s3_endpoint)
+    name = spec.run.name or latest_remote_experiment(storage, spec.study)
+    if name is None:
+        return None
+    try:
+        return download(storage, name, storage.mirror(name))
+    except FileNotFoundError:
+        return None
+
+
+def _local_report_folder(target: str, endpoint: str | None) -> tuple[Path, tuple | None]:
+    """A report target as a local folder; ``s3://…`` is downloaded to its mirror first."""
+    from harness.storage import fetch_experiment, is_remote
+
+    if not is_remote(target):
+        return Path(target).expanduser().resolve(), None
+    storage, name, mirror = fetch_experiment(target, endpoint)
+    return mirror, (storage, name)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reports import build_comparison_report, build_report
 
-    folders = [folder.resolve() for folder in args.experiment_dirs]
-    if args.compare and len(folders) < 2:
+    from harness.storage import upload
+
+    if args.compare and len(args.experiment_dirs) < 2:
         return _fail("--compare needs two or more experiment folders, e.g. ferbench report A B --compare")
     if args.out and not args.compare:
         return _fail("--out names the comparison's folder; add --compare")
+    folders = []
     try:
-        for folder in folders:
+        for target in args.experiment_dirs:
+            folder, remote = _local_report_folder(target, args.s3_endpoint)
             print(f"Report: {build_report(folder) / 'report.md'}")
+            if remote is not None:  # the report goes back beside the trials in the bucket
+                storage, name = remote
+                upload(storage, folder, name, "report")
+                print(f"  uploaded to {storage.uri}/{name}/report/")
+            folders.append(folder)
         if args.compare:
-            out = args.out or folders[0].parent / ("compare-" + "-vs-".join(f.name for f in folders))
+            out = Path(args.out) if args.out else folders[0].parent / ("compare-" + "-vs-".join(f.name for f in folders))
             print(f"Comparison: {build_comparison_report(folders, out.resolve()) / 'report.md'}")
-    except FileNotFoundError as err:
-        return _fail(str(err))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        return _fail(str(err).splitlines()[0])
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from harness.experiment import (
 from harness.preflight import Preflight, PreflightError, run_preflight
 from harness.spec import StudySpec
 from harness.splits import load_splits
+from harness.storage import RemoteStorage, download, holds_experiment, is_remote, parse_remote, upload
 
 # Ray's periodic "snapshot" warnings are noise for a study that checkpoints every epoch.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -121,7 +122,7 @@ def check_results_storage(spec: StudySpec, experiment_dir: Path) -> None:
     """
     import ray
 
-    if "://" in spec.run.storage or getattr(spec.run, "shared_storage", False):
+    if is_remote(spec.run.storage) or spec.run.shared_storage:
         return
     if os.environ.get("FERBENCH_SHARED_STORAGE", "").lower() in ("1", "true", "yes"):
         return
@@ -166,12 +167,24 @@ def _build_trainable(spec: StudySpec, preflight: Preflight):
     return tune.with_resources(tune.with_parameters(run_trial, payload=payload), resources)
 
 
-def _run_config(spec: StudySpec, experiment_dir: Path, callbacks: list, verbose: bool):
+def remote_storage(spec: StudySpec) -> RemoteStorage | None:
+    """The object storage of ``run.storage`` (``s3://…``), or ``None`` for a folder."""
+    return parse_remote(spec.run.storage, spec.run.s3_endpoint) if is_remote(spec.run.storage) else None
+
+
+def _tune_location(experiment_dir: Path, remote: RemoteStorage | None) -> dict:
+    """Where Tune keeps the trials: beside FERBench's files, or in the bucket (all nodes reach it)."""
+    if remote is None:
+        return {"storage_path": str(experiment_dir.parent)}
+    return {"storage_path": remote.tune_path, "storage_filesystem": remote.filesystem()}
+
+
+def _run_config(spec: StudySpec, experiment_dir: Path, callbacks: list, verbose: bool, remote: RemoteStorage | None):
     from ray import tune
 
     return tune.RunConfig(
         name=experiment_dir.name,
-        storage_path=str(experiment_dir.parent),
+        **_tune_location(experiment_dir, remote),
         failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.keep_checkpoints),
         sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -198,10 +211,15 @@ def run_study(
         if experiment_dir is None or not experiment_paths(experiment_dir)["grid"].is_file():
             raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
         spec = read_stored_spec(experiment_dir)
+        remote = remote_storage(spec)
     else:
-        storage = Path(spec.run.storage).expanduser().resolve()
-        experiment_dir = experiment_dir or storage / (spec.run.name or default_experiment_name(spec))
-        if experiment_paths(experiment_dir)["grid"].exists():
+        remote = remote_storage(spec)
+        name = spec.run.name or default_experiment_name(spec)
+        if remote is not None:  # FERBench's files and the report live in a local mirror of the bucket
+            experiment_dir = experiment_dir or remote.mirror(name)
+        else:
+            experiment_dir = experiment_dir or Path(spec.run.storage).expanduser().resolve() / name
+        if experiment_paths(experiment_dir)["grid"].exists() or (remote and holds_experiment(remote, experiment_dir.name)):
             raise FileExistsError(
                 f"{experiment_dir} already holds an experiment; use --resume to continue it or choose another --set run.name"
             )
@@ -220,7 +238,10 @@ def run_study(
         preflight.arms = read_json(experiment_paths(experiment_dir)["grid"])
     else:
         write_experiment_inputs(experiment_dir, spec, preflight, command or sys.argv)
-    _announce(spec, preflight, experiment_dir, resume)
+        if remote is not None:
+            upload(remote, experiment_dir, experiment_dir.name, "ferbench")
+    where = f"{remote.uri}/{experiment_dir.name} (mirrored in {experiment_dir})" if remote else experiment_dir
+    _announce(spec, preflight, where, resume)
 
     if runnable:
         already = sum(s == "completed" for s in trial_statuses(experiment_dir).values()) if resume else 0
@@ -231,7 +252,9 @@ def run_study(
                 logging.getLogger(name).setLevel(logging.CRITICAL)
         trainable = _build_trainable(spec, preflight)
         if resume:
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=True)
+            location = _tune_location(experiment_dir, remote)
+            tuner = tune.Tuner.restore(f"{location['storage_path']}/{experiment_dir.name}", trainable=trainable,
+                                       resume_errored=True, storage_filesystem=location.get("storage_filesystem"))
             # Restored tuners keep their run config; the progress printer is per session.
             tuner._local_tuner._run_config.callbacks = [progress]
         else:
@@ -241,11 +264,15 @@ def run_study(
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname
                 ),
-                run_config=_run_config(spec, experiment_dir, [progress], verbose),
+                run_config=_run_config(spec, experiment_dir, [progress], verbose, remote),
             )
         tuner.fit()
 
+    if remote is not None:
+        download(remote, experiment_dir.name, experiment_dir)
     report_dir = build_report(experiment_dir)
+    if remote is not None:
+        upload(remote, experiment_dir, experiment_dir.name, "report")
     return StudyOutcome(experiment_dir, report_dir, trial_statuses(experiment_dir))
 
 
@@ -257,10 +284,10 @@ def _describe_split(folds: dict) -> str:
     return f"{len(folds)} subject-exclusive folds, test parts of {min(tests)}–{max(tests)} images"
 
 
-def _announce(spec: StudySpec, preflight: Preflight, experiment_dir: Path, resume: bool) -> None:
+def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: bool) -> None:
     dataset = preflight.dataset
     verb = "Resuming" if resume else "Study"
-    print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms, {spec.train.epochs} epochs each → {experiment_dir}")
+    print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms, {spec.train.epochs} epochs each → {where}")
     print(
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
         f"split {_describe_split(preflight.splits)}"

@@ -219,7 +219,13 @@ class ResourcesSpec(_Strict):
 
 
 class RunSpec(_Strict):
-    storage: str = Field("ferbench_results", description="results root: a directory (s3:// later)")
+    storage: str = Field("ferbench_results", description="results root: a directory, or s3://BUCKET/PREFIX")
+    s3_endpoint: str | None = Field(
+        None, description="endpoint URL of an S3-compatible server (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL or AWS)"
+    )
+    shared_storage: bool = Field(
+        False, description="vouch that run.storage is a filesystem every node mounts (when not recognised as one)"
+    )
     name: str | None = Field(None, description="experiment name; default <study>-<timestamp>")
     max_failures: int = Field(2, ge=0, description="retries per trial, each resuming from its checkpoint")
     keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept per trial")

@@ -113,3 +113,28 @@ def download(storage: RemoteStorage, name: str, local: Path) -> Path:
         with fs.open_input_stream(info.path) as handle:
             atomic_write_bytes(local / info.path[len(root) + 1:], handle.read())
     return local
+
+
+def holds_experiment(storage: RemoteStorage, name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    return storage.filesystem().get_file_info(storage.key(name, "ferbench/grid.json")).type == pafs.FileType.File
+
+
+def latest_remote_experiment(storage: RemoteStorage, study: str) -> str | None:
+    """Name of the most recently started experiment of ``study`` under ``storage`` (``--resume``)."""
+    import pyarrow.fs as pafs
+
+    fs = storage.filesystem()
+    folders = fs.get_file_info(pafs.FileSelector(storage.tune_path, allow_not_found=True))
+    grids = [fs.get_file_info(f"{folder.path}/ferbench/grid.json") for folder in folders
+             if folder.type == pafs.FileType.Directory and folder.base_name.startswith(f"{study}-")]
+    grids = [grid for grid in grids if grid.type == pafs.FileType.File]
+    newest = max(grids, key=lambda grid: grid.mtime_ns or 0, default=None)
+    return newest.path.rsplit("/", 3)[-3] if newest else None
+
+
+def fetch_experiment(uri: str, endpoint: str | None = None) -> tuple[RemoteStorage, str, Path]:
+    """Download ``s3://…/<experiment>`` into its local mirror: (storage, name, mirror folder)."""
+    storage, name = split_experiment_uri(uri, endpoint)
+    return storage, name, download(storage, name, storage.mirror(name))

@@ -4,6 +4,8 @@ interrupted study resumed from it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import time
 import pandas as pd
 import pytest
 
-from harness.storage import download, parse_remote, split_experiment_uri, upload
+from harness.storage import download, latest_remote_experiment, parse_remote, split_experiment_uri, upload
 
 BUCKET = "ferbench-test"
 
@@ -91,3 +93,82 @@ def test_upload_then_download_round_trip_skips_weights(aws_env, tmp_path):
     assert not (mirror / "trial" / "checkpoint_000001" / "checkpoint.pt").exists()
     with pytest.raises(FileNotFoundError, match="no such experiment"):
         download(storage, "missing", tmp_path / "nothing")
+
+
+STUDY = ["data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "grid.variant=[baseline]",
+         "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.seed=[0,1]", "grid.exclude=[]", "resources.cpu=1",
+         "run.max_concurrent=1"]
+
+
+def _keys(prefix: str) -> set[str]:
+    import pyarrow.fs as pafs
+
+    fs = parse_remote(f"s3://{BUCKET}").filesystem()
+    return {info.path[len(BUCKET) + 1:] for info in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True))}
+
+
+def test_study_on_s3_writes_trials_and_report_to_the_bucket_and_renders_from_it(aws_env, tmp_path, capsys):
+    from harness.cli import main
+
+    storage = f"s3://{BUCKET}/studies"
+    assert main(["run", "--storage", storage, *(x for o in [*STUDY, "run.name=on-s3"] for x in ("--set", o))]) == 0
+    out = capsys.readouterr().out
+    assert f"→ {storage}/on-s3 (mirrored in" in out
+    keys = _keys("studies/on-s3")
+    for key in ("ferbench/manifest.json", "ferbench/splits.npz", "ferbench/grid.json", "report/report.md",
+                "report/report.html", "report/tables/epochs.csv"):
+        assert f"studies/on-s3/{key}" in keys, key
+    parts = [key.split("/", 3) for key in keys]
+    trial_files = {p[3] for p in parts if len(p) == 4 and p[2].startswith("small_cnn_random_baseline_s")}
+    assert {"result.json", "test_predictions.npz", "test_per_class.json"} <= trial_files
+    assert any(name.startswith("checkpoint_") and name.endswith("/checkpoint.pt") for name in trial_files)
+
+    # The report renders from the bucket alone: a fresh mirror, written back beside the trials.
+    import shutil
+
+    shutil.rmtree(parse_remote(storage).mirror("on-s3"))
+    assert main(["report", f"{storage}/on-s3"]) == 0
+    out = capsys.readouterr().out
+    assert f"uploaded to {storage}/on-s3/report/" in out
+    epochs = pd.read_csv(parse_remote(storage).mirror("on-s3") / "report" / "tables" / "epochs.csv")
+    assert sorted(epochs.groupby("arm_id")["epoch"].apply(list).tolist()) == [[0, 1, 2], [0, 1, 2]]
+    trials = pd.read_csv(parse_remote(storage).mirror("on-s3") / "report" / "tables" / "trials.csv")
+    assert trials["status"].tolist() == ["completed", "completed"]
+
+    assert main(["run", "--storage", storage, "--set", "run.name=on-s3", *(x for o in STUDY for x in ("--set", o))]) == 2
+    assert "already holds an experiment" in capsys.readouterr().err
+
+
+def test_interrupted_study_on_s3_resumes_from_the_bucket(aws_env, tmp_path, capsys):
+    """Stopped after its first trial (as a Ctrl-C would), the study continues with --resume from
+    the bucket, the local mirror deleted in between."""
+    import shutil
+
+    from harness.cli import main
+    from harness.progress import ProgressPrinter
+
+    storage = f"s3://{BUCKET}/resumed"
+    original = ProgressPrinter.on_trial_complete
+
+    def stop_after_first(self, *args, **kwargs):  # Ctrl-C, as Tune receives it
+        original(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    ProgressPrinter.on_trial_complete = stop_after_first
+    try:
+        code = main(["run", "--storage", storage, *(x for o in STUDY for x in ("--set", o))])
+    finally:
+        ProgressPrinter.on_trial_complete = original
+    assert code == 130, capsys.readouterr()
+    capsys.readouterr()
+    name = latest_remote_experiment(parse_remote(storage), "quick")
+    assert name and name.startswith("quick-")
+    mirror = parse_remote(storage).mirror(name)
+    assert "incomplete" in pd.read_csv(mirror / "report" / "tables" / "trials.csv")["status"].tolist()
+    shutil.rmtree(mirror)
+    assert main(["run", "--storage", storage, "--resume"]) == 0  # the newest experiment of the study
+    assert f"Resuming 'quick': 2 arms, 2 epochs each → {storage}/{name}" in capsys.readouterr().out
+    trials = pd.read_csv(mirror / "report" / "tables" / "trials.csv")
+    assert trials["status"].tolist() == ["completed", "completed"]
+    epochs = pd.read_csv(mirror / "report" / "tables" / "epochs.csv")
+    assert len(epochs) == 2 * 3 and not epochs.duplicated(["arm_id", "epoch"]).any()
