@@ -92,7 +92,7 @@ def _added_text(row: pd.Series, names: list[str]) -> str:
 
 def _round_table(rounds: pd.DataFrame) -> pd.DataFrame:
     names = [c.removeprefix("added_") for c in rounds.columns if c.startswith("added_") and c != "added_precision"]
-    table = rounds.assign(model=_model(rounds) + "_s" + rounds["seed"].astype(str))
+    table = rounds.assign(model=rounds["arm_id"])
     table["added per class"] = [_added_text(row, names) for _, row in table.iterrows()]
     columns = {"model": "arm", "round": "round", "images_added": "added", "added per class": "added per class",
                "pseudo_labelled": "pseudo-labelled in train", "added_precision": "precision of added",
@@ -132,10 +132,8 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         markdown_table(_round_table(rounds)),
         "![Test macro F1 and pseudo-labelled images per round](figures/pseudo_label_rounds.png)", "",
     ]
-    for _, row in stops.iterrows():
-        student_rounds = int(row["round"])
-        lines.append(f"- {_model(row.to_frame().T).iloc[0]}_s{row['seed']}: {student_rounds} student round(s); "
-                     f"stopped: {row['stop_reason']}.")
+    for arm, (student_rounds, reason) in zip(stops["arm_id"], zip(stops["round"], stops["stop_reason"])):
+        lines.append(f"- {arm}: {int(student_rounds)} student round(s); stopped: {reason}.")
     if not per_class.empty:  # the paper's Fig. 7: teacher (round 0) vs students, per class
         frame = per_class.assign(model=_model(per_class))
         f1 = frame.pivot_table(index=["model", "round"], columns="class", values="test_f1", aggfunc="mean", sort=False)

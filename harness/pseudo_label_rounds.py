@@ -1,0 +1,61 @@
+"""The trial side of a pseudo-labelling round's end: score the round, record it, choose the next
+round's pseudo-labels (``harness.pseudo_label``) or stop, and write the round artifacts atomically
+into the trial folder (the working directory Tune gives the trial)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import pseudo_label as pl
+from harness.atomic import atomic_write_bytes, atomic_write_json
+from harness.scores import class_scores
+from harness.training import predict
+
+ROUNDS_FILE = "pseudo_label_rounds.json"  # pseudo_label variants: one record per round (0 = teacher)
+ROUND_POOL_FILE = "pseudo_label_round{round}.npz"  # the pool predictions a round's pseudo-labels came from
+
+
+def end_round(trial, settings, rounds: pl.RoundState, metrics: dict, per_class: dict) -> None:
+    """Record the finished round, then choose the next round's pseudo-labels (or stop)."""
+    num_classes = len(trial.payload.class_names)
+    val_logits = predict(trial.model, trial.images, trial.split["val"], **trial.eval_kwargs)
+    val_scores, _ = class_scores(val_logits, trial.labels[trial.split["val"]], num_classes)
+    evaluation = {
+        "epoch": metrics["epoch"], "train_size": metrics["train_size"], "val_acc": val_scores["acc"],
+        "val_macro_f1": val_scores["macro_f1"], **{k: metrics[k] for k in ("test_acc", "test_macro_f1", "test_weighted_f1")},
+        "test_per_class": {k: per_class[k] for k in ("precision", "recall", "f1", "support")},
+        "test_confusion_matrix": per_class["confusion_matrix"],
+    }
+    rounds.records.append(pl.round_record(rounds, trial.labels[rounds.pseudo_idx], num_classes, evaluation))
+    if rounds.round >= settings.max_rounds:
+        rounds.finish(f"max_rounds {settings.max_rounds} reached")
+    else:
+        pool = trial.split["unlabeled"]
+        plan, candidates, probabilities = pl.plan_next_round(
+            pool, trial.predict_probabilities, rounds.pseudo_idx, rounds.pseudo_labels, threshold=settings.threshold,
+            repredict=settings.repredict, cap=settings.per_class_cap, num_classes=num_classes,
+        )
+        _write_pool_predictions(rounds.round + 1, candidates, probabilities, plan)
+        if plan.stop_reason:
+            rounds.finish(plan.stop_reason)
+        else:
+            added_labels = plan.pseudo_labels[torch.isin(plan.pseudo_idx, plan.added)]
+            summary = pl.selection_summary(plan, trial.labels[plan.added], added_labels, num_classes)
+            rounds.advance(plan, summary)
+    atomic_write_json(Path(ROUNDS_FILE).resolve(), {
+        "class_names": list(trial.payload.class_names), "settings": settings.model_dump(),
+        "pool_size": len(trial.split["unlabeled"]), "finished": rounds.finished, "stop_reason": rounds.stop_reason,
+        "rounds": rounds.records,
+    })
+
+
+def _write_pool_predictions(round_no: int, candidates: torch.Tensor, probabilities: torch.Tensor, plan: pl.RoundPlan) -> None:
+    """What round ``round_no``'s pseudo-labels were chosen from: no hidden labels in this file."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, candidates=candidates.numpy(), probabilities=probabilities.numpy(),
+                        pseudo_indices=plan.pseudo_idx.numpy(), pseudo_labels=plan.pseudo_labels.numpy())
+    atomic_write_bytes(Path(ROUND_POOL_FILE.format(round=round_no)).resolve(), buffer.getvalue())
