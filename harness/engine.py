@@ -148,7 +148,7 @@ def _trial_dirname(trial) -> str:
     return f"{trial.config['arm']['arm_id']}_{trial.trial_id}"
 
 
-def _build_trainable(spec: StudySpec, preflight: Preflight):
+def _build_trainable(spec: StudySpec, preflight: Preflight, name: str):
     from ray import tune
 
     from harness.trainable import StudyPayload, fault_injection_from_env, run_trial
@@ -164,7 +164,19 @@ def _build_trainable(spec: StudySpec, preflight: Preflight):
         fault_injection=fault_injection_from_env(),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(run_trial, payload=payload), resources)
+    return tune.with_resources(tune.with_parameters(_named_trainable(run_trial, name), payload=payload), resources)
+
+
+def _named_trainable(run_trial, experiment_name: str):
+    """``run_trial`` under a name of its own. Tune stores a trainable in the cluster's registry by
+    its name, and a retried trial fetches it again from there: two studies sharing one cluster under
+    the same name would run each other's payload after a retry."""
+
+    def trainable(config: dict, payload) -> None:
+        return run_trial(config, payload)
+
+    trainable.__name__ = trainable.__qualname__ = f"ferbench_{re.sub(r'[^A-Za-z0-9_]', '_', experiment_name)}"
+    return trainable
 
 
 def remote_storage(spec: StudySpec) -> RemoteStorage | None:
@@ -250,7 +262,7 @@ def run_study(
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
             for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-        trainable = _build_trainable(spec, preflight)
+        trainable = _build_trainable(spec, preflight, experiment_dir.name)
         if resume:
             location = _tune_location(experiment_dir, remote)
             tuner = tune.Tuner.restore(f"{location['storage_path']}/{experiment_dir.name}", trainable=trainable,

@@ -37,15 +37,20 @@ CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
 TEST_PER_CLASS_FILE = "test_per_class.json"
+FINAL_MARKER = "trial_finished"  # only in a trial's last row (see _Trial.final_measures)
 # Test-only fault injection, read on the driver: fail each arm once, right after the
-# checkpoint of this epoch, leaving a marker file per arm so the retry runs through.
+# checkpoint of this epoch, leaving a marker file per arm so the retry runs through; the arm
+# named by FAIL_ALWAYS_ENV fails there on every attempt.
 FAIL_ONCE_ENV = "FERBENCH_TEST_FAIL_ONCE_AT_EPOCH"
 FAIL_MARKER_ENV = "FERBENCH_TEST_FAIL_MARKER_DIR"
+FAIL_ALWAYS_ENV = "FERBENCH_TEST_FAIL_ALWAYS_ARM"
 
 
 def fault_injection_from_env() -> dict | None:
     at_epoch, marker_dir = os.environ.get(FAIL_ONCE_ENV), os.environ.get(FAIL_MARKER_ENV)
-    return {"epoch": int(at_epoch), "marker_dir": marker_dir} if at_epoch and marker_dir else None
+    if not (at_epoch and marker_dir):
+        return None
+    return {"epoch": int(at_epoch), "marker_dir": marker_dir, "always": os.environ.get(FAIL_ALWAYS_ENV)}
 
 
 @dataclass
@@ -111,7 +116,32 @@ def _load_checkpoint() -> tuple[dict | None, list[dict]]:
         return state, json.loads((Path(folder) / HISTORY_FILE).read_text())
 
 
+def _finished_before() -> bool:
+    """Whether this trial's folder already holds its final checkpoint.
+
+    A driver killed before it saved Tune's experiment state makes ``--resume`` restart a trial that
+    had finished from an older checkpoint (the newest Tune knew of). The trial's own newest
+    checkpoint says it is done, so it must not train again: a finished trial is never re-run.
+    """
+    import pyarrow.fs as pafs
+
+    storage = tune.get_context().get_storage()
+    fs, folder = storage.storage_filesystem, storage.trial_fs_path
+    entries = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    newest = max((e.path for e in entries if e.base_name.startswith("checkpoint_")), default=None)
+    if newest is None:
+        return False
+    try:
+        with fs.open_input_stream(f"{newest}/{HISTORY_FILE}") as handle:
+            history = json.loads(handle.read())
+    except (OSError, ValueError):  # a checkpoint cut short: not a finished one
+        return False
+    return bool(history) and FINAL_MARKER in history[-1]
+
+
 def _maybe_inject_failure(fault: dict | None, arm_id: str, epoch: int) -> None:
+    if fault and arm_id == fault.get("always") and epoch >= fault["epoch"]:  # every attempt fails
+        raise RuntimeError(f"injected permanent test failure after epoch {epoch} of {arm_id}")
     if not fault or fault["epoch"] != epoch:
         return
     marker = Path(fault["marker_dir"]) / arm_id
@@ -223,6 +253,8 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     whole trial; ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place
     a row in its round, so MCR/MOFR are computable per round.
     """
+    if _finished_before():
+        return
     trial = _build_trial(config, payload)
     settings = trial.spec.pseudo_label if uses_pseudo_label(trial.arm["variant"]) else None
     state, history = _load_checkpoint()
