@@ -148,7 +148,7 @@ def _trial_dirname(trial) -> str:
     return f"{trial.config['arm']['arm_id']}_{trial.trial_id}"
 
 
-def _build_trainable(spec: StudySpec, preflight: Preflight, name: str):
+def _build_trainable(spec: StudySpec, preflight: Preflight, name: str, ship_weights: bool):
     from ray import tune
 
     from harness.trainable import StudyPayload, fault_injection_from_env, run_trial
@@ -162,6 +162,7 @@ def _build_trainable(spec: StudySpec, preflight: Preflight, name: str):
         splits=preflight.splits,
         weight_files=preflight.weight_files,
         fault_injection=fault_injection_from_env(),
+        weight_blobs={b: Path(p).read_bytes() for b, p in preflight.weight_files.items()} if ship_weights else {},
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     return tune.with_resources(tune.with_parameters(_named_trainable(run_trial, name), payload=payload), resources)
@@ -262,7 +263,7 @@ def run_study(
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
             for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-        trainable = _build_trainable(spec, preflight, experiment_dir.name)
+        trainable = _build_trainable(spec, preflight, experiment_dir.name, ship_weights=bool(address))
         if resume:
             location = _tune_location(experiment_dir, remote)
             tuner = tune.Tuner.restore(f"{location['storage_path']}/{experiment_dir.name}", trainable=trainable,

@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,9 @@ class StudyPayload:
     splits: dict[int, dict[str, np.ndarray]]  # fold → train/val/test(/unlabeled) indices
     weight_files: dict[str, str]
     fault_injection: dict | None = None
+    # The weight files' bytes, when trials may run on machines that lack the driver's files
+    # (a cluster): published or synth-identity weights then travel with the dataset.
+    weight_blobs: dict[str, bytes] = field(default_factory=dict)
 
 
 def resolve_input_size(spec: StudySpec, backbone: str, data_size: int) -> int:
@@ -221,6 +224,16 @@ class _Trial:
         return {**measures, "trial_finished": True}
 
 
+def _weights_here(payload: StudyPayload, backbone: str) -> str:
+    """The weight file preflight resolved, or, on a node without it, a copy from the payload."""
+    path = payload.weight_files[backbone]
+    if Path(path).is_file() or backbone not in payload.weight_blobs:
+        return path
+    copy = Path(tempfile.gettempdir()) / "ferbench-weights" / f"{os.getpid()}-{Path(path).name}"
+    atomic_write_bytes(copy, payload.weight_blobs[backbone])
+    return str(copy)
+
+
 def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     spec = StudySpec.model_validate(payload.spec)
     arm, train = config["arm"], spec.train
@@ -232,8 +245,10 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     info = get_backbone_info(arm["backbone"])
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
     torch.manual_seed(arm["seed"])
-    weights = payload.weight_files.get(arm["backbone"]) if arm["init"] == "pretrained" else None
+    weights = _weights_here(payload, arm["backbone"]) if arm["init"] == "pretrained" else None
     model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head).to(device)
+    if weights and weights != payload.weight_files[arm["backbone"]]:
+        Path(weights).unlink()  # the payload's copy, loaded
     return _Trial(
         spec=spec, arm=arm, payload=payload, model=model, optimizer=_make_optimizer(spec, model),
         generator=torch.Generator().manual_seed(arm["seed"]),
