@@ -199,6 +199,7 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
     if differences is None or differences.empty:
         return []
     lines = []
+    differences = differences[differences["n_pairs"] > 0]  # pairs the grid never forms say nothing
     for comparison, block in differences.groupby("comparison", sort=False):
         treated = str(comparison).split(" − ")[0]
         is_init = comparison == "pretrained − random"

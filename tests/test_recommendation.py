@@ -102,7 +102,10 @@ def test_pretraining_helps_only_where_interval_excludes_zero():
         ["pretrained − random", "alpha", "baseline", np.nan, "test_acc", 3, 0, 0.10, 0.08, 0.12, True],
         ["pretrained − random", "beta", "baseline", np.nan, "test_acc", 3, 0, 0.02, -0.03, 0.07, False],
     ], columns=DIFF_COLUMNS)
+    never_paired = ["pretrained − random", "gamma", "baseline", np.nan, "test_acc", 0, 2, np.nan, np.nan, np.nan, False]
+    differences.loc[len(differences)] = never_paired  # excluded from the grid: not worth a word
     text = render_recommendation(summary, differences, pd.DataFrame())
+    assert "gamma" not in text
     line = _line(text, "- **Pretrained vs random**")
     assert "pretraining helps `alpha` (+0.100 test acc, 95% CI [+0.080, +0.120])" in line
     assert "`beta`: no established difference in test acc (+0.020, 95% CI [-0.030, +0.070])" in line
