@@ -185,6 +185,15 @@ def remote_storage(spec: StudySpec) -> RemoteStorage | None:
     return parse_remote(spec.run.storage, spec.run.s3_endpoint) if is_remote(spec.run.storage) else None
 
 
+def _bucket_holds(remote: RemoteStorage, name: str) -> bool:
+    """Whether the bucket already has this experiment; an unreachable bucket stops the study here."""
+    try:
+        return holds_experiment(remote, name)
+    except OSError as err:
+        raise PreflightError(f"run.storage: cannot reach {remote.uri}: {str(err).splitlines()[0]}; check the AWS "
+                             "credentials and, for a non-AWS server, run.s3_endpoint") from None
+
+
 def _tune_location(experiment_dir: Path, remote: RemoteStorage | None) -> dict:
     """Where Tune keeps the trials: beside FERBench's files, or in the bucket (all nodes reach it)."""
     if remote is None:
@@ -232,7 +241,7 @@ def run_study(
             experiment_dir = experiment_dir or remote.mirror(name)
         else:
             experiment_dir = experiment_dir or Path(spec.run.storage).expanduser().resolve() / name
-        if experiment_paths(experiment_dir)["grid"].exists() or (remote and holds_experiment(remote, experiment_dir.name)):
+        if experiment_paths(experiment_dir)["grid"].exists() or (remote and _bucket_holds(remote, experiment_dir.name)):
             raise FileExistsError(
                 f"{experiment_dir} already holds an experiment; use --resume to continue it or choose another --set run.name"
             )

@@ -234,6 +234,13 @@ class RunSpec(_Strict):
     )
     max_concurrent: int | None = Field(None, ge=1, description="trials running at once (default: as resources allow)")
 
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if "://" in value and not (value.startswith("s3://") and len(value) > len("s3://")):
+            raise ValueError("must be a folder or s3://BUCKET/PREFIX (any S3-compatible server: set run.s3_endpoint)")
+        return value
+
 
 PretrainedSource = Literal["published", "synth-identity"]
 

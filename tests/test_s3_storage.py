@@ -172,3 +172,20 @@ def test_interrupted_study_on_s3_resumes_from_the_bucket(aws_env, tmp_path, caps
     assert trials["status"].tolist() == ["completed", "completed"]
     epochs = pd.read_csv(mirror / "report" / "tables" / "epochs.csv")
     assert len(epochs) == 2 * 3 and not epochs.duplicated(["arm_id", "epoch"]).any()
+
+
+def test_unknown_scheme_and_unreachable_bucket_fail_in_one_line_before_anything_is_written(tmp_path, capsys,
+                                                                                           monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--storage", "gs://bucket/prefix"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferbench: error: run.storage:") and "s3://BUCKET/PREFIX" in err and len(err.splitlines()) == 1
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    closed = f"http://127.0.0.1:{_free_port()}"  # nobody listens there
+    assert main(["run", "--storage", "s3://bucket/prefix", "--set", f"run.s3_endpoint={closed}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ferbench: error: run.storage: cannot reach s3://bucket/prefix") and "run.s3_endpoint" in err
+    assert "Traceback" not in err and not any(tmp_path.iterdir())
