@@ -144,7 +144,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt files raise many types (SafetensorError, UnpicklingError, …)
-        raise ValueError(f"{path}: not a readable weights file ({type(err).__name__}: {err})") from None
+        # only the error's type: torch's text for a bad pickle is advice to load it with code execution on
+        raise ValueError(f"{path}: not a readable weights file, truncated or corrupt ({type(err).__name__}); "
+                         "download it again or export it with torch.save(model.state_dict())") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

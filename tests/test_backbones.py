@@ -334,3 +334,16 @@ def test_backbones_cli_json(capsys):
         assert row["params"] == sum(p.numel() for p in model.parameters()) - head  # without the classifier
     assert by_name["small_cnn"]["input_size"] == 48
     assert by_name["resnet50"]["params"] > by_name["mobilenet_v1"]["params"] > by_name["small_cnn"]["params"]
+
+
+def test_corrupt_weight_file_is_refused_in_one_line_naming_it(tmp_path):
+    from backbones.registry import create_backbone as build
+
+    for name, data in (("garbage.pth", bytes(range(256)) * 4), ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as caught:
+            build("small_cnn", 7, weights_file=str(path))
+        message = str(caught.value)
+        assert message.startswith(f"{path}: not a readable weights file, truncated or corrupt") and "\n" not in message
+        assert "weights_only" not in message  # torch's advice to unpickle arbitrary code is not passed on
