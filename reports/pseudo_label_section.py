@@ -51,6 +51,25 @@ def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows), pd.DataFrame(class_rows)
 
 
+def round_confusion(experiment_dir: Path) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Each pseudo_label arm's test confusion matrix per round, shaped for
+    ``reports.confusion.plot_confusion_matrices``: one entry per arm × round, whose model name
+    (``<backbone>_<init>_<variant>``, ``round r`` in the variant) pools the seeds of a round."""
+    confusion, units = {}, []
+    for arm in read_json(experiment_paths(experiment_dir)["grid"]):
+        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"]) if arm["status"] != "unavailable" else None
+        path = trial_dir / ROUNDS_FILE if trial_dir else None
+        if not uses_pseudo_label(arm["variant"]) or path is None or not path.is_file():
+            continue
+        stored = read_json(path)
+        for record in stored["rounds"]:
+            unit = f"{arm['arm_id']}@round{record['round']}"
+            confusion[unit] = {"class_names": stored["class_names"], "matrix": record["test_confusion_matrix"]}
+            units.append({"arm_id": unit, "backbone": arm["backbone"], "init": arm["init"],
+                          "variant": f"{arm['variant']} round {record['round']}"})
+    return confusion, pd.DataFrame(units, columns=["arm_id", "backbone", "init", "variant"])
+
+
 def round_mcr_mofr(epochs: pd.DataFrame, window: int) -> pd.DataFrame:
     """MCR / MOFR of every round of the pseudo_label arms, over ``round_epoch`` (0 = the round's
     evaluation before training), in the schema of ``mcr_mofr.csv`` plus ``round``."""
@@ -116,6 +135,9 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         from reports.figures import _save
 
         _save(figure, report_dir / "figures" / "pseudo_label_rounds.png")
+    from reports.confusion import plot_confusion_matrices
+
+    plot_confusion_matrices(*round_confusion(experiment_dir), report_dir / "figures" / "pseudo_label_confusion.png")
     threshold = rounds["threshold"].iloc[0]
     stops = rounds[rounds["stop_reason"].astype(bool)]
     lines = [
@@ -127,7 +149,8 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         "hidden true label (of the added ones, and of all pseudo-labelled images in the round's training set). "
         "Val/test scores are the round's last epoch. Per-class counts, precision and test F1 per round are in "
         "`tables/pseudo_label_per_class.csv`, MCR/MOFR per round in `tables/pseudo_label_mcr_mofr.csv` "
-        "(over each round's own epochs), confusion matrices per round in each trial's `pseudo_label_rounds.json`; "
+        "(over each round's own epochs), each round's test confusion matrix in each trial's `pseudo_label_rounds.json` "
+        "and below; "
         "the paired pseudo_label − baseline differences are in the *variant vs baseline* table above.", "",
         markdown_table(_round_table(rounds)),
         "![Test macro F1 and pseudo-labelled images per round](figures/pseudo_label_rounds.png)", "",
@@ -138,5 +161,6 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         frame = per_class.assign(model=_model(per_class))
         f1 = frame.pivot_table(index=["model", "round"], columns="class", values="test_f1", aggfunc="mean", sort=False)
         lines += ["", "Test F1 per class and round (mean over seeds):", "", markdown_table(f1.reset_index())]
+    lines += ["", "![Test confusion matrices per round, rows normalised](figures/pseudo_label_confusion.png)", ""]
     return "\n".join(lines) + "\n"
 

@@ -174,6 +174,13 @@ def test_round_tables_are_complete(study):
     report = (study.report_dir / "report.md").read_text()
     assert "## Pseudo-labelling (Arsirii & Petrosiuk 2023)" in report and "stopped:" in report
     assert (study.report_dir / "figures" / "pseudo_label_rounds.png").stat().st_size > 1000
+    from reports.pseudo_label_section import round_confusion
+
+    confusion, units = round_confusion(study.experiment_dir)  # drawn as figures/pseudo_label_confusion.png
+    assert [confusion[u]["matrix"] for u in units["arm_id"]] == [r["test_confusion_matrix"] for r in stored["rounds"]]
+    assert units["variant"].tolist() == [f"pseudo_label round {r['round']}" for r in stored["rounds"]]
+    assert "figures/pseudo_label_confusion.png" in report
+    assert (study.report_dir / "figures" / "pseudo_label_confusion.png").stat().st_size > 5000
     differences = pd.read_csv(study.report_dir / "tables" / "differences.csv")
     assert "pseudo_label − baseline" in set(differences["comparison"])
     mcr = pd.read_csv(study.report_dir / "tables" / "pseudo_label_mcr_mofr.csv")
