@@ -244,3 +244,28 @@ def test_hidden_labels_of_the_pool_never_reach_training(tmp_path):
     assert (rounds["images_added"] > 0).any()
     trained = rounds["round"] > 0
     assert not np.allclose(rounds.loc[trained, "pseudo_precision"], rounds_2.loc[trained, "pseudo_precision"])
+
+
+def test_a_teacher_sure_of_nothing_ends_the_trial_after_round_0(tmp_path):
+    outcome = run_study(load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "pseudo_label.threshold=0.999999",
+                                            f"run.storage={tmp_path}", "run.name=unsure"]))
+    assert outcome.statuses == {PL_ARM: "completed"}
+    rounds = pd.read_csv(outcome.report_dir / "tables" / "pseudo_label_rounds.csv")
+    assert rounds["round"].tolist() == [0] and rounds["images_added"].tolist() == [0]
+    assert rounds["stop_reason"].iloc[0]  # the report says why no student trained
+    trials = pd.read_csv(outcome.report_dir / "tables" / "trials.csv").set_index("arm_id")
+    assert trials.loc[PL_ARM, "pl_rounds"] == 0 and trials.loc[PL_ARM, "test_acc"] == pytest.approx(rounds["test_acc"].iloc[0])
+    epochs = pd.read_csv(outcome.report_dir / "tables" / "epochs.csv")
+    assert epochs["epoch"].tolist() == [0, 1, 2] and (epochs["round"] == 0).all()
+
+
+def test_a_pool_used_up_in_round_1_stops_the_rounds_there(tmp_path):
+    outcome = run_study(load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "pseudo_label.threshold=0.01",
+                                            f"run.storage={tmp_path}", "run.name=greedy"]))
+    assert outcome.statuses == {PL_ARM: "completed"}
+    rounds = pd.read_csv(outcome.report_dir / "tables" / "pseudo_label_rounds.csv")
+    from harness.splits import load_splits
+
+    pool = len(load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")[0]["unlabeled"])
+    assert rounds["round"].tolist() == [0, 1] and rounds["images_added"].tolist() == [0, pool] and pool > 0
+    assert rounds["stop_reason"].iloc[-1]  # no images left to label: no second student
