@@ -25,16 +25,20 @@ ROUND_COLUMNS = ["round", "epoch", "train_size", "candidates", "confident", "ima
                  "test_weighted_f1"]
 
 
+def _stored_rounds(experiment_dir: Path):
+    """(arm, its trial's pseudo_label_rounds.json) for every pseudo_label arm that wrote one."""
+    for arm in read_json(experiment_paths(experiment_dir)["grid"]):
+        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"]) if arm["status"] != "unavailable" else None
+        path = trial_dir / ROUNDS_FILE if trial_dir else None
+        if uses_pseudo_label(arm["variant"]) and path is not None and path.is_file():
+            yield arm, read_json(path)
+
+
 def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rounds, per_class): one row per pseudo_label arm × round (per-class added counts as
     ``added_<class>``, the arm's stop reason on its last row), and one per arm × round × class."""
     rows, class_rows = [], []
-    for arm in read_json(experiment_paths(experiment_dir)["grid"]):
-        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"]) if arm["status"] != "unavailable" else None
-        path = trial_dir / ROUNDS_FILE if trial_dir else None
-        if not uses_pseudo_label(arm["variant"]) or path is None or not path.is_file():
-            continue
-        stored = read_json(path)
+    for arm, stored in _stored_rounds(experiment_dir):
         fields = {k: arm[k] for k in ARM_COLUMNS[1:] + (["fold"] if "fold" in arm else [])}
         names = stored["class_names"]
         for position, record in enumerate(stored["rounds"]):
@@ -56,12 +60,7 @@ def round_confusion(experiment_dir: Path) -> tuple[dict[str, dict], pd.DataFrame
     ``reports.confusion.plot_confusion_matrices``: one entry per arm × round, whose model name
     (``<backbone>_<init>_<variant>``, ``round r`` in the variant) pools the seeds of a round."""
     confusion, units = {}, []
-    for arm in read_json(experiment_paths(experiment_dir)["grid"]):
-        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"]) if arm["status"] != "unavailable" else None
-        path = trial_dir / ROUNDS_FILE if trial_dir else None
-        if not uses_pseudo_label(arm["variant"]) or path is None or not path.is_file():
-            continue
-        stored = read_json(path)
+    for arm, stored in _stored_rounds(experiment_dir):
         for record in stored["rounds"]:
             unit = f"{arm['arm_id']}@round{record['round']}"
             confusion[unit] = {"class_names": stored["class_names"], "matrix": record["test_confusion_matrix"]}
