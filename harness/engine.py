@@ -153,13 +153,13 @@ def _build_trainable(spec: StudySpec, preflight: Preflight, name: str, ship_weig
 
     from harness.trainable import StudyPayload, fault_injection_from_env, run_trial
 
-    dataset = preflight.dataset
+    images, labels, splits = preflight.training_arrays()
     payload = StudyPayload(
         spec=spec.model_dump(mode="json"),
-        images=dataset.images,
-        labels=dataset.labels,
-        class_names=dataset.class_names,
-        splits=preflight.splits,
+        images=images,
+        labels=labels,
+        class_names=preflight.dataset.class_names,
+        splits=splits,
         weight_files=preflight.weight_files,
         fault_injection=fault_injection_from_env(),
         weight_blobs={b: Path(p).read_bytes() for b, p in preflight.weight_files.items()} if ship_weights else {},
@@ -314,6 +314,10 @@ def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: 
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
         f"split {_describe_split(preflight.splits)}"
     )
+    if preflight.unlabeled_pool is not None:
+        pool = preflight.unlabeled_pool
+        print(f"  unlabeled pool: {len(pool)} images from {pool.source} (labels unknown; resized {pool.notes['resized']}, "
+              f"converted {pool.notes['converted']})")
     unavailable: dict[str, list[str]] = {}  # reason → arms: one line per missing weight file
     for arm in preflight.arms:
         if arm["status"] == "unavailable":

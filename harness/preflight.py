@@ -20,6 +20,7 @@ from harness.dataset import FerDataset
 from harness.loaders import DataError, load_dataset
 from harness.spec import StudySpec
 from harness.splits import SplitError, make_splits
+from harness.unlabeled_pool import UnlabeledPool, load_unlabeled_pool
 
 
 class PreflightError(RuntimeError):
@@ -34,6 +35,20 @@ class Preflight:
     weight_files: dict[str, str] = field(default_factory=dict)
     weight_sources: dict[str, str] = field(default_factory=dict)
     data_notes: dict = field(default_factory=dict)  # what preflight changed in the data, for the report
+    unlabeled_pool: UnlabeledPool | None = None  # pseudo_label.unlabeled_path, in the training data's form
+
+    def training_arrays(self) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, np.ndarray]]]:
+        """(images, labels, splits) the trials see. An external pool follows the dataset's images,
+        with the label ``NOT_A_TARGET`` (no label exists), and is every fold's ``unlabeled`` part."""
+        dataset, pool = self.dataset, self.unlabeled_pool
+        if pool is None:
+            return dataset.images, dataset.labels, self.splits
+        from harness.pseudo_label import NOT_A_TARGET
+
+        images = np.concatenate([dataset.images, pool.images])
+        labels = np.concatenate([dataset.labels, np.full(len(pool), NOT_A_TARGET, dataset.labels.dtype)])
+        pool_idx = np.arange(len(dataset), len(images), dtype=np.int64)
+        return images, labels, {fold: {**split, "unlabeled": pool_idx} for fold, split in self.splits.items()}
 
     @property
     def runnable_arms(self) -> list[dict]:
@@ -157,8 +172,12 @@ def run_preflight(spec: StudySpec) -> Preflight:
         if spec.data.drop_duplicates:
             notes = drop_training_duplicates(dataset, splits)
         problems += check_splits(dataset, splits)
+        pool = _external_pool(spec, dataset)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
+        pool = None
+    if pool is not None:
+        notes["unlabeled_pool"] = pool.notes
     data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size
     files, sources, weight_problems = resolve_weights(spec, data_size)
     nothing_runs = all(arm["init"] == "pretrained" and arm["backbone"] in weight_problems for arm in spec.arms())
@@ -182,4 +201,14 @@ def run_preflight(spec: StudySpec) -> Preflight:
             "reason": weight_problems[arm["backbone"]] if missing else "",
             "weights_source": sources.get(arm["backbone"], "") if pretrained else "",
         })
-    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources, data_notes=notes)
+    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources, data_notes=notes,
+                     unlabeled_pool=pool)
+
+
+def _external_pool(spec: StudySpec, dataset: FerDataset) -> UnlabeledPool | None:
+    """``pseudo_label.unlabeled_path`` read in the dataset's image form, when a pseudo_label arm uses it."""
+    from harness.spec import uses_pseudo_label
+
+    if spec.pseudo_label.unlabeled_path is None or not any(uses_pseudo_label(a["variant"]) for a in spec.arms()):
+        return None
+    return load_unlabeled_pool(spec.pseudo_label.unlabeled_path, image_shape=dataset.images.shape[1:], strict=spec.data.strict)

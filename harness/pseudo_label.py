@@ -1,8 +1,8 @@
 """Teacher/student pseudo-labelling (Arsirii & Petrosiuk 2023): the rounds' logic as pure functions.
 
 Round 0 is the teacher, trained on the labelled training part. At the end of round r the current
-model predicts the unlabeled pool (``split.unlabeled_fraction`` of train, labels hidden); every
-image whose largest softmax probability exceeds ``threshold`` (strictly, as the paper's
+model predicts the unlabeled pool (``split.unlabeled_fraction`` of train with its labels hidden, or
+an external pool); every image whose largest softmax probability exceeds ``threshold`` (strictly, as the paper's
 ``P(y|x) > t``; the paper rounds probabilities to 3 decimals first, we do not) joins the training
 set with its predicted label, and round r+1 trains a student on the union. With ``repredict:
 false`` (default; the paper's second round added 95 *new* images) an image keeps its first
@@ -13,6 +13,7 @@ would add nothing.
 
 The pool's true labels are read only to score the pseudo-labels (their precision); training
 targets come from ``training_targets``, which reads labels at the labelled training indices only.
+An external pool (``pseudo_label.unlabeled_path``) has no true labels: its precision is unknown.
 """
 
 from __future__ import annotations
@@ -73,10 +74,12 @@ def training_targets(
 
 
 def pseudo_precision(pseudo_labels: torch.Tensor, hidden: torch.Tensor, num_classes: int) -> tuple[float, list[float]]:
-    """Share of pseudo-labels equal to the hidden true label, overall and per pseudo-label class
-    (NaN where there are none)."""
+    """Share of pseudo-labels equal to the hidden true label, overall and per pseudo-label class,
+    over the images whose true label is known (an external pool has none: ``NOT_A_TARGET``); NaN
+    where there are none."""
+    known = hidden != NOT_A_TARGET
+    pseudo_labels, correct = pseudo_labels[known], (pseudo_labels == hidden)[known]
     nan = float("nan")
-    correct = pseudo_labels == hidden
     overall = float(correct.float().mean()) if len(correct) else nan
     per_class = [float(correct[pseudo_labels == c].float().mean()) if (pseudo_labels == c).any() else nan for c in range(num_classes)]
     return overall, per_class

@@ -48,7 +48,8 @@ def end_round(trial, settings, rounds: pl.RoundState, metrics: dict, per_class: 
             rounds.advance(plan, summary)
     atomic_write_json(Path(ROUNDS_FILE).resolve(), {
         "class_names": list(trial.payload.class_names), "settings": settings.model_dump(),
-        "pool_size": len(trial.split["unlabeled"]), "finished": rounds.finished, "stop_reason": rounds.stop_reason,
+        "pool_size": len(trial.split["unlabeled"]), "pool_labelled": bool((trial.labels[trial.split["unlabeled"]] != pl.NOT_A_TARGET).all()),
+        "finished": rounds.finished, "stop_reason": rounds.stop_reason,
         "rounds": rounds.records,
     })
 

@@ -175,7 +175,8 @@ class PseudoLabelSpec(_Strict):
     """Teacher/student pseudo-labelling (Arsirii & Petrosiuk 2023), used by the pseudo_label variants."""
 
     unlabeled_path: str | None = Field(
-        None, description="external unlabeled images (not supported yet: the pool is split.unlabeled_fraction of train)"
+        None, description="external unlabeled pool: a folder of images (recursive) or a CSV with a pixels column; "
+        "replaces the held-out split.unlabeled_fraction (its labels, if any, are never read)"
     )
     threshold: float = Field(0.99, ge=0, lt=1, description="add a pool image when its max softmax probability exceeds this")
     max_rounds: int = Field(3, ge=1, le=50, description="student rounds after the teacher; fewer when nothing clears the threshold")
@@ -187,16 +188,6 @@ class PseudoLabelSpec(_Strict):
         False, description="re-predict the whole pool every round (labels may change) instead of fixing images once added"
     )
     per_class_cap: int | None = Field(None, ge=1, description="at most this many pseudo-labelled images per class (most confident kept)")
-
-    @field_validator("unlabeled_path")
-    @classmethod
-    def _no_external_pool(cls, value: str | None) -> str | None:
-        if value is not None:
-            raise ValueError(
-                f"an external unlabeled pool is not supported yet (got {value!r}); remove it and use "
-                "split.unlabeled_fraction, the held-out share of train (Arsirii: 0.1)"
-            )
-        return value
 
 
 class BalancedSpec(_Strict):
@@ -300,6 +291,13 @@ class StudySpec(_Strict):
         """A pseudo-label arm needs an unlabeled pool: the paper's 10% of train unless set (only
         when the grid has such an arm, so excluding them leaves the other arms' split unchanged)."""
         if not any(uses_pseudo_label(arm["variant"]) for arm in self.arms()):
+            return self
+        if self.pseudo_label.unlabeled_path is not None:
+            if self.split.unlabeled_fraction:
+                raise ValueError(
+                    f"pseudo_label.unlabeled_path and split.unlabeled_fraction ({self.split.unlabeled_fraction}) both give "
+                    "an unlabeled pool; use the external pool (set split.unlabeled_fraction=0) or the held-out share (drop the path)"
+                )
             return self
         if "unlabeled_fraction" not in self.split.model_fields_set:
             self.split.unlabeled_fraction = ARSIRII_UNLABELED_FRACTION

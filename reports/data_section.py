@@ -81,6 +81,15 @@ def _dropped(per_fold: dict[str, int] | None) -> list[str]:
     return [f"- Dropped from training because val or test hold the same image (`data.drop_duplicates`): {counts}"]
 
 
+def _external_pool(pool: dict | None) -> list[str]:
+    if pool is None:
+        return []
+    height, width = pool["resized_to"]
+    line = (f"- External unlabeled pool (`pseudo_label.unlabeled_path`): {pool['images']:,} images from `{pool['source']}`, "
+            f"labels unknown; {pool['resized']} resized to {height}×{width}, {pool['converted']} converted to {pool['converted_to']}")
+    return [line, *_listing("Unreadable pool files skipped", [f"{item['path']}: {item['reason']}" for item in pool["skipped"]])]
+
+
 def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
     """Markdown for report.md's "## Data" section; writes ``figures_dir / class_counts.png``, linked
     as ``figures/class_counts.png`` (``figures_dir`` is the report's ``figures`` folder)."""
@@ -101,6 +110,7 @@ def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
         "### Quality checks", "",
         *_duplicates(summary),
         *_dropped(summary.get("dropped_training_duplicates")),
+        *_external_pool(summary.get("unlabeled_pool")),
         f"- Constant (blank) images: {constant['count']}",
         *(f"  - `{describe_sample(ex)}` value {ex['value']}" for ex in constant["examples"]),
         *_listing("Unreadable files skipped", [f"{item.get('path')}: {item.get('reason')}" for item in summary["skipped"]]),

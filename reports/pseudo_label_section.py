@@ -45,6 +45,7 @@ def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             last = position == len(stored["rounds"]) - 1
             stop = stored["stop_reason"] if last and stored["finished"] else ""
             rows.append({**fields, **{k: record.get(k) for k in ROUND_COLUMNS}, "threshold": stored["settings"]["threshold"],
+                         "pool": stored["settings"].get("unlabeled_path") or "held-out share of train", "pool_size": stored["pool_size"],
                          **{f"added_{name}": n for name, n in zip(names, record["added_per_class"])}, "stop_reason": stop})
             scores = record["test_per_class"]
             for i, name in enumerate(names):
@@ -119,6 +120,14 @@ def _round_table(rounds: pd.DataFrame) -> pd.DataFrame:
     return table[list(columns)].rename(columns=columns)
 
 
+def _pool_text(rounds: pd.DataFrame) -> str:
+    pools = rounds.drop_duplicates("pool")
+    if pools["pool"].tolist() == ["held-out share of train"]:
+        return "a held-out share of train whose labels are hidden"
+    described = [f"{int(row.pool_size):,} images from `{row.pool}`" for row in pools.itertuples() if row.pool != "held-out share of train"]
+    return f"external, without labels: {'; '.join(described)}"
+
+
 def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int, report_dir: Path) -> str:
     """Write ``tables/pseudo_label_rounds``, ``pseudo_label_per_class``, ``pseudo_label_mcr_mofr`` and
     ``figures/pseudo_label_rounds.png``; return the Markdown section ("" without pseudo_label arms)."""
@@ -142,10 +151,11 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
     lines = [
         "## Pseudo-labelling (Arsirii & Petrosiuk 2023)", "",
         f"Round 0 is the teacher, trained on the labelled part of train. After each round the model predicts the "
-        f"unlabeled pool (a held-out share of train whose labels are hidden); every image predicted with probability "
+        f"unlabeled pool ({_pool_text(rounds)}); every image predicted with probability "
         f"above {threshold} joins the training set with its predicted label, and the next round trains a student on the "
         "union. *added*: images new in the round's training set; *precision*: share of pseudo-labels equal to the "
-        "hidden true label (of the added ones, and of all pseudo-labelled images in the round's training set). "
+        "hidden true label (of the added ones, and of all pseudo-labelled images in the round's training set; "
+        "– where no true label exists). "
         "Val/test scores are the round's last epoch. Per-class counts, precision and test F1 per round are in "
         "`tables/pseudo_label_per_class.csv`, MCR/MOFR per round in `tables/pseudo_label_mcr_mofr.csv` "
         "(over each round's own epochs), each round's test confusion matrix in each trial's `pseudo_label_rounds.json` "

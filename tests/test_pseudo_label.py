@@ -93,8 +93,10 @@ def test_spec_options_are_validated():
     assert load_spec("quick", ["grid.variant=[pseudo_label]", "grid.exclude=[]"]).split.unlabeled_fraction == 0.1
     with pytest.raises(SpecError, match="split.unlabeled_fraction: 0 leaves variant pseudo_label no unlabeled pool"):
         load_spec("quick", ["grid.variant=[pseudo_label]", "split.unlabeled_fraction=0"])
-    with pytest.raises(SpecError, match="pseudo_label.unlabeled_path: an external unlabeled pool is not supported yet"):
-        load_spec("quick", ["pseudo_label.unlabeled_path=/data/unlabeled"])
+    with pytest.raises(SpecError, match="pseudo_label.unlabeled_path and split.unlabeled_fraction \\(0.2\\) both give"):
+        load_spec("quick", ["grid.variant=[pseudo_label]", "pseudo_label.unlabeled_path=/data/pool", "split.unlabeled_fraction=0.2"])
+    external = load_spec("quick", ["grid.variant=[pseudo_label]", "pseudo_label.unlabeled_path=/data/pool"])
+    assert external.split.unlabeled_fraction == 0  # the external pool replaces the held-out share
     with pytest.raises(SpecError, match="pseudo_label.threshold"):
         load_spec("quick", ["pseudo_label.threshold=1.5"])
 
