@@ -85,22 +85,52 @@ def _model(frame: pd.DataFrame) -> pd.Series:
 
 
 def draw_rounds(rounds: pd.DataFrame) -> Figure | None:
-    """Test macro F1 (left) and pseudo-labelled images in the training set (right) per round, one
-    line per model, mean over seeds."""
+    """Test macro F1, pseudo-labelled images in the training set and their precision per round, one
+    line per model, mean over seeds (precision is absent for an external pool without labels)."""
     if rounds.empty:
         return None
     frame = rounds.assign(model=_model(rounds))
-    means = frame.groupby(["model", "round"], sort=False)[["test_macro_f1", "pseudo_labelled"]].mean().reset_index()
-    figure = Figure(figsize=(10, 3.8), layout="constrained")
-    left, right = figure.subplots(1, 2)
+    panels = {"test_macro_f1": "test macro F1", "pseudo_labelled": "pseudo-labelled images in train",
+              "pseudo_precision": "precision of the pseudo-labels"}
+    means = frame.groupby(["model", "round"], sort=False)[list(panels)].mean().reset_index()
+    figure = Figure(figsize=(14, 3.8), layout="constrained")
+    axes_row = figure.subplots(1, len(panels))
     for model, part in means.groupby("model", sort=False):
-        left.plot(part["round"], part["test_macro_f1"], marker="o", label=model)
-        right.plot(part["round"], part["pseudo_labelled"], marker="o", label=model)
-    for axes, title in ((left, "test macro F1"), (right, "pseudo-labelled images in train")):
+        for axes, column in zip(axes_row, panels):
+            axes.plot(part["round"], part[column], marker="o", label=model)
+    for axes, title in zip(axes_row, panels.values()):
         axes.set_xlabel("round (0 = teacher)")
         axes.set_title(title)
         axes.set_xticks(sorted(means["round"].unique()))
-    left.legend(fontsize=8)
+    axes_row[0].legend(fontsize=8)
+    return figure
+
+
+def draw_per_class(per_class: pd.DataFrame) -> Figure | None:
+    """Per model (a row of panels): test F1 per class, teacher (round 0) vs each student, as grouped
+    bars (the paper's Fig. 7), and the pseudo-labelled images per class and round, mean over seeds."""
+    if per_class.empty:
+        return None
+    frame = per_class.assign(model=_model(per_class))
+    models = list(dict.fromkeys(frame["model"]))
+    classes = list(dict.fromkeys(frame["class"]))
+    figure = Figure(figsize=(13, 3.6 * len(models)), layout="constrained")
+    grid = figure.subplots(len(models), 2, squeeze=False)
+    for (f1_axes, count_axes), model in zip(grid, models):
+        part = frame[frame["model"] == model]
+        rounds = sorted(part["round"].unique())
+        width = 0.8 / len(rounds)
+        for position, round_no in enumerate(rounds):
+            means = part[part["round"] == round_no].groupby("class", sort=False)[["test_f1", "pseudo_labelled"]].mean().reindex(classes)
+            offsets = [i + (position - (len(rounds) - 1) / 2) * width for i in range(len(classes))]
+            label = "teacher" if round_no == 0 else f"student {round_no}"
+            f1_axes.bar(offsets, means["test_f1"], width, label=label)
+            count_axes.bar(offsets, means["pseudo_labelled"], width, label=label)
+        for axes, title in ((f1_axes, "test F1 per class"), (count_axes, "pseudo-labelled images per class")):
+            axes.set_xticks(range(len(classes)), classes, rotation=30)
+            axes.set_title(f"{model}: {title}", fontsize=9)
+        f1_axes.set_ylim(0, 1)
+        f1_axes.legend(fontsize=8)
     return figure
 
 
@@ -138,11 +168,11 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
     write_table(tables, "pseudo_label_rounds", rounds)
     write_table(tables, "pseudo_label_per_class", per_class)
     write_table(tables, "pseudo_label_mcr_mofr", round_mcr_mofr(epochs, window))
-    figure = draw_rounds(rounds)
-    if figure is not None:
-        from reports.figures import _save
+    from reports.figures import _save
 
-        _save(figure, report_dir / "figures" / "pseudo_label_rounds.png")
+    for name, figure in (("pseudo_label_rounds", draw_rounds(rounds)), ("pseudo_label_per_class", draw_per_class(per_class))):
+        if figure is not None:
+            _save(figure, report_dir / "figures" / f"{name}.png")
     from reports.confusion import plot_confusion_matrices
 
     plot_confusion_matrices(*round_confusion(experiment_dir), report_dir / "figures" / "pseudo_label_confusion.png")
@@ -162,14 +192,15 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         "and below; "
         "the paired pseudo_label − baseline differences are in the *variant vs baseline* table above.", "",
         markdown_table(_round_table(rounds)),
-        "![Test macro F1 and pseudo-labelled images per round](figures/pseudo_label_rounds.png)", "",
+        "![Test macro F1, pseudo-labelled images and their precision per round](figures/pseudo_label_rounds.png)", "",
     ]
     for arm, (student_rounds, reason) in zip(stops["arm_id"], zip(stops["round"], stops["stop_reason"])):
         lines.append(f"- {arm}: {int(student_rounds)} student round(s); stopped: {reason}.")
     if not per_class.empty:  # the paper's Fig. 7: teacher (round 0) vs students, per class
         frame = per_class.assign(model=_model(per_class))
         f1 = frame.pivot_table(index=["model", "round"], columns="class", values="test_f1", aggfunc="mean", sort=False)
-        lines += ["", "Test F1 per class and round (mean over seeds):", "", markdown_table(f1.reset_index())]
+        lines += ["", "Test F1 per class and round (mean over seeds):", "", markdown_table(f1.reset_index()),
+                  "![Teacher vs student test F1 and pseudo-labelled images, per class](figures/pseudo_label_per_class.png)"]
     lines += ["", "![Test confusion matrices per round, rows normalised](figures/pseudo_label_confusion.png)", ""]
     return "\n".join(lines) + "\n"
 

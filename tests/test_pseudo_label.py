@@ -181,7 +181,8 @@ def test_round_tables_are_complete(study):
     confusion, units = round_confusion(study.experiment_dir)  # drawn as figures/pseudo_label_confusion.png
     assert [confusion[u]["matrix"] for u in units["arm_id"]] == [r["test_confusion_matrix"] for r in stored["rounds"]]
     assert units["variant"].tolist() == [f"pseudo_label round {r['round']}" for r in stored["rounds"]]
-    assert "figures/pseudo_label_confusion.png" in report
+    assert "figures/pseudo_label_confusion.png" in report and "figures/pseudo_label_per_class.png" in report
+    assert (study.report_dir / "figures" / "pseudo_label_per_class.png").stat().st_size > 5000
     assert (study.report_dir / "figures" / "pseudo_label_confusion.png").stat().st_size > 5000
     differences = pd.read_csv(study.report_dir / "tables" / "differences.csv")
     assert "pseudo_label − baseline" in set(differences["comparison"])
