@@ -58,11 +58,13 @@ def random_affine(
 ) -> torch.Tensor:
     """Apply an independent random affine transform to every image of a (B,C,H,W) float batch.
 
-    Random numbers come from ``generator`` (on ``x``'s device) so a seeded trial draws the
-    same augmentations on a rerun. Out-of-image pixels are filled by reflection, as Keras does.
+    Random numbers come from ``generator`` so a seeded trial draws the same augmentations on a
+    rerun; a CPU generator may drive a batch on the GPU (the few per-image parameters are drawn on
+    the generator's device, the warp runs on ``x``'s). Out-of-image pixels are filled by
+    reflection, as Keras does.
     """
     batch = x.shape[0]
-    device, dtype = x.device, x.dtype
+    device, dtype = generator.device, torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
     def uniform(low: float, high: float) -> torch.Tensor:
         return torch.rand(batch, generator=generator, device=device, dtype=dtype) * (high - low) + low
@@ -82,5 +84,5 @@ def random_affine(
     theta = torch.stack(
         [torch.stack([a, b, shift_x], dim=1), torch.stack([c, d, shift_y], dim=1)], dim=1
     )
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

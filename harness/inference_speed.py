@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harness.augment import InputAdapter
+from harness.performance import autocast
 
 WARMUP_CALLS = 2
 MAX_CALLS = 20
@@ -43,13 +44,18 @@ def _median_call_seconds(model: nn.Module, batch: torch.Tensor, device: torch.de
 
 @torch.no_grad()
 def measure_inference(
-    model: nn.Module, images: torch.Tensor, *, adapter: InputAdapter, device: torch.device, batch_size: int
+    model: nn.Module, images: torch.Tensor, *, adapter: InputAdapter, device: torch.device, batch_size: int,
+    autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
 ) -> dict[str, float]:
     """``infer_latency_ms`` (batch 1, per image) and ``infer_images_per_s`` (at ``batch_size``, or
-    every image given when fewer) for ``images`` (uint8, as stored), in eval mode."""
+    every image given when fewer) for ``images`` (uint8, as stored), in eval mode, with the
+    trial's precision and memory format."""
     model.eval()
     batch = adapter(images[:batch_size].to(device))
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
     single = batch[:1]
-    latency = _median_call_seconds(model, single, device)
-    throughput = len(batch) / _median_call_seconds(model, batch, device)
+    with autocast(device, autocast_dtype):
+        latency = _median_call_seconds(model, single, device)
+        throughput = len(batch) / _median_call_seconds(model, batch, device)
     return {"infer_latency_ms": latency * 1000.0, "infer_images_per_s": throughput, "infer_batch_size": len(batch)}

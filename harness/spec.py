@@ -13,7 +13,7 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -148,7 +148,9 @@ class FreezeSpec(_Strict):
 class TrainSpec(_Strict):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="evaluation batch; auto = 256 on CPU, 1024 on CUDA"
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -161,7 +163,26 @@ class TrainSpec(_Strict):
         "linear", description="linear (Smelyakov), arsirii_pl (pseudo-labelling conv head), arsirii_au (GAP-BN-ReLU-Dropout)"
     )
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
-    deterministic: bool = Field(True, description="deterministic kernels (identical reruns on CPU)")
+    deterministic: bool | Literal["auto"] = Field(
+        "auto", description="deterministic kernels (identical reruns); auto = on for CPU, off on CUDA"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="autocast precision; auto = bf16 on CUDA, fp32 on CPU")
+    channels_last: bool | Literal["auto"] = Field("auto", description="channels_last memory format; auto = on for CUDA")
+    cudnn_benchmark: bool | Literal["auto"] = Field(
+        "auto", description="cuDNN autotuning; auto = on for CUDA unless deterministic"
+    )
+    data_on_device: bool | Literal["auto"] = Field(
+        "auto", description="copy the uint8 dataset to the GPU once (batches, augmentation and resizing stay there); auto = on for CUDA"
+    )
+
+    @model_validator(mode="after")
+    def _benchmark_needs_nondeterminism(self) -> "TrainSpec":
+        if self.deterministic is True and self.cudnn_benchmark is True:
+            raise ValueError(
+                "train.cudnn_benchmark=true picks kernels by timing, so reruns can differ, but train.deterministic=true "
+                "asks for identical reruns; set one of them to false (or auto)"
+            )
+        return self
 
     @field_validator("input_size")
     @classmethod

@@ -29,6 +29,7 @@ from harness.atomic import atomic_write_bytes, atomic_write_json
 from harness.augment import InputAdapter
 from harness.balanced import balanced_epoch_indices, class_weights
 from harness.inference_speed import measure_inference
+from harness.performance import Execution, apply_process_settings, resolve_execution, select_device
 from harness.scores import class_scores
 from harness.spec import StudySpec, uses_balanced, uses_pseudo_label
 from harness.training import accuracy_and_loss, predict, train_one_epoch
@@ -80,7 +81,7 @@ def resolve_input_size(spec: StudySpec, backbone: str, data_size: int) -> int:
 
 
 def _device(spec: StudySpec) -> torch.device:
-    return torch.device("cuda") if spec.resources.gpu > 0 and torch.cuda.is_available() else torch.device("cpu")
+    return select_device(spec.resources.gpu)
 
 
 def _make_optimizer(spec: StudySpec, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -169,12 +170,20 @@ class _Trial:
     labels: torch.Tensor
     split: dict
     adapter: InputAdapter
-    device: torch.device
+    execution: Execution
     static: dict
 
     @property
+    def device(self) -> torch.device:
+        return self.execution.device
+
+    @property
+    def precision_kwargs(self) -> dict:
+        return dict(autocast_dtype=self.execution.autocast_dtype, channels_last=self.execution.channels_last)
+
+    @property
     def eval_kwargs(self) -> dict:
-        return dict(batch_size=self.spec.train.eval_batch_size, adapter=self.adapter, device=self.device)
+        return dict(batch_size=self.execution.eval_batch_size, adapter=self.adapter, device=self.device, **self.precision_kwargs)
 
     def predict_probabilities(self, indices: torch.Tensor) -> torch.Tensor:
         return torch.softmax(predict(self.model, self.images, indices, **self.eval_kwargs), dim=1)
@@ -205,6 +214,7 @@ class _Trial:
             stats = train_one_epoch(
                 self.model, self.optimizer, self.images, targets, epoch_idx, batch_size=train.batch_size,
                 adapter=self.adapter, augment=augment, generator=self.generator, device=self.device, class_weights=weights,
+                **self.precision_kwargs,
             )
             train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
             epoch_images = stats.images  # K·M with balanced oversampling, else the training set
@@ -218,8 +228,9 @@ class _Trial:
 
     def final_measures(self) -> dict:
         """Measured once, after the last test evaluation of the trial."""
-        test_idx, batch = self.split["test"], self.spec.train.eval_batch_size
-        measures = measure_inference(self.model, self.images[test_idx[:batch]], adapter=self.adapter, device=self.device, batch_size=batch)
+        test_idx, batch = self.split["test"], self.execution.eval_batch_size
+        measures = measure_inference(self.model, self.images[test_idx[:batch]], adapter=self.adapter, device=self.device,
+                                     batch_size=batch, **self.precision_kwargs)
         measures.update({f"backbone_{k}": v for k, v in backbone_parameter_counts(self.arm["backbone"], self.model).items()})
         return {**measures, "trial_finished": True}
 
@@ -237,26 +248,30 @@ def _weights_here(payload: StudyPayload, backbone: str) -> str:
 def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     spec = StudySpec.model_validate(payload.spec)
     arm, train = config["arm"], spec.train
-    torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    if train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    device = _device(spec)
+    execution = resolve_execution(train, spec.resources, _device(spec))
+    apply_process_settings(execution)
+    device = execution.device
     fold = payload.splits[arm.get("fold", 0)]
     info = get_backbone_info(arm["backbone"])
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
     torch.manual_seed(arm["seed"])
     weights = _weights_here(payload, arm["backbone"]) if arm["init"] == "pretrained" else None
     model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head).to(device)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if weights and weights != payload.weight_files[arm["backbone"]]:
         Path(weights).unlink()  # the payload's copy, loaded
     return _Trial(
         spec=spec, arm=arm, payload=payload, model=model, optimizer=_make_optimizer(spec, model),
         generator=torch.Generator().manual_seed(arm["seed"]),
         initial_weights={k: v.detach().clone() for k, v in model.state_dict().items()},
-        images=_as_tensor(payload.images), labels=_as_tensor(payload.labels),
+        # Labels stay on the CPU (the variants index and extend them there); with data_on_device
+        # the uint8 images are copied to the GPU once and every batch is gathered there.
+        images=_as_tensor(payload.images).to(device) if execution.data_on_device else _as_tensor(payload.images),
+        labels=_as_tensor(payload.labels),
         split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
-        adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), device=device,
-        static={"input_size": input_size},
+        adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), execution=execution,
+        static={"input_size": input_size, "precision": execution.precision},
     )
 
 

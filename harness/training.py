@@ -1,7 +1,8 @@
 """One epoch of training and one evaluation pass, on batches indexed from a uint8 image tensor.
 
 The dataset never leaves its uint8 form until a batch is on the device: indexing, transfer,
-augmentation and resizing are all batched tensor operations.
+augmentation and resizing are all batched tensor operations. ``autocast_dtype`` (bf16) and
+``channels_last`` are the GPU fast path (see ``harness.performance``); by default neither is on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from backbones.freezing import train_mode
 from harness.augment import InputAdapter, random_affine
+from harness.performance import autocast
 
 
 @dataclass
@@ -38,6 +40,10 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def _model_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -51,16 +57,21 @@ def train_one_epoch(
     generator: torch.Generator,
     device: torch.device,
     class_weights: torch.Tensor | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> EpochStats:
     """Train over ``indices`` in a shuffled order; accuracy and loss are running averages over the
     epoch's batches (weighted by batch size), as Keras reports them. ``class_weights`` weights the
     cross-entropy per class (the balanced variant's class-weighted loss); the loss reported is then
-    the weighted one being minimised."""
+    the weighted one being minimised. The model runs under ``autocast_dtype`` when given; the loss
+    is always computed in fp32."""
     weight = class_weights.to(device) if class_weights is not None else None
     train_mode(model)
     order = indices[torch.randperm(len(indices), generator=generator)]
-    correct = 0
-    loss_sum = 0.0
+    # Running sums stay on the device (no synchronisation per batch); float64 adds up exactly
+    # what Python floats would.
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     for lo, hi in batch_bounds(len(order), batch_size):
         batch_idx = order[lo:hi]
@@ -68,16 +79,18 @@ def train_one_epoch(
         if augment:
             x = random_affine(x, generator, **augment)
         y = labels[batch_idx].to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, weight=weight)
+        with autocast(device, autocast_dtype):
+            logits = model(_model_input(x, channels_last))
+        loss = F.cross_entropy(logits.float(), y, weight=weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    total_loss, total_correct = float(loss_sum), int(correct)  # waits for the device's last batch
     seconds = time.perf_counter() - start
     n = len(order)
-    return EpochStats(acc=correct / n, loss=loss_sum / n, images=n, seconds=seconds)
+    return EpochStats(acc=total_correct / n, loss=total_loss / n, images=n, seconds=seconds)
 
 
 @torch.no_grad()
@@ -89,13 +102,17 @@ def predict(
     batch_size: int,
     adapter: InputAdapter,
     device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
-    """Logits for ``indices`` in order, in eval mode (no augmentation), on the CPU."""
+    """Logits for ``indices`` in order, in eval mode (no augmentation), as fp32 on the CPU."""
     model.eval()
-    outputs = [
-        model(adapter(images[indices[lo:hi]].to(device, non_blocking=True))).float().cpu()
-        for lo, hi in batch_bounds(len(indices), batch_size)
-    ]
+    outputs = []
+    with autocast(device, autocast_dtype):
+        for lo, hi in batch_bounds(len(indices), batch_size):
+            x = adapter(images[indices[lo:hi]].to(device, non_blocking=True))
+            outputs.append(model(_model_input(x, channels_last)).float())
+    outputs = [logits.cpu() for logits in outputs]  # one synchronisation at the end, not one per batch
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 

@@ -1,0 +1,168 @@
+"""The execution switches (harness/performance.py): ``auto`` resolves to the fast path on CUDA and
+to fp32, deterministic kernels on the CPU; forced bf16 autocast and channels_last run on the CPU
+through the training step, evaluation and a trial's epoch. No test needs a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backbones import create_backbone, get_backbone_info
+from harness.augment import InputAdapter, random_affine
+from harness.performance import CPU_EVAL_BATCH, CUDA_EVAL_BATCH, apply_process_settings, resolve_execution, select_device
+from harness.spec import SpecError, load_spec
+from harness.trainable import StudyPayload, _build_trial
+from harness.training import predict, train_one_epoch
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+
+
+def spec(*overrides: str):
+    return load_spec("quick", ["grid.backbone=[small_cnn]", "grid.variant=[baseline]", "grid.exclude=[]", *overrides])
+
+
+@pytest.fixture
+def torch_state():
+    """Process-wide torch switches the tests change, restored afterwards."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+    torch.backends.cudnn.benchmark = saved[3]
+
+
+def test_auto_on_cpu_is_fp32_deterministic_and_keeps_data_on_the_host():
+    execution = resolve_execution(spec().train, spec().resources, CPU)
+    assert execution.precision == "fp32" and execution.autocast_dtype is None
+    assert execution.deterministic and not execution.cudnn_benchmark
+    assert not execution.channels_last and not execution.data_on_device
+    assert execution.eval_batch_size == CPU_EVAL_BATCH
+
+
+def test_auto_on_cuda_is_the_fast_path():
+    s = spec("resources.gpu=0.25")
+    execution = resolve_execution(s.train, s.resources, CUDA)
+    assert execution.precision == "bf16" and execution.autocast_dtype is torch.bfloat16
+    assert execution.channels_last and execution.data_on_device
+    assert execution.cudnn_benchmark and not execution.deterministic
+    assert execution.eval_batch_size == CUDA_EVAL_BATCH
+
+
+def test_explicit_values_win_over_auto():
+    s = spec("train.precision=fp32", "train.channels_last=false", "train.data_on_device=false", "train.eval_batch_size=100")
+    execution = resolve_execution(s.train, s.resources, CUDA)
+    assert (execution.precision, execution.channels_last, execution.data_on_device, execution.eval_batch_size) == ("fp32", False, False, 100)
+    forced = spec("train.precision=bf16", "train.channels_last=true", "train.deterministic=false")
+    on_cpu = resolve_execution(forced.train, forced.resources, CPU)
+    assert on_cpu.precision == "bf16" and on_cpu.channels_last and not on_cpu.deterministic
+
+
+def test_deterministic_cuda_runs_leave_cudnn_autotuning_off():
+    s = spec("train.deterministic=true")
+    execution = resolve_execution(s.train, s.resources, CUDA)
+    assert execution.deterministic and not execution.cudnn_benchmark
+    assert execution.precision == "bf16"  # only the kernel choice is pinned
+
+
+def test_deterministic_and_cudnn_benchmark_both_forced_on_is_refused():
+    with pytest.raises(SpecError, match="train.cudnn_benchmark=true.*train.deterministic=true"):
+        spec("train.deterministic=true", "train.cudnn_benchmark=true")
+
+
+@pytest.mark.parametrize("override", ["train.precision=fp16", "train.eval_batch_size=0", "train.channels_last=sometimes"])
+def test_bad_switch_values_are_refused(override):
+    with pytest.raises(SpecError, match=override.split("=")[0]):
+        spec(override)
+
+
+def test_device_needs_a_reserved_gpu_and_a_visible_one(monkeypatch):
+    assert select_device(0) == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device(0.5) == CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device(0.5).type == "cuda" and select_device(0) == CPU
+
+
+def test_process_settings_are_set_both_ways(torch_state):
+    fast = spec("train.deterministic=false", "train.cudnn_benchmark=true", "resources.cpu=1")
+    apply_process_settings(resolve_execution(fast.train, fast.resources, CPU))
+    assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == 1
+    # the next trial in the same (reused) worker process gets its own settings, not the leftovers
+    apply_process_settings(resolve_execution(spec().train, spec().resources, CPU))
+    assert not torch.backends.cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
+
+
+def _problem(n: int = 48, size: int = 24):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    images = (torch.where(labels == 1, 170, 40).view(n, 1, 1) + torch.randint(-30, 31, (n, size, size), generator=g))
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def test_bf16_autocast_and_channels_last_train_and_predict_on_cpu():
+    images, labels = _problem()
+    info = get_backbone_info("small_cnn")
+    adapter = InputAdapter(24, info.in_chans, info.channel_order, info.mean, info.std)
+    torch.manual_seed(0)
+    model = create_backbone("small_cnn", 2).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    seen = []
+    model.features[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    augment = dict(hflip=True, rotation_deg=10.0, zoom=0.1, translate=0.1, shear_deg=0.0)
+    stats = [train_one_epoch(model, optimizer, images, labels, torch.arange(48), batch_size=16, adapter=adapter, augment=augment,
+                             generator=torch.Generator().manual_seed(0), device=CPU, autocast_dtype=torch.bfloat16,
+                             channels_last=True) for _ in range(3)]
+    assert all(np.isfinite(s.loss) and 0 <= s.acc <= 1 for s in stats)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 master weights
+    fast = predict(model, images, torch.arange(48), batch_size=20, adapter=adapter, device=CPU,
+                   autocast_dtype=torch.bfloat16, channels_last=True)
+    exact = predict(model, images, torch.arange(48), batch_size=20, adapter=adapter, device=CPU)
+    assert fast.dtype == torch.float32 and fast.shape == (48, 2)
+    assert torch.allclose(fast, exact, atol=0.1, rtol=0.05)  # bf16 has 8 bits of mantissa
+
+
+def test_augmentation_draws_from_the_generator_device_whatever_the_batch_dtype():
+    x = torch.rand(4, 1, 16, 16)
+    settings = dict(hflip=True, rotation_deg=10.0, zoom=0.1, translate=0.1, shear_deg=5.0)
+    out = random_affine(x.to(torch.bfloat16), torch.Generator().manual_seed(1), **settings)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    again = random_affine(x, torch.Generator().manual_seed(1), **settings)
+    assert torch.equal(again, random_affine(x, torch.Generator().manual_seed(1), **settings))
+
+
+def _payload(*overrides: str) -> StudyPayload:
+    s = spec("data.image_size=24", *overrides)
+    images, labels = _problem(40)
+    return StudyPayload(spec=s.model_dump(mode="json"), images=images.numpy(), labels=labels.numpy(), class_names=("a", "b"),
+                        splits={0: {"train": np.arange(24), "val": np.arange(24, 32), "test": np.arange(32, 40)}},
+                        weight_files={})
+
+
+ARM = {"arm": {"arm_id": "a", "backbone": "small_cnn", "init": "random", "variant": "baseline", "seed": 0}}
+
+
+def test_a_trial_with_the_gpu_switches_forced_runs_its_epochs_on_cpu(torch_state):
+    trial = _build_trial(ARM, _payload("train.precision=bf16", "train.channels_last=true", "train.data_on_device=true",
+                                       "train.eval_batch_size=5", "train.deterministic=false", "resources.cpu=1"))
+    assert trial.execution.precision == "bf16" and trial.execution.eval_batch_size == 5
+    conv = trial.model.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert trial.eval_kwargs["autocast_dtype"] is torch.bfloat16 and trial.eval_kwargs["batch_size"] == 5
+    rows = [trial.run_epoch(e, 0, e, trial.split["train"], trial.labels) for e in range(2)]
+    assert rows[1]["train_images_per_s"] > 0 and np.isfinite(rows[1]["val_loss"]) and rows[1]["precision"] == "bf16"
+    assert trial.final_measures()["infer_images_per_s"] > 0
+
+
+def test_a_default_trial_on_cpu_is_fp32_and_reruns_identically(torch_state):
+    def run() -> list[tuple]:
+        trial = _build_trial(ARM, _payload("resources.cpu=1"))
+        assert trial.execution.precision == "fp32" and not trial.execution.channels_last
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        rows = [trial.run_epoch(e, 0, e, trial.split["train"], trial.labels) for e in range(3)]
+        return [(r["train_acc"], r["train_loss"], r["val_acc"], r["val_loss"]) for r in rows]
+
+    assert run() == run()
