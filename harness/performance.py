@@ -83,9 +83,16 @@ def resolve_execution(train, resources, device: torch.device | None = None) -> E
 
 def apply_process_settings(execution: Execution) -> None:
     """Set the process-wide torch state a trial relies on. Every switch is set both ways: a Ray
-    worker may run several trials one after another."""
+    worker may run several trials one after another.
+
+    Deterministic mode keeps torch's deterministic kernels but not its debugging aid of filling
+    every new tensor with NaN (``fill_uninitialized_memory``): every kernel the trial runs writes
+    its whole output, so the fill changes no number, and it cost 7% of MobileNet's training
+    throughput on a 2-core CPU (thousands of ``aten::fill_`` calls per step).
+    """
     torch.set_num_threads(execution.threads)
     if execution.deterministic and execution.device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
     torch.use_deterministic_algorithms(execution.deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = execution.cudnn_benchmark
