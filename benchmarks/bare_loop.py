@@ -28,9 +28,9 @@ def bare_images_per_s(
     seed: int = 0,
     epochs: int = 1,
 ) -> dict:
-    """Training images/s over ``train_images`` random images after a warm-up of every batch shape
-    (the first call of a shape builds oneDNN's kernels; a trial's second epoch has them too); the
-    best of ``epochs`` timed passes."""
+    """Training images/s over ``train_images`` random images: the best of ``epochs`` timed passes
+    after one untimed pass, as a trial's later epochs follow its first (oneDNN builds its kernels on
+    the first call of each batch shape, and a fresh process's first touches of memory are slow)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     info = get_backbone_info(backbone)
@@ -47,7 +47,7 @@ def bare_images_per_s(
         loss.backward()
         optimizer.step()
 
-    for lo, hi in {hi - lo: (lo, hi) for lo, hi in bounds}.values():  # one batch of each size
+    for lo, hi in bounds:  # the warm-up pass
         step(lo, hi)
     rates = []
     for _ in range(epochs):

@@ -39,17 +39,19 @@ def training_step_mb(backbone: str, batch: int = 64, size: int = 48) -> dict:
     less the RSS before the model was built (fresh process, one thread), beside the arithmetic of
     weights + gradients + Adam's two moments."""
     code = f"""
-import resource, torch, torch.nn.functional as F
+import torch, torch.nn.functional as F
 from backbones import create_backbone, get_backbone_info
+def status(key):  # kB; VmHWM is this process's own peak (ru_maxrss can carry its parent's)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
 torch.set_num_threads(1)
 info = get_backbone_info({backbone!r})
 x, y = torch.randn({batch}, info.in_chans, {size}, {size}), torch.randint(0, 7, ({batch},))
-before = int(open("/proc/self/statm").read().split()[1]) * 4  # resident now, in kB (4 kB pages)
+before = status("VmRSS")
 model = create_backbone({backbone!r}, 7)
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 for _ in range(2):
     loss = F.cross_entropy(model(x), y); optimizer.zero_grad(); loss.backward(); optimizer.step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, sum(p.numel() for p in model.parameters()))
+print(status("VmHWM") - before, sum(p.numel() for p in model.parameters()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     grown_kb, params = out.stdout.split()[-2:]

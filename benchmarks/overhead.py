@@ -19,7 +19,7 @@ TARGET = Target(0.95, at_least=True)
 BATCH = 64
 BACKBONES = ["small_cnn", "mobilenet_v1", "resnet50"]
 # input size → training images per epoch: seconds of training per backbone on 2 CPU cores
-FULL = {48: 768, 96: 256}
+FULL = {48: 512, 96: 192}
 QUICK = {48: 128}
 
 

@@ -173,3 +173,22 @@ def test_a_default_trial_on_cpu_is_fp32_and_reruns_identically(torch_state):
     assert run() == first
     # torch's NaN fill of new tensors (left off for speed) changes no number: every output is written
     assert run(fill_uninitialized=True) == first
+
+
+@pytest.mark.slow
+def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
+    """``benchmarks/run.py --quick`` on the data-path section: the table and the JSON with targets."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "results.json"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--only", "data", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "CSV cached load / first load" in done.stdout and "targets met" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["machine"]["cpu_cores"] >= 1 and results["data"]["csv"]["rows"] == 2000
+    assert [t["figure"] for t in results["targets"]] == ["CSV cached load / first load"]
