@@ -7,6 +7,7 @@ model's forward, backward and optimizer step are timed.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import torch
@@ -27,10 +28,20 @@ def bare_images_per_s(
     num_classes: int = 7,
     seed: int = 0,
     epochs: int = 1,
+    in_thread: bool = False,
 ) -> dict:
     """Training images/s over ``train_images`` random images: the best of ``epochs`` timed passes
     after one untimed pass, as a trial's later epochs follow its first (oneDNN builds its kernels on
-    the first call of each batch shape, and a fresh process's first touches of memory are slow)."""
+    the first call of each batch shape, and a fresh process's first touches of memory are slow).
+    ``in_thread`` runs the loop in a new Python thread, where Ray Tune runs a function trainable."""
+    if in_thread:
+        out: list[dict] = []
+        kwargs = dict(size=size, train_images=train_images, batch_size=batch_size, threads=threads, lr=lr,
+                      num_classes=num_classes, seed=seed, epochs=epochs)
+        worker = threading.Thread(target=lambda: out.append(bare_images_per_s(backbone, **kwargs)))
+        worker.start()
+        worker.join()
+        return out[0]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     info = get_backbone_info(backbone)

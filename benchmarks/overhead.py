@@ -5,7 +5,8 @@ after another with ``resources.cpu`` threads each: SynthFER at the input size (n
 augmentation off (its cost is the data-path figure), fp32 on CPU, three epochs. Epoch 1 warms the
 kernels up; the trial's figure is the better of epochs 2 and 3 (``train_images_per_s``, what the
 trial reports). The bare loop trains the same number of images in batches of the same size, after
-a warm-up, also best of two passes.
+a warm-up, also best of two passes; and once more in a Python thread, since Ray Tune runs a
+function trainable in a thread of its worker, which changes the speed of the same loop by ±10%.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def measure_size(size: int, train_images: int, backbones: list[str], threads: in
         best = max(steady, key=lambda r: r["train_images_per_s"])
         bare = bare_images_per_s(backbone, size=size, train_images=int(best["train_size"]), batch_size=BATCH,
                                  threads=threads, epochs=len(steady))
+        thread = bare_images_per_s(backbone, size=size, train_images=int(best["train_size"]), batch_size=BATCH,
+                                   threads=threads, epochs=len(steady), in_thread=True)
         harness = float(best["train_images_per_s"])
         row = {
             "backbone": backbone, "size": size, "train_images": int(best["train_size"]), "threads": threads,
             "harness_images_per_s": harness, "bare_images_per_s": bare["images_per_s"], "ratio": harness / bare["images_per_s"],
+            "bare_thread_images_per_s": thread["images_per_s"], "ratio_to_thread": harness / thread["images_per_s"],
             "harness_epochs_images_per_s": [float(r["train_images_per_s"]) for r in rows if r["epoch"] >= 1],
             "bare_epochs_images_per_s": bare["epochs_images_per_s"],
         }

@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-# glibc moves its threshold for serving large blocks from fresh mappings as a process frees memory,
-# so the page faults a training step pays (a third of the CPU time at 96 px) depend on what the
-# process did before: ±15% between a trial and the bare loop on a whim. Pinned at glibc's own
-# starting value for this process and every process it starts (Ray's included); glibc reads it
-# when a process starts, hence the re-exec.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+# glibc raises its threshold for serving large blocks from fresh mappings as a process frees
+# memory (up to 32 MB), so the page faults a training step pays depend on what the process did
+# before: ±15% between a trial and the bare loop on a whim. Pinned at the values glibc ends up at,
+# for this process and every process it starts (Ray's included); glibc reads them when a process
+# starts, hence the re-exec.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
     os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
 
@@ -37,7 +37,8 @@ SECTIONS = ("overhead", "data", "study", "memory")
 
 def _rows_overhead(results: list[dict]) -> list[tuple]:
     return [(f"harness/bare {r['backbone']} {r['size']}px", f"{r['ratio']:.3f}",
-             f"{r['harness_images_per_s']:.1f} vs {r['bare_images_per_s']:.1f} img/s", overhead.TARGET, r["ratio"]) for r in results]
+             f"{r['harness_images_per_s']:.1f} vs {r['bare_images_per_s']:.1f} img/s; bare loop in a thread "
+             f"{r['bare_thread_images_per_s']:.1f} img/s (ratio {r['ratio_to_thread']:.3f})", overhead.TARGET, r["ratio"]) for r in results]
 
 
 def _rows_data(d: dict, model_steps: dict) -> list[tuple]:
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"] = memory.run(args.quick)
         rows += _rows_memory(results["memory"])
     results["seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]  # ~2 alone on 2 cores; more: other work ran
     results["targets"] = [{"figure": r[0], "value": r[4], "target": r[3].describe(), "met": r[3].met(r[4])} for r in rows if r[3]]
     print_table(rows)
     missed = [t["figure"] for t in results["targets"] if not t["met"]]
