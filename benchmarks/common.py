@@ -87,14 +87,14 @@ class ChildResult:
 
 
 def run_study_child(
-    overrides: list[str], *, ray_cpus: int, sample_memory: bool = False, reuse_actors: bool = False, timeout_s: float = 600,
+    overrides: list[str], *, ray_cpus: int, sample_memory: bool = False, timeout_s: float = 600,
     workdir: Path | None = None,
 ) -> ChildResult:
     """Run the quick study with ``overrides`` in a fresh Python process with a private Ray of ``ray_cpus``."""
     with tempfile.TemporaryDirectory(prefix="ferbench-bench-", dir=workdir) as folder:
         out = Path(folder) / "result.json"
         request = {"overrides": [*overrides, f"run.storage={folder}/results"], "ray_cpus": ray_cpus,
-                   "sample_memory": sample_memory, "reuse_actors": reuse_actors, "out": str(out)}
+                   "sample_memory": sample_memory, "out": str(out)}
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local",
                "FERBENCH_CACHE_DIR": os.environ.get("FERBENCH_CACHE_DIR", str(Path(folder) / "cache")),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

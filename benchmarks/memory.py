@@ -115,12 +115,13 @@ def run(quick: bool = False) -> dict:
         "worker_anon_growth_with_dataset_mb": _mean_worker(one) - _mean_worker(control),
     }
     result["dataset_shared"] = result["worker_anon_growth_with_dataset_mb"] < 0.5 * (dataset_mb - control_mb)
-    # What an extra trial costs beyond its process's imports and its training step (model,
-    # optimizer, activations): Ray's worker runtime, allocator slack, evaluation batches.
-    result["per_extra_trial_other_mb"] = result["per_extra_trial_pss_mb"] - baseline["anon_mb"] - step["training_step_peak_mb"]
-    print(f"  memory: peak PSS {one['peak_pss_mb']:.0f} MB (1 trial) vs {four['peak_pss_mb']:.0f} MB (4 trials): "
-          f"{result['per_extra_trial_pss_mb']:.0f} MB per extra trial = imports {baseline['anon_mb']:.0f} + training step "
-          f"{step['training_step_peak_mb']:.0f} + other {result['per_extra_trial_other_mb']:.0f} MB; a trial's own memory "
+    # A trial worker's own memory beyond its imports and its training step (model, optimizer,
+    # activations): Ray's worker runtime, allocator slack, evaluation batches.
+    result["trial_worker_other_mb"] = result["trial_worker_anon_mb"] - baseline["anon_mb"] - step["training_step_peak_mb"]
+    print(f"  memory: peak PSS {one['peak_pss_mb']:.0f} MB (1 trial) vs {four['peak_pss_mb']:.0f} MB (4 trials), "
+          f"{result['per_extra_trial_pss_mb']:.0f} MB per extra trial; a trial worker's own memory "
+          f"{result['trial_worker_anon_mb']:.0f} MB = imports {baseline['anon_mb']:.0f} + training step "
+          f"{step['training_step_peak_mb']:.0f} + other {result['trial_worker_other_mb']:.0f} MB; a trial's own memory "
           f"{result['worker_anon_growth_with_dataset_mb']:+.0f} MB with the {dataset_mb:.0f} MB dataset instead of {control_mb:.0f} MB",
           flush=True)
     return result

@@ -57,13 +57,15 @@ def _rows_data(d: dict, model_steps: dict) -> list[tuple]:
     return rows
 
 
-def _rows_study(results: list[dict]) -> list[tuple]:
+def _rows_study(study: dict) -> list[tuple]:
     rows = []
-    for r in results:
+    for r in study["grids"]:
         target = study_overhead.TARGET if r["trials"] == 16 else None
-        rows.append((f"study overhead N={r['trials']}{' (reuse_actors)' if r['reuse_actors'] else ''}", f"{r['overhead']:.1%}",
-                     f"study {r['study_s']:.1f} s × {r['slots']} slots vs Σ trials {r['trial_own_s']:.1f} s; "
-                     f"Ray start {r['ray_start_s']:.1f} s, report {r['report_s']:.1f} s", target, r["overhead"]))
+        rows.append((f"study overhead N={r['trials']}{'' if r['reuse_workers'] else ' (reuse_workers off)'}", f"{r['overhead']:.1%}",
+                     f"study {r['study_s']:.1f} s × {r['slots']} slots vs Σ trials {r['trial_own_s']:.1f} s "
+                     f"({r['mean_trial_own_s']:.1f} s each); Ray start {r['ray_start_s']:.1f} s, report {r['report_s']:.1f} s", target, r["overhead"]))
+    rows.append(("study overhead once / per trial", f"{study['fixed_slot_s']:.1f} / {study['per_trial_slot_s']:.2f} s",
+                 f"slot-seconds; per trial {study['per_trial_share']:.1%} of its own time", None, None))
     return rows
 
 
@@ -73,8 +75,9 @@ def _rows_memory(m: dict) -> list[tuple]:
         ("peak PSS, 1 trial / 4 trials", f"{m['one']['peak_pss_mb']:.0f} / {m['four']['peak_pss_mb']:.0f} MB",
          f"RSS {m['one']['peak_rss_mb']:.0f} / {m['four']['peak_rss_mb']:.0f} MB", None, None),
         ("memory per extra trial (PSS)", f"{m['per_extra_trial_pss_mb']:.0f} MB",
-         f"imports {m['process_imports']['anon_mb']:.0f} + training step {m['training_step_peak_mb']:.0f} "
-         f"(model+Adam {m['model_and_optimizer_mb']:.0f}) + other {m['per_extra_trial_other_mb']:.0f} MB", None, None),
+         f"a trial worker's own memory {m['trial_worker_anon_mb']:.0f} MB = imports {m['process_imports']['anon_mb']:.0f} "
+         f"+ training step {m['training_step_peak_mb']:.0f} (model+Adam {m['model_and_optimizer_mb']:.0f}) "
+         f"+ other {m['trial_worker_other_mb']:.0f} MB", None, None),
         (f"trial's own memory, {m['dataset_mb']:.0f} vs {m['control_dataset_mb']:.0f} MB dataset",
          f"{m['worker_anon_growth_with_dataset_mb']:+.0f} MB",
          f"a copy would add {copy:.0f} MB; object store pages resident in each worker {m['trial_worker_object_store_resident_mb']:.0f} MB",
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the benchmark runs, numbers mean nothing")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--json", default=str(Path(__file__).resolve().parent / "results.json"), help="where to write the results")
-    parser.add_argument("--reuse-actors", action="store_true", help="run the study section with Ray Tune's reuse_actors=True")
+    parser.add_argument("--no-reuse-workers", action="store_true", help="run the study section with run.reuse_workers=false")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             steps[224] = ("mobilenet_v1", results["data"]["mobilenet_v1_step_224_images_per_s"])
         rows += _rows_data(results["data"], steps)
     if "study" in args.only:
-        results["study"] = study_overhead.run(args.quick, reuse_actors=args.reuse_actors)
+        results["study"] = study_overhead.run(args.quick, reuse_workers=not args.no_reuse_workers)
         rows += _rows_study(results["study"])
     if "memory" in args.only:
         results["memory"] = memory.run(args.quick)

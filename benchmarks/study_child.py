@@ -147,9 +147,6 @@ def main(request: dict) -> None:
     reports.build_report = _timed(timings, "report_s", reports.build_report)
     ray.tune.Tuner.fit = _timed(timings, "fit_s", ray.tune.Tuner.fit)
 
-    if request.get("reuse_actors"):  # measure Tune's actor reuse, which the engine does not ask for
-        tune_config = ray.tune.TuneConfig
-        ray.tune.TuneConfig = lambda *args, **kwargs: tune_config(*args, **{**kwargs, "reuse_actors": True})
     spec = load_spec("quick", request["overrides"])
     sampler = MemorySampler() if request.get("sample_memory") else None
     if sampler:

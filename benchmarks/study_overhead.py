@@ -6,6 +6,9 @@ plus ``Tuner.fit`` (scheduling, trial processes, checkpoints, ``tune.report``). 
 trials running at once, the overhead is (study time × slots − Σ own time) / Σ own time: the share
 of the CPU-slot time the grid paid for that was not its trials' work. Preflight (the dataset) and
 report rendering are shown beside it: they are the study's input and output, paid once.
+
+The overhead splits into what a study pays once (Ray start-up, the first trial processes' start
+and imports) and what every further trial adds: the slope between the two largest grids.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ RAY_CPUS = 2
 TRIAL_CPU = 1
 
 
-def measure(n_trials: int, num_images: int, epochs: int, reuse_actors: bool = False) -> dict:
+def measure(n_trials: int, num_images: int, epochs: int, reuse_workers: bool = True) -> dict:
     child = run_study_child(
         study_overrides("small_cnn", num_images=num_images, epochs=epochs, seeds=list(range(n_trials)), cpu=TRIAL_CPU,
-                        ratios=(0.8, 0.1, 0.1)),
-        ray_cpus=RAY_CPUS, reuse_actors=reuse_actors,
+                        ratios=(0.8, 0.1, 0.1), extra=[f"run.reuse_workers={str(reuse_workers).lower()}"]),
+        ray_cpus=RAY_CPUS,
     )
     t = child.timings
     own = sum(float(row["epoch_wall_s"]) for row in child.epochs)
@@ -29,7 +32,7 @@ def measure(n_trials: int, num_images: int, epochs: int, reuse_actors: bool = Fa
     slots = min(n_trials, RAY_CPUS // TRIAL_CPU)
     study = t["ray_start_s"] + t["fit_s"]
     return {
-        "trials": n_trials, "slots": slots, "reuse_actors": reuse_actors, "trial_own_s": own, "mean_trial_own_s": own / n_trials,
+        "trials": n_trials, "slots": slots, "reuse_workers": reuse_workers, "trial_own_s": own, "mean_trial_own_s": own / n_trials,
         "ray_start_s": t["ray_start_s"], "fit_s": t["fit_s"], "study_s": study,
         "preflight_s": t.get("preflight_s"), "report_s": t.get("report_s"), "run_study_s": t["study_s"],
         "overhead": (study * slots - own) / own,
@@ -38,13 +41,24 @@ def measure(n_trials: int, num_images: int, epochs: int, reuse_actors: bool = Fa
     }
 
 
-def run(quick: bool = False, reuse_actors: bool = False) -> list[dict]:
+def split_fixed_and_per_trial(small: dict, large: dict) -> dict:
+    """Slot-seconds of overhead a study pays once, and each trial beyond that, from two grid sizes."""
+    slot_overhead = [r["study_s"] * r["slots"] - r["trial_own_s"] for r in (small, large)]
+    per_trial = (slot_overhead[1] - slot_overhead[0]) / (large["trials"] - small["trials"])
+    return {"per_trial_slot_s": per_trial, "fixed_slot_s": slot_overhead[1] - per_trial * large["trials"],
+            "per_trial_share": per_trial / large["mean_trial_own_s"]}
+
+
+def run(quick: bool = False, reuse_workers: bool = True) -> dict:
     sizes = (2, 4) if quick else (2, 8, 16)
     num_images, epochs = (200, 1) if quick else (600, 2)
-    results = []
+    grids = []
     for n in sizes:
-        row = measure(n, num_images, epochs, reuse_actors)
+        row = measure(n, num_images, epochs, reuse_workers)
         print(f"  study N={n}: study {row['study_s']:.1f} s, Σ trials {row['trial_own_s']:.1f} s over {row['slots']} slots, "
               f"overhead {row['overhead']:.1%}", flush=True)
-        results.append(row)
-    return results
+        grids.append(row)
+    split = split_fixed_and_per_trial(grids[-2], grids[-1])
+    print(f"  study: {split['fixed_slot_s']:.1f} slot-s once per study, {split['per_trial_slot_s']:.2f} slot-s per trial "
+          f"({split['per_trial_share']:.1%} of a trial's own time)", flush=True)
+    return {"grids": grids, **split}

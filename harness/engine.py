@@ -284,7 +284,8 @@ def run_study(
                 trainable,
                 param_space={"arm": tune.grid_search(runnable)},
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname
+                    max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
+                    reuse_actors=spec.run.reuse_workers,
                 ),
                 run_config=_run_config(spec, experiment_dir, [progress], verbose, remote),
             )

@@ -245,6 +245,10 @@ class RunSpec(_Strict):
         False, description="record arms whose pretrained weights are missing as 'unavailable' instead of stopping"
     )
     max_concurrent: int | None = Field(None, ge=1, description="trials running at once (default: as resources allow)")
+    reuse_workers: bool = Field(
+        True, description="run one trial after another in the same Ray worker process, skipping a process start and "
+        "the torch/timm imports per trial (Tune's reuse_actors)"
+    )
 
     @field_validator("storage")
     @classmethod

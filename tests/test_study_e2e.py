@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,6 +95,31 @@ def test_same_seed_gives_identical_epochs(baseline_run, tmp_path):
     s0 = first[first.seed == 0].sort_values("epoch")[METRICS].to_numpy()
     s1 = first[first.seed == 1].sort_values("epoch")[METRICS].to_numpy()
     assert not (s0 == s1).all()
+
+
+def _trial_pids(outcome) -> dict[str, set[int]]:
+    """Trial folder → the worker processes that reported its rows (Tune records ``pid`` in each row)."""
+    return {
+        result.parent.name.rsplit("_", 2)[0]: {json.loads(line)["pid"] for line in result.read_text().splitlines()}
+        for result in outcome.experiment_dir.glob("*/result.json")
+    }
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_trials_run_one_after_another_in_one_worker_only_when_reuse_is_on(baseline_run, tmp_path, reuse):
+    outcome = run_study(tiny_spec(tmp_path, "serial", "run.max_concurrent=1", f"run.reuse_workers={str(reuse).lower()}"))
+    pids = _trial_pids(outcome)
+    assert sorted(pids) == ["small_cnn_random_baseline_s0", "small_cnn_random_baseline_s1"]
+    assert all(len(p) == 1 for p in pids.values())
+    assert (len(set.union(*pids.values())) == 1) == reuse
+    # A reused worker carries nothing from one trial to the next: the numbers are those of fresh processes.
+    key = ["arm_id", "epoch"]
+    fresh, _ = read_tables(baseline_run)
+    serial, _ = read_tables(outcome)
+    pd.testing.assert_frame_equal(
+        fresh.sort_values(key)[key + METRICS].reset_index(drop=True),
+        serial.sort_values(key)[key + METRICS].reset_index(drop=True),
+    )
 
 
 def test_failed_trial_resumes_from_checkpoint_with_identical_metrics(baseline_run, tmp_path, monkeypatch):
