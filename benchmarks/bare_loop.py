@@ -7,14 +7,20 @@ model's forward, backward and optimizer step are timed.
 
 from __future__ import annotations
 
-import threading
+import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 from backbones import create_backbone, get_backbone_info
+from harness.performance import TRIAL_WORKER_ENV
 from harness.training import batch_bounds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bare_images_per_s(
@@ -28,20 +34,10 @@ def bare_images_per_s(
     num_classes: int = 7,
     seed: int = 0,
     epochs: int = 1,
-    in_thread: bool = False,
 ) -> dict:
     """Training images/s over ``train_images`` random images: the best of ``epochs`` timed passes
     after one untimed pass, as a trial's later epochs follow its first (oneDNN builds its kernels on
-    the first call of each batch shape, and a fresh process's first touches of memory are slow).
-    ``in_thread`` runs the loop in a new Python thread, where Ray Tune runs a function trainable."""
-    if in_thread:
-        out: list[dict] = []
-        kwargs = dict(size=size, train_images=train_images, batch_size=batch_size, threads=threads, lr=lr,
-                      num_classes=num_classes, seed=seed, epochs=epochs)
-        worker = threading.Thread(target=lambda: out.append(bare_images_per_s(backbone, **kwargs)))
-        worker.start()
-        worker.join()
-        return out[0]
+    the first call of each batch shape, and a fresh process's first touches of memory are slow)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     info = get_backbone_info(backbone)
@@ -67,3 +63,18 @@ def bare_images_per_s(
             step(lo, hi)
         rates.append(train_images / (time.perf_counter() - start))
     return {"images_per_s": max(rates), "epochs_images_per_s": rates, "images": train_images}
+
+
+def bare_in_fresh_process(backbone: str, **kwargs) -> dict:
+    """``bare_images_per_s`` in a new Python with a trial worker's environment (its allocator
+    settings): the speed of a loop depends on what its process did before, and a trial's worker
+    did nothing but import the harness."""
+    env = {**os.environ, **TRIAL_WORKER_ENV, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bare_loop", json.dumps({"backbone": backbone, **kwargs})],
+                          capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+if __name__ == "__main__":
+    request = json.loads(sys.argv[1])
+    print(json.dumps(bare_images_per_s(request.pop("backbone"), **request)))

@@ -118,7 +118,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
         for size, chans in [(48, 1), (48, 3), (96, 3), (224, 3)]
     ]
     # The model step the input pipeline feeds at the backbones' native 224 px (48 and 96 px: the overhead figures).
-    from benchmarks.bare_loop import bare_images_per_s
+    from benchmarks.bare_loop import bare_in_fresh_process
 
-    step_224 = None if quick else bare_images_per_s("mobilenet_v1", size=224, train_images=64, threads=threads)["images_per_s"]
+    step_224 = None if quick else bare_in_fresh_process("mobilenet_v1", size=224, train_images=64, threads=threads)["images_per_s"]
     return {"csv": csv, "synthfer": synth, "pipeline": pipeline, "mobilenet_v1_step_224_images_per_s": step_224}

@@ -24,6 +24,7 @@ from harness.experiment import (
     write_experiment_inputs,
 )
 from harness.preflight import Preflight, PreflightError, run_preflight
+from harness.performance import TRIAL_WORKER_ENV
 from harness.spec import StudySpec
 from harness.splits import load_splits
 from harness.storage import RemoteStorage, download, holds_experiment, is_remote, parse_remote, upload
@@ -74,12 +75,14 @@ def init_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
 
     if ray.is_initialized():
         return
-    quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
+    options = {"runtime_env": {"env_vars": TRIAL_WORKER_ENV}}
+    if not verbose:
+        options.update(logging_level=logging.ERROR, log_to_driver=False)
     address = running_cluster_address()
     if address:  # a cluster's resources are its nodes' (and the autoscaler's), never ours to set
-        ray.init(address=address, **quiet)
+        ray.init(address=address, **options)
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **quiet)
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **options)
 
 
 # Filesystems every node mounts under the same path: what a trial on a worker writes there, the

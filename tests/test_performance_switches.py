@@ -192,3 +192,33 @@ def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
     results = json.loads(out.read_text())
     assert results["machine"]["cpu_cores"] >= 1 and results["data"]["csv"]["rows"] == 2000
     assert [t["figure"] for t in results["targets"]] == ["CSV cached load / first load"]
+
+
+def test_ray_workers_start_with_one_allocator_arena():
+    """glibc reads MALLOC_ARENA_MAX when a process starts: it must be in a worker's environment at
+    launch (``/proc/self/environ``), not set later in Python, in tasks and in actors (Tune's trials)."""
+    import ray
+
+    from harness.engine import init_ray
+    from harness.performance import TRIAL_WORKER_ENV
+
+    def launch_environment() -> dict:
+        entries = open("/proc/self/environ").read().split("\0")
+        return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def environment(self) -> dict:
+            return launch_environment()
+
+    if ray.is_initialized():  # started elsewhere in this session, perhaps without init_ray's settings
+        ray.shutdown()
+    init_ray(num_cpus=1)
+    try:
+        task_env = ray.get(ray.remote(num_cpus=0)(launch_environment).remote())
+        actor_env = ray.get(Probe.remote().environment.remote())
+    finally:
+        ray.shutdown()  # a Ray of one CPU must not serve later tests
+    assert TRIAL_WORKER_ENV == {"MALLOC_ARENA_MAX": "1"}
+    for env in (task_env, actor_env):
+        assert env.get("MALLOC_ARENA_MAX") == "1"
