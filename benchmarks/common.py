@@ -20,6 +20,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = ROOT / "benchmarks" / "study_child.py"
 
+# glibc raises its threshold for serving large blocks from fresh mappings as a process frees
+# memory (up to 32 MB), so the page faults a training step pays depend on what the process did
+# before: ±15% between a trial and the bare loop on a whim. Pinned at the values glibc ends up at,
+# for a benchmark process and every process it starts (Ray's included).
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+
+
+def pin_allocator() -> None:
+    """Restart this script with ``ALLOCATOR_ENV`` unless it has it: glibc reads it when a process starts."""
+    if any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+
 
 def machine() -> dict:
     """What the numbers were measured on: CPU model, cores, memory, GPU, library versions."""

@@ -9,15 +9,14 @@ turn, on the same process, same model and data, and checks that the numbers are 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.run import ALLOCATOR_ENV  # noqa: E402  (the allocator pinned as benchmarks/run.py pins it)
+from benchmarks.common import pin_allocator  # noqa: E402  (the allocator pinned as benchmarks/run.py pins it)
 
-if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
+if __name__ == "__main__":
+    pin_allocator()
 
 import torch  # noqa: E402
 

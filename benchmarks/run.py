@@ -17,17 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-# glibc raises its threshold for serving large blocks from fresh mappings as a process frees
-# memory (up to 32 MB), so the page faults a training step pays depend on what the process did
-# before: ±15% between a trial and the bare loop on a whim. Pinned at the values glibc ends up at,
-# for this process and every process it starts (Ray's included); glibc reads them when a process
-# starts, hence the re-exec.
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
-if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in ALLOCATOR_ENV.items()):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ALLOCATOR_ENV})
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/run.py` from anywhere
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from benchmarks.common import ALLOCATOR_ENV, pin_allocator  # noqa: E402
+
+if __name__ == "__main__":
+    pin_allocator()  # before torch is imported: the re-exec starts over
 
 from benchmarks import common, data_path, memory, overhead, study_overhead  # noqa: E402
 from benchmarks.common import Target, verdict  # noqa: E402

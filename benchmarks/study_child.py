@@ -29,17 +29,14 @@ def anonymous_bytes(pid: int) -> int:
     return 0
 
 
-def mapping_summary(pid: int) -> dict:
-    """From ``/proc/PID/smaps``: the resident bytes of shared-memory mappings (Ray's object store
-    lives in ``/dev/shm``), and the largest private anonymous mapping outside the ``[heap]``. glibc
-    serves every allocation over 32 MB with a mapping of its own, so a copy of an 83 MB dataset in a
-    process would be an anonymous mapping at least that large."""
-    shm = largest = 0
-    path = ""
+def object_store_resident_bytes(pid: int) -> int:
+    """Resident bytes of the process's shared-memory mappings (``/proc/PID/smaps``): Ray's object
+    store lives in ``/dev/shm``, so these are the dataset pages a trial reads in place."""
+    total, path = 0, ""
     try:
         lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
     except OSError:
-        return {"shm_rss": 0, "largest_anon_mapping": 0}
+        return 0
     for line in lines:
         head = line.split()
         if not head:
@@ -47,10 +44,8 @@ def mapping_summary(pid: int) -> dict:
         if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line
             path = head[5] if len(head) > 5 else ""
         elif head[0] == "Rss:" and path.startswith("/dev/shm"):
-            shm += int(head[1]) * 1024
-        elif head[0] == "Anonymous:" and not path:
-            largest = max(largest, int(head[1]) * 1024)
-    return {"shm_rss": shm, "largest_anon_mapping": largest}
+            total += int(head[1]) * 1024
+    return total
 
 
 def _title(proc) -> str:
@@ -104,8 +99,7 @@ class MemorySampler(threading.Thread):
                     peak[key] = max(peak[key], getattr(info, key))
                 peak["anon"] = max(peak["anon"], anon)
                 if role == "trial" and len(self.samples) % 4 == 0:  # smaps is slower to read
-                    for key, value in mapping_summary(proc.pid).items():
-                        peak[key] = max(peak.get(key, 0), value)
+                    peak["shm_rss"] = max(peak.get("shm_rss", 0), object_store_resident_bytes(proc.pid))
             self.samples.append(sample)
             self.stop_event.wait(SAMPLE_INTERVAL_S)
 
