@@ -194,6 +194,30 @@ def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
     assert [t["figure"] for t in results["targets"]] == ["CSV cached load / first load"]
 
 
+
+@pytest.mark.slow
+def test_benchmark_overhead_section_brackets_each_trial_with_bare_runs(tmp_path):
+    """``--quick --only overhead``: one trial per backbone, its reference the mean of the bare runs
+    before and after it, and the ratio computed from those figures."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "results.json"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--only", "overhead", "--json", str(out)],
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["overhead"]
+    assert [(r["backbone"], r["size"]) for r in rows] == [("small_cnn", 48), ("mobilenet_v1", 48)]
+    for r in rows:
+        assert len(r["harness_epochs_images_per_s"]) == 3 and [len(e) for e in r["bare_epochs_images_per_s"]] == [2, 2]
+        assert r["bare_images_per_s"] == pytest.approx((r["bare_before_images_per_s"] + r["bare_after_images_per_s"]) / 2)
+        assert r["ratio"] == pytest.approx(r["harness_images_per_s"] / r["bare_images_per_s"])
+        assert r["harness_images_per_s"] == pytest.approx(sum(r["harness_epochs_images_per_s"][1:]) / 2)
+        assert f"harness/bare {r['backbone']} 48px" in done.stdout
+
 def test_ray_workers_start_with_one_allocator_arena():
     """glibc reads MALLOC_ARENA_MAX when a process starts: it must be in a worker's environment at
     launch (``/proc/self/environ``), not set later in Python, in tasks and in actors (Tune's trials)."""
