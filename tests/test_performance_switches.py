@@ -174,10 +174,8 @@ def test_a_default_trial_on_cpu_is_fp32_and_reruns_identically(torch_state):
     # torch's NaN fill of new tensors (left off for speed) changes no number: every output is written
     assert run(fill_uninitialized=True) == first
 
-
-@pytest.mark.slow
-def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
-    """``benchmarks/run.py --quick`` on the data-path section: the table and the JSON with targets."""
+def _run_quick_benchmark(section: str, tmp_path) -> tuple[str, dict]:
+    """``benchmarks/run.py --quick --only SECTION`` in a subprocess: its stdout and its JSON."""
     import json
     import subprocess
     import sys
@@ -185,38 +183,35 @@ def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
 
     out = tmp_path / "results.json"
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    done = subprocess.run([sys.executable, str(script), "--quick", "--only", "data", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(script), "--quick", "--only", section, "--json", str(out)],
+                          capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "CSV cached load / first load" in done.stdout and "targets met" in done.stdout
-    results = json.loads(out.read_text())
+    return done.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
+    """``benchmarks/run.py --quick`` on the data-path section: the table and the JSON with targets."""
+    stdout, results = _run_quick_benchmark("data", tmp_path)
+    assert "CSV cached load / first load" in stdout and "targets met" in stdout
     assert results["machine"]["cpu_cores"] >= 1 and results["data"]["csv"]["rows"] == 2000
     assert [t["figure"] for t in results["targets"]] == ["CSV cached load / first load"]
-
 
 
 @pytest.mark.slow
 def test_benchmark_overhead_section_brackets_each_trial_with_bare_runs(tmp_path):
     """``--quick --only overhead``: one trial per backbone, its reference the mean of the bare runs
     before and after it, and the ratio computed from those figures."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    out = tmp_path / "results.json"
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    done = subprocess.run([sys.executable, str(script), "--quick", "--only", "overhead", "--json", str(out)],
-                          capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads(out.read_text())["overhead"]
+    stdout, results = _run_quick_benchmark("overhead", tmp_path)
+    rows = results["overhead"]
     assert [(r["backbone"], r["size"]) for r in rows] == [("small_cnn", 48), ("mobilenet_v1", 48)]
     for r in rows:
         assert len(r["harness_epochs_images_per_s"]) == 3 and [len(e) for e in r["bare_epochs_images_per_s"]] == [2, 2]
         assert r["bare_images_per_s"] == pytest.approx((r["bare_before_images_per_s"] + r["bare_after_images_per_s"]) / 2)
         assert r["ratio"] == pytest.approx(r["harness_images_per_s"] / r["bare_images_per_s"])
         assert r["harness_images_per_s"] == pytest.approx(sum(r["harness_epochs_images_per_s"][1:]) / 2)
-        assert f"harness/bare {r['backbone']} 48px" in done.stdout
+        assert f"harness/bare {r['backbone']} 48px" in stdout
+
 
 def test_ray_workers_start_with_one_allocator_arena():
     """glibc reads MALLOC_ARENA_MAX when a process starts: it must be in a worker's environment at
