@@ -71,7 +71,9 @@ def bare_in_fresh_process(backbone: str, **kwargs) -> dict:
     did nothing but import the harness."""
     env = {**os.environ, **TRIAL_WORKER_ENV, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "benchmarks.bare_loop", json.dumps({"backbone": backbone, **kwargs})],
-                          capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"bare loop of {backbone} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])
 
 

@@ -174,6 +174,7 @@ def test_a_default_trial_on_cpu_is_fp32_and_reruns_identically(torch_state):
     # torch's NaN fill of new tensors (left off for speed) changes no number: every output is written
     assert run(fill_uninitialized=True) == first
 
+
 def _run_quick_benchmark(section: str, tmp_path) -> tuple[str, dict]:
     """``benchmarks/run.py --quick --only SECTION`` in a subprocess: its stdout and its JSON."""
     import json
