@@ -100,13 +100,14 @@ class ChildResult:
 
 def run_study_child(
     overrides: list[str], *, ray_cpus: int, sample_memory: bool = False, timeout_s: float = 600,
-    workdir: Path | None = None,
+    workdir: Path | None = None, render_report: bool = True,
 ) -> ChildResult:
-    """Run the quick study with ``overrides`` in a fresh Python process with a private Ray of ``ray_cpus``."""
+    """Run the quick study with ``overrides`` in a fresh Python process with a private Ray of ``ray_cpus``
+    (``render_report=False``: the study's report is not rendered, for measurements that do not use it)."""
     with tempfile.TemporaryDirectory(prefix="ferbench-bench-", dir=workdir) as folder:
         out = Path(folder) / "result.json"
         request = {"overrides": [*overrides, f"run.storage={folder}/results"], "ray_cpus": ray_cpus,
-                   "sample_memory": sample_memory, "out": str(out)}
+                   "sample_memory": sample_memory, "render_report": render_report, "out": str(out)}
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local",
                "FERBENCH_CACHE_DIR": os.environ.get("FERBENCH_CACHE_DIR", str(Path(folder) / "cache")),
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -75,7 +75,7 @@ def measure(csv: Path, rows: int, concurrent: int) -> dict:
         BACKBONE, num_images=None, seeds=list(range(concurrent)), epochs=1, cpu=0.5, ratios=ratios,
         extra=["data.format=fer2013", f"data.path={csv}", unlabeled],
     )
-    child = run_study_child(overrides, ray_cpus=2, sample_memory=True)
+    child = run_study_child(overrides, ray_cpus=2, sample_memory=True, render_report=False)
     memory = child.memory
     trials = [p for p in memory["per_process"] if p["role"] == "trial"]
     return {

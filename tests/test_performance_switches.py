@@ -190,6 +190,21 @@ def _run_quick_benchmark(section: str, tmp_path) -> tuple[str, dict]:
     return done.stdout, json.loads(out.read_text())
 
 
+def test_bare_loop_process_serves_passes_before_and_after_and_reports_its_failure():
+    """The benchmark's bare loop stays warm in its own process between the passes before a trial and
+    those after it; a loop that cannot start raises with the child's own error, not a broken pipe."""
+    from benchmarks.bare_loop import BareLoopProcess
+
+    with BareLoopProcess("small_cnn", size=16, train_images=64, batch_size=32, threads=1) as bare:
+        pid = bare._proc.pid
+        before, after = bare.timed_passes(2), bare.timed_passes(1)
+        assert bare._proc.pid == pid and bare._proc.poll() is None
+    assert len(before) == 2 and len(after) == 1 and all(rate > 0 for rate in before + after)
+    assert bare._proc.returncode == 0  # closing its stdin ends it
+    with pytest.raises(RuntimeError, match=r"(?s)bare loop of no_such_net failed \(exit 1\).*unknown backbone 'no_such_net'"):
+        BareLoopProcess("no_such_net", size=16, train_images=64)
+
+
 @pytest.mark.slow
 def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
     """``benchmarks/run.py --quick`` on the data-path section: the table and the JSON with targets."""
