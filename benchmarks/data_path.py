@@ -5,6 +5,7 @@ pipeline (augmentation + resize on the training device) against the model's trai
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from benchmarks.common import Target
 
 CACHED_LOAD_TARGET = Target(0.10, at_least=False)  # cached / first load
 FER2013_ROWS = 35_887
+CACHED_LOADS = 5
 USAGE_COUNTS = {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589}
 
 
@@ -41,7 +43,8 @@ def write_fer2013_csv(path: Path, rows: int = FER2013_ROWS, seed: int = 0) -> No
 
 
 def csv_load_times(folder: Path, rows: int) -> dict:
-    """First load (parse + validate + write the cache) and cached load, in a fresh cache folder."""
+    """First load (parse + validate + write the cache) and cached load, in a fresh cache folder. The
+    cached load is the median of ``CACHED_LOADS``: at ~15 ms, one pause of the VM would be its figure."""
     from harness.loaders import load_dataset
     from harness.spec import DataSpec
 
@@ -56,9 +59,13 @@ def csv_load_times(folder: Path, rows: int) -> dict:
         start = time.perf_counter()
         first = load_dataset(spec)
         first_s = time.perf_counter() - start
-        start = time.perf_counter()
-        cached = load_dataset(spec)
-        cached_s = time.perf_counter() - start
+        os.sync()  # the cache's writes reach the disk first, as they have when a later run reads it
+        cached_runs = []
+        for _ in range(CACHED_LOADS):
+            start = time.perf_counter()
+            cached = load_dataset(spec)
+            cached_runs.append(time.perf_counter() - start)
+        cached_s = statistics.median(cached_runs)
     finally:
         if previous is None:
             os.environ.pop("FERBENCH_CACHE_DIR", None)
@@ -66,7 +73,7 @@ def csv_load_times(folder: Path, rows: int) -> dict:
             os.environ["FERBENCH_CACHE_DIR"] = previous
     assert np.array_equal(first.images, cached.images)
     return {"rows": rows, "csv_mb": csv.stat().st_size / 1e6, "images_mb": first.images.nbytes / 1e6,
-            "csv_write_s": written, "first_load_s": first_s, "cached_load_s": cached_s, "cached_over_first": cached_s / first_s}
+            "csv_write_s": written, "first_load_s": first_s, "cached_load_s": cached_s, "cached_loads_s": cached_runs, "cached_over_first": cached_s / first_s}
 
 
 def synthfer_time(num_images: int = 5000) -> dict:

@@ -8,7 +8,8 @@ of the CPU-slot time the grid paid for that was not its trials' work. Preflight 
 report rendering are shown beside it: they are the study's input and output, paid once.
 
 The overhead splits into what a study pays once (Ray start-up, the first trial processes' start
-and imports) and what every further trial adds: the slope between the two largest grids.
+and imports) and what every further trial adds: the slope between the two largest grids. From those two follows the trial length at which a grid of 16
+meets the target (``target_trial_s``): the grids here use short trials so that the section is quick.
 """
 
 from __future__ import annotations
@@ -45,8 +46,15 @@ def split_fixed_and_per_trial(small: dict, large: dict) -> dict:
     """Slot-seconds of overhead a study pays once, and each trial beyond that, from two grid sizes."""
     slot_overhead = [r["study_s"] * r["slots"] - r["trial_own_s"] for r in (small, large)]
     per_trial = (slot_overhead[1] - slot_overhead[0]) / (large["trials"] - small["trials"])
-    return {"per_trial_slot_s": per_trial, "fixed_slot_s": slot_overhead[1] - per_trial * large["trials"],
-            "per_trial_share": per_trial / large["mean_trial_own_s"]}
+    fixed = slot_overhead[1] - per_trial * large["trials"]
+    return {"per_trial_slot_s": per_trial, "fixed_slot_s": fixed, "per_trial_share": per_trial / large["mean_trial_own_s"],
+            "target_trial_s": shortest_trial_within_target(fixed, per_trial, large["trials"])}
+
+
+def shortest_trial_within_target(fixed_slot_s: float, per_trial_slot_s: float, n_trials: int) -> float:
+    """A trial's own time from which a grid of ``n_trials`` meets ``TARGET``: the overhead
+    (fixed + n × per-trial) / (n × own) falls as trials grow, and is the target's bound at this length."""
+    return (fixed_slot_s / n_trials + per_trial_slot_s) / TARGET.bound
 
 
 def run(quick: bool = False, reuse_workers: bool = True) -> dict:
@@ -60,5 +68,6 @@ def run(quick: bool = False, reuse_workers: bool = True) -> dict:
         grids.append(row)
     split = split_fixed_and_per_trial(grids[-2], grids[-1])
     print(f"  study: {split['fixed_slot_s']:.1f} slot-s once per study, {split['per_trial_slot_s']:.2f} slot-s per trial "
-          f"({split['per_trial_share']:.1%} of a trial's own time)", flush=True)
+          f"({split['per_trial_share']:.1%} of a trial's own time); "
+          f"N={sizes[-1]} meets ≤ {TARGET.bound:.0%} overhead with trials of {split['target_trial_s']:.1f} s or more", flush=True)
     return {"grids": grids, **split}

@@ -205,6 +205,22 @@ def test_bare_loop_process_serves_passes_before_and_after_and_reports_its_failur
         BareLoopProcess("no_such_net", size=16, train_images=64)
 
 
+def test_study_overhead_splits_into_once_per_study_and_per_trial_and_finds_the_trial_length_meeting_the_target():
+    """Grids made from a known overhead (18 slot-s once, 0.5 per trial, 4 s trials on 2 slots): the
+    split recovers both, and trials of the length it names put a grid of 16 exactly at the target."""
+    from benchmarks.study_overhead import TARGET, split_fixed_and_per_trial
+
+    def grid(n: int, own_each: float) -> dict:
+        return {"trials": n, "slots": 2, "trial_own_s": n * own_each, "mean_trial_own_s": own_each,
+                "study_s": (n * own_each + 18 + 0.5 * n) / 2}
+
+    split = split_fixed_and_per_trial(grid(8, 4.0), grid(16, 4.0))
+    assert split["fixed_slot_s"] == pytest.approx(18) and split["per_trial_slot_s"] == pytest.approx(0.5)
+    assert split["per_trial_share"] == pytest.approx(0.5 / 4.0)
+    long = grid(16, split["target_trial_s"])
+    assert (long["study_s"] * 2 - long["trial_own_s"]) / long["trial_own_s"] == pytest.approx(TARGET.bound)
+
+
 @pytest.mark.slow
 def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
     """``benchmarks/run.py --quick`` on the data-path section: the table and the JSON with targets."""
@@ -212,6 +228,9 @@ def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
     assert "CSV cached load / first load" in stdout and "targets met" in stdout
     assert results["machine"]["cpu_cores"] >= 1 and results["data"]["csv"]["rows"] == 2000
     assert [t["figure"] for t in results["targets"]] == ["CSV cached load / first load"]
+    csv = results["data"]["csv"]  # the cached figure is the median of its repeated loads
+    assert len(csv["cached_loads_s"]) == 5 and csv["cached_load_s"] == sorted(csv["cached_loads_s"])[2]
+    assert csv["cached_over_first"] == pytest.approx(csv["cached_load_s"] / csv["first_load_s"])
 
 
 @pytest.mark.slow
