@@ -221,6 +221,44 @@ def test_study_overhead_splits_into_once_per_study_and_per_trial_and_finds_the_t
     assert (long["study_s"] * 2 - long["trial_own_s"]) / long["trial_own_s"] == pytest.approx(TARGET.bound)
 
 
+def test_trial_profile_files_each_sample_under_what_its_line_does():
+    """py-spy's raw stacks are filed by the innermost ``harness/training.py`` frame, by the text of
+    the line (forward, backward, the harness's own gather), not by a line number that moves."""
+    import inspect
+
+    from benchmarks.profile_trial import classify, train_one_epoch_steps
+    from harness.training import train_one_epoch
+
+    source, first = inspect.getsourcelines(train_one_epoch)
+    line_of = lambda text: first + next(i for i, line in enumerate(source) if text in line)  # noqa: E731
+    steps = train_one_epoch_steps()
+    worker = "main_loop (ray/_private/worker.py:1069);run_trial (harness/trainable.py:310);run_epoch (harness/trainable.py:205)"
+
+    def at(line: int, leaf: str = "") -> str:
+        return f"{worker};train_one_epoch (harness/training.py:{line}){';' + leaf if leaf else ''}"
+
+    assert classify(at(line_of("loss.backward()"), "backward (torch/_tensor.py:625)"), steps) == "train: backward"
+    assert classify(at(line_of("model(")), steps) == "train: model forward"
+    assert classify(at(line_of("x = adapter(")), steps) == "train: harness: gather + input adapter"
+    assert classify(at(line_of("correct +=")), steps) == "train: harness: bookkeeping"
+    assert classify(f"{worker};predict (harness/training.py:114)", steps) == "evaluation"
+    assert classify("run_trial (harness/trainable.py:322);_save (torch/serialization.py:1312)", steps).startswith("checkpoint")
+    assert classify("Condition.wait (threading.py:327)", steps) == "other (Ray, waiting)"
+
+
+@pytest.mark.slow
+def test_trial_profile_samples_a_running_trial_worker():
+    """``benchmarks/profile_trial.py`` finds the trial's Ray worker, samples it with py-spy and
+    splits the samples into shares, most of them the model's own steps."""
+    from benchmarks.profile_trial import profile
+
+    result = profile("small_cnn", 32, 512, epochs=12, seconds=3, warmup_s=1)
+    shares = result["shares"]
+    assert result["samples"] > 20 and sum(shares.values()) == pytest.approx(1)
+    assert shares.get("train: model forward", 0) + shares.get("train: backward", 0) > 0.3
+    assert 0 <= result["harness_share_of_training"] < 0.5 and len(result["train_images_per_s"]) == 12
+
+
 @pytest.mark.slow
 def test_benchmark_entry_runs_and_writes_its_targets(tmp_path):
     """``benchmarks/run.py --quick`` on the data-path section: the table and the JSON with targets."""
