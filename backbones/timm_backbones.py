@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import timm
 from torch import nn
 
 from backbones.registry import BackboneInfo, register_backbone
@@ -20,16 +20,34 @@ EFFICIENTNET_INIT = (
 )
 
 
+# The fields timm_info reads from timm's pretrained configs of the built-in entries, as timm 1.0
+# has them: they register without importing timm, which takes 2–3 s (it pulls in torchvision).
+# A test checks them against timm's own.
+BUILTIN_PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
+    "resnet50.a1_in1k": {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                         "hf_hub_id": "timm/resnet50.a1_in1k"},
+    "mobilenetv1_100.ra4_e3600_r224_in1k": {"input_size": (3, 224, 224), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+                                            "hf_hub_id": "timm/mobilenetv1_100.ra4_e3600_r224_in1k"},
+}
+CFG_FIELDS = ("input_size", "mean", "std", "hf_hub_id")
+
+
+def timm_pretrained_cfg(timm_name: str) -> dict[str, Any]:
+    """timm's pretrained config of ``architecture[.tag]`` as a dict ({} when timm has none)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(timm_name) if "." in timm_name else None
+    if cfg is None:
+        cfg = timm.models.get_pretrained_cfg(timm_name.split(".")[0])
+    return cfg.to_dict() if cfg is not None else {}
+
+
 def timm_info(
     name: str, timm_name: str, description: str = "", keras_conv_bias: bool = False,
     random_init: str = "the timm model's own initialiser (its init_weights / timm defaults)",
 ) -> BackboneInfo:
     """Metadata from timm's pretrained config (input size, normalisation, weight source)."""
-    cfg = timm.models.get_pretrained_cfg(timm_name) if "." in timm_name else None
-    if cfg is None:
-        model_name = timm_name.split(".")[0]
-        cfg = timm.models.get_pretrained_cfg(model_name)
-    cfg = cfg.to_dict() if cfg is not None else {}
+    cfg = BUILTIN_PRETRAINED_CFGS.get(timm_name) or timm_pretrained_cfg(timm_name)
     full_name = timm_name if "." in timm_name else f"{timm_name}.{cfg['tag']}" if cfg.get("tag") else timm_name
     hub = cfg.get("hf_hub_id")
     return BackboneInfo(
@@ -50,6 +68,8 @@ def timm_info(
 
 def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
     """Create the timm model; with a weights file, load it through timm (classifier re-initialised)."""
+    import timm
+
     if weights_file is None:
         model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
     else:

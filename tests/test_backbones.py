@@ -65,6 +65,21 @@ def test_backbone_info():
     assert resnet18.timm_name.startswith("resnet18.")
 
 
+def test_built_in_timm_entries_register_without_timm_and_match_its_configs():
+    """The built-in timm entries carry timm's pretrained configs as recorded, so that importing the
+    backbones (every trial worker, every CLI call) does not import timm; those records are timm's own."""
+    import subprocess
+    import sys
+
+    from backbones.timm_backbones import BUILTIN_PRETRAINED_CFGS, CFG_FIELDS, timm_pretrained_cfg
+
+    code = "import sys, backbones; backbones.get_backbone_info('resnet50'); print('timm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    for timm_name, recorded in BUILTIN_PRETRAINED_CFGS.items():
+        live = timm_pretrained_cfg(timm_name)
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in live.items() if k in CFG_FIELDS} == recorded, timm_name
+
+
 def test_unknown_backbone_raises_key_error_listing_allowed_names():
     for name in ("resnet_50", "timm:no_such_model_xyz"):
         with pytest.raises(KeyError) as excinfo:
