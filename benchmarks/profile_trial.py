@@ -1,7 +1,7 @@
 """Where a trial's time goes, by py-spy: ``python benchmarks/profile_trial.py [BACKBONE SIZE IMAGES]``.
 
 Runs the overhead section's trial (SynthFER at the input size, no augmentation, fp32, 2 threads)
-for more epochs, samples its Ray worker with py-spy after the first epoch, and prints the share of
+for more epochs, samples its Ray worker with py-spy once it trains, past its first epoch, and prints the share of
 samples in each step of ``train_one_epoch`` (model forward, backward, optimizer, loss, and the
 harness's own per-batch work: the uint8 gather with the input adapter, the accuracy and loss
 bookkeeping) and outside it (evaluation, checkpoints, waiting). The shares come from one window
@@ -77,7 +77,12 @@ def profile(backbone: str, size: int, train_images: int, *, epochs: int = 8, sec
                     except psutil.Error:
                         continue
                     if title.startswith(TRIAL_TITLE):
-                        time.sleep(warmup_s)  # past the first epoch's kernel warm-up
+                        # Building the trial (its model, Adam's import of torch._dynamo) comes first:
+                        # wait until the worker trains, then past the first epoch's kernel warm-up.
+                        while time.monotonic() < deadline and "train_one_epoch" not in subprocess.run(
+                                ["py-spy", "dump", "-p", str(proc.pid)], capture_output=True, text=True).stdout:
+                            time.sleep(0.2)
+                        time.sleep(warmup_s)
                         done = subprocess.run(["py-spy", "record", "-p", str(proc.pid), "-d", str(int(seconds)), "-r", "50",
                                                "--format", "raw", "-o", str(raw)], capture_output=True, text=True)
                         if done.returncode != 0:
