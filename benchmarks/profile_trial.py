@@ -114,6 +114,9 @@ def profile(backbone: str, size: int, train_images: int, *, epochs: int = 8, sec
 
 def main(argv: list[str]) -> int:
     backbone, size, images = (argv + ["small_cnn", "48", "2048"][len(argv):])[:3]
+    if len(argv) > 3 or not (size.isdigit() and images.isdigit()):
+        raise SystemExit(f"usage: profile_trial.py [BACKBONE [SIZE [IMAGES]]], SIZE and IMAGES whole numbers "
+                         f"(e.g. mobilenet_v1 48 832); got {' '.join(argv)!r}")
     result = profile(backbone, int(size), int(images))
     print(f"{backbone} at {size} px, {images} images per epoch: {result['samples']} samples of the trial's worker")
     for step, share in result["shares"].items():

@@ -246,6 +246,13 @@ def test_trial_profile_files_each_sample_under_what_its_line_does():
     assert classify("Condition.wait (threading.py:327)", steps) == "other (Ray, waiting)"
 
 
+def test_trial_profile_refuses_a_size_that_is_not_a_number_in_one_line():
+    from benchmarks.profile_trial import main
+
+    with pytest.raises(SystemExit, match=r"usage: profile_trial.py .*got 'resnet50 big'"):
+        main(["resnet50", "big"])
+
+
 @pytest.mark.slow
 def test_trial_profile_samples_a_running_trial_worker():
     """``benchmarks/profile_trial.py`` finds the trial's Ray worker, samples it with py-spy and
