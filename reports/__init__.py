@@ -8,6 +8,7 @@ from harness.atomic import atomic_write_text
 from harness.experiment import experiment_paths, read_json
 from reports.collect import collect, collect_per_class, trial_statuses
 from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
+from reports.derived import fold_test_train_ratio
 from reports.html import write_html_report
 from reports.markdown import render_markdown
 from reports.recommendation import render_recommendation
@@ -42,9 +43,11 @@ def build_report(experiment_dir: str | Path) -> Path:
     epochs, trials = collect(experiment_dir)
     per_class, confusion = collect_per_class(experiment_dir)
     samples, sample_predictions = collect_sample_probabilities(experiment_dir)
-    comparison = comparison_tables(epochs, trials, window, spec["train"]["epochs"])
+    ratio = fold_test_train_ratio(spec["split"])
+    comparison = comparison_tables(epochs, trials, window, spec["train"]["epochs"], ratio)
+    trials = comparison["trials"]
     tables = paths["report"] / "tables"
-    named = {"epochs": epochs, "trials": trials, "per_class": per_class, "sample_predictions": sample_predictions}
+    named = {"epochs": epochs, "per_class": per_class, "sample_predictions": sample_predictions}
     for name, frame in {**named, **comparison}.items():
         write_table(tables, name, frame)
     draw_figures(epochs, trials, comparison, confusion, paths["report"] / "figures")
@@ -52,8 +55,8 @@ def build_report(experiment_dir: str | Path) -> Path:
     sections = [
         render_comparison(comparison, per_class, window),
         SAMPLES_SECTION,
-        pseudo_label_section(experiment_dir, epochs, window, paths["report"]),
-        render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"]),
+        pseudo_label_section(experiment_dir, epochs, window, paths["report"], trials, ratio),
+        render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio),
     ]
     data_section = None
     if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only

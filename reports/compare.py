@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from harness.atomic import atomic_write_text
 from harness.experiment import experiment_paths, read_json
 from reports.collect import collect
 from reports.comparison import comparison_tables, write_table
+from reports.derived import fold_test_train_ratio
 from reports.markdown import markdown_table, split_text
+from reports.stats import welch_interval
 
 COMPARED_METRICS = {  # trial-level metric → label
     "test_acc": "test acc", "test_macro_f1": "test macro F1", "initial_acc": "initial val acc",
@@ -32,27 +33,12 @@ def _experiment_summary(experiment_dir: Path) -> tuple[dict, pd.DataFrame, pd.Se
     manifest = read_json(experiment_paths(experiment_dir)["manifest"])
     spec = manifest["spec"]
     epochs, trials = collect(experiment_dir)
-    tables = comparison_tables(epochs, trials, spec.get("report", {}).get("window", 5), spec["train"]["epochs"])
+    tables = comparison_tables(epochs, trials, spec.get("report", {}).get("window", 5), spec["train"]["epochs"],
+                               fold_test_train_ratio(spec["split"]))
     summary = tables["summary"]
     summary = summary[summary["metric"].isin(COMPARED_METRICS)].copy()
     summary["model"] = summary["backbone"] + "_" + summary["init"] + "_" + summary["variant"]
     return manifest, summary, trials["status"].value_counts()
-
-
-def welch_interval(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
-                   level: float = 0.95) -> tuple[float, float]:
-    """Interval of mean_b − mean_a for independent samples (Welch–Satterthwaite degrees of
-    freedom); NaN unless both sides have two or more values."""
-    if n_a < 2 or n_b < 2 or np.isnan(std_a) or np.isnan(std_b):
-        return np.nan, np.nan
-    va, vb = std_a**2 / n_a, std_b**2 / n_b
-    se = np.sqrt(va + vb)
-    diff = mean_b - mean_a
-    if se == 0:
-        return diff, diff
-    dof = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
-    half = stats.t.ppf(0.5 + level / 2, dof) * se
-    return diff - half, diff + half
 
 
 def comparison_table(names: list[str], summaries: list[pd.DataFrame]) -> pd.DataFrame:

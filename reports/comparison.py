@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reports.derived import initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
+from reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
 from reports.markdown import markdown_table
 
 SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table
@@ -22,14 +22,22 @@ DIFFERENCE_METRICS = ("test_acc", "test_macro_f1", "initial_acc")
 WHOLE_NUMBERS = {"params_trainable", "train_images_per_s", "train_time_s", "infer_images_per_s", "wall_time_s"}
 
 
-def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, last_epoch: int) -> dict[str, pd.DataFrame]:
-    """``mcr_mofr``, ``summary`` (long, per arm group and metric) and ``differences`` (paired)."""
-    initial = initial_metrics(epochs)[["arm_id", "initial_acc", "initial_loss"]] if not epochs.empty else None
-    enriched = trials.merge(initial, on="arm_id", how="left") if initial is not None else trials
-    differences = [paired_differences(enriched, metric) for metric in DIFFERENCE_METRICS if metric in enriched]
+def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, last_epoch: int,
+                      test_train_ratio: float | None = None) -> dict[str, pd.DataFrame]:
+    """``trials`` enriched with the initial (epoch-1) metrics and ``did_not_learn``, ``mcr_mofr``,
+    ``summary`` (long, per arm group and metric) and ``differences`` (paired). ``test_train_ratio``:
+    k-fold studies' corrected intervals (``reports.derived.fold_test_train_ratio``)."""
+    enriched = trials
+    if not epochs.empty:
+        initial = initial_metrics(epochs)[["arm_id", "initial_acc", "initial_loss"]]
+        flat = did_not_learn(epochs).rename("did_not_learn")
+        enriched = trials.merge(initial, on="arm_id", how="left").merge(flat, left_on="arm_id", right_index=True, how="left")
+        enriched["did_not_learn"] = enriched["did_not_learn"].astype("boolean").fillna(False).astype(bool)
+    differences = [paired_differences(enriched, metric, test_train_ratio) for metric in DIFFERENCE_METRICS if metric in enriched]
     return {
+        "trials": enriched,
         "mcr_mofr": mcr_mofr(epochs, window, last_epoch),
-        "summary": seed_summary(enriched),
+        "summary": seed_summary(enriched, test_train_ratio=test_train_ratio),
         "differences": pd.concat(differences, ignore_index=True) if differences else pd.DataFrame(),
     }
 
@@ -59,13 +67,20 @@ def _differences_table(differences: pd.DataFrame) -> pd.DataFrame:
     table = differences.copy()
     table["within"] = table["variant"].where(table["variant"].notna(), table["init"])
     table["difference"] = table["mean_diff"].map(lambda v: "–" if pd.isna(v) else f"{v:+.3f}")
-    table["95% CI"] = [
-        "– (fewer than 2 seed pairs)" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]" + (" **excludes 0**" if flag else "")
-        for low, high, flag in zip(table["ci_low"], table["ci_high"], table["excludes_zero"])
-    ]
+    table["95% CI"] = ["–" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]" for low, high in zip(table["ci_low"], table["ci_high"])]
+    table["p"] = [_p_text(p, flip) for p, flip in zip(table["p_value"], table["p_sign_flip"])]
+    table["verdict"] = ["**differs**" + (f" ({note})" if note else "") if claim else note
+                        for claim, note in zip(table["claim"], table["note"])]
     columns = {"comparison": "comparison", "backbone": "backbone", "within": "variant / init", "metric": "metric",
-               "n_pairs": "seed pairs", "difference": "mean difference", "95% CI": "95% CI (bootstrap)"}
+               "n_pairs": "pairs", "difference": "mean difference", "95% CI": "95% CI", "p": "p (t; sign-flip)",
+               "verdict": "verdict"}
     return table[list(columns)].rename(columns=columns)
+
+
+def _p_text(p: float, flip: float) -> str:
+    if pd.isna(p):
+        return "–"
+    return f"{p:.2g}" + ("" if pd.isna(flip) else f"; {flip:.2g}")
 
 
 def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
@@ -110,7 +125,11 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
     lines += [
         "## Across seeds", "",
         "Mean ± standard deviation [95% Student-t confidence interval] over the completed seeds (and folds) of "
-        "each model; one seed shows the value alone. All metrics are in `tables/summary.csv`.", "",
+        "each model; one seed shows the value alone. In a subject k-fold study the interval is the corrected "
+        "resampled one (Nadeau & Bengio): folds share training data, so a plain t interval over them would be too "
+        "narrow. These intervals describe each mean; whether two models differ is read from their paired "
+        "difference (below and in the Recommendation), not from whether these intervals overlap. "
+        "All metrics are in `tables/summary.csv`.", "",
         markdown_table(_seed_table(tables["summary"])),
         "![Test accuracy vs trainable parameters, Pareto front](figures/accuracy_vs_params.png)", "",
         "![Test accuracy vs training throughput, Pareto front](figures/accuracy_vs_throughput.png)", "",
@@ -118,8 +137,11 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
     if not tables["differences"].empty:
         lines += [
             "## Pretrained vs random, variant vs baseline", "",
-            "Paired by seed: the mean of (pretrained − random) per backbone, with a 95% percentile-bootstrap interval "
-            "(10,000 resamples); a difference is claimed only where its interval excludes 0.", "",
+            "Paired by seed (and fold): the mean of (pretrained − random) per backbone and of (variant − baseline), "
+            "with the paired Student-t 95% interval and p-value (over folds: the corrected resampled t of Nadeau & "
+            "Bengio, since folds share training data) and, for up to 10 pairs, the exact sign-flip permutation p. "
+            "A difference is claimed only with at least 3 pairs and an interval that excludes 0; the verdict says "
+            "why not otherwise, and how many seeds a difference of the size seen would need.", "",
             markdown_table(_differences_table(tables["differences"])),
         ]
     if not per_class.empty:

@@ -1,6 +1,6 @@
 """Metrics derived from the tidy tables of ``reports.collect``: the Smelyakov et al. (2022)
 convergence / overfitting rates per epoch window, initial (epoch-1) metrics, and statistics across
-seeds (t intervals, paired bootstrap differences) so that a report can say whether a difference
+seeds (t intervals and paired differences from ``reports.stats``) so that a report can say whether a difference
 between arms is larger than the seed-to-seed noise.
 
 All functions are pure: DataFrames in, DataFrames out, nothing read or written.
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+from reports.stats import compare_paired, t_interval
 
 ARM_KEYS = ["backbone", "init", "variant", "seed"]  # + "fold" in k-fold studies
 GROUP_KEYS = ["backbone", "init", "variant"]  # an arm group: seeds and folds pooled
@@ -20,7 +21,9 @@ RATE_KINDS = ("MCR", "MOFR")
 # identifiers, settings or text, not metrics to average.
 NOT_METRICS = {"trial_id", "arm_id", "seed", "fold", "weights_source", "status", "error", "epochs_done",
                "input_size", "resumed_at_epochs"}
-INIT_ORDER = ("pretrained", "random")  # the paper lists the pretrained arm first
+INIT_ORDER = ("pretrained", "random")
+DIFFERENCE_COLUMNS = ["comparison", "backbone", "variant", "init", "metric", "n_pairs", "n_unpaired", "mean_diff",
+                      "ci_low", "ci_high", "p_value", "p_sign_flip", "method", "claim", "note"]  # the paper lists the pretrained arm first
 
 
 def _arm_keys(frame: pd.DataFrame) -> list[str]:
@@ -164,14 +167,6 @@ def smelyakov_tables(mcr: pd.DataFrame) -> dict[str, pd.DataFrame]:
 # --------------------------------------------------------------------------- statistics across seeds
 
 
-def t_interval(mean: np.ndarray, std: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Student t confidence interval of a mean from n samples; NaN where n < 2."""
-    n = np.asarray(n, dtype=float)
-    dof = np.where(n >= 2, n - 1, np.nan)
-    half = stats.t.ppf(0.5 + level / 2, dof) * np.asarray(std, dtype=float) / np.sqrt(n)
-    return np.asarray(mean) - half, np.asarray(mean) + half
-
-
 def _completed(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["status"] == "completed"] if "status" in trials.columns else trials
 
@@ -182,14 +177,15 @@ def default_metrics(trials: pd.DataFrame) -> list[str]:
     return [c for c in numeric if c not in NOT_METRICS]
 
 
-def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None, test_train_ratio: float | None = None) -> pd.DataFrame:
     """Mean / std / 95% t interval across seeds (and folds) per arm group, for ``summary.csv``.
 
     Long format, one row per (backbone, init, variant, metric): columns backbone, init, variant,
     metric, n, mean, std, ci95_low, ci95_high. Long because n differs per metric (a NaN metric is
     not counted) and the column set stays fixed whatever metrics a study has. Only completed trials
     count; a group with none still appears, with n = 0. std uses ddof=1; with n < 2 std and the
-    interval are NaN.
+    interval are NaN. In a k-fold study (``test_train_ratio`` given) the interval is the corrected
+    resampled one: folds share training data, so the plain t interval would be too narrow.
     """
     metrics = default_metrics(trials) if metrics is None else metrics
     groups = trials[GROUP_KEYS].drop_duplicates()
@@ -201,72 +197,79 @@ def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None) -> pd.D
     summary = everything.merge(summary.reset_index(), on=[*GROUP_KEYS, "metric"], how="left")
     summary["n"] = summary["n"].fillna(0).astype(int)
     summary.loc[summary["n"] < 2, "std"] = np.nan
-    summary["ci95_low"], summary["ci95_high"] = t_interval(summary["mean"], summary["std"], summary["n"])
+    summary["ci95_low"], summary["ci95_high"] = t_interval(summary["mean"], summary["std"], summary["n"],
+                                                           test_train_ratio=test_train_ratio)
     return summary.reset_index(drop=True)
 
 
-def bootstrap_mean_ci(
-    differences: np.ndarray, n_boot: int = 10000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``differences``; NaN with fewer than 2 values.
-
-    A fresh generator from ``seed`` per call keeps each comparison's interval independent of which
-    other comparisons were computed.
-    """
-    differences = np.asarray(differences, dtype=float)
-    if len(differences) < 2:
-        return np.nan, np.nan
-    rng = np.random.default_rng(seed)
-    means = differences[rng.integers(0, len(differences), size=(n_boot, len(differences)))].mean(axis=1)
-    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return float(low), float(high)
+def unit_pairs(frame: pd.DataFrame, units: list[str], side_a: pd.Series, side_b: pd.Series,
+               column: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(a values, b values, unpaired count): ``column`` of the rows selected by ``side_a`` and
+    ``side_b``, matched on ``units`` (seed, and fold); units present on one side only are left out."""
+    sides = [frame.loc[side, [*units, column]].dropna(subset=[column]) for side in (side_a, side_b)]
+    both = sides[0].merge(sides[1], on=units, how="outer", suffixes=("_a", "_b"), indicator=True)
+    paired = both[both["_merge"] == "both"]
+    return (paired[f"{column}_a"].to_numpy(dtype=float), paired[f"{column}_b"].to_numpy(dtype=float),
+            int((both["_merge"] != "both").sum()))
 
 
-def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metric: str, n_boot: int, seed: int) -> list[dict]:
+def difference_row(a: np.ndarray, b: np.ndarray, test_train_ratio: float | None) -> dict:
+    """The ``differences`` columns of one comparison (see ``reports.stats.compare_paired``)."""
+    d = compare_paired(a, b, test_train_ratio)
+    return {"n_pairs": d.n, "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
+            "p_sign_flip": d.p_sign_flip, "method": d.method, "claim": d.claim, "note": d.note}
+
+
+def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metric: str,
+           test_train_ratio: float | None) -> list[dict]:
     """One row per backbone × level of the other factor: ``treated`` - ``reference`` of ``factor``,
     paired by seed (and fold)."""
     units = _unit_keys(trials)
     held = next(k for k in ("init", "variant") if k != factor)  # the other factor, held fixed
-    scored = _completed(trials).dropna(subset=[metric])
+    scored = _completed(trials)
     rows = []
     for (backbone, level), _ in trials.groupby(["backbone", held], sort=False):
         cell = scored[(scored["backbone"] == backbone) & (scored[held] == level)]
-        sides = [cell.loc[cell[factor] == side, [*units, metric]] for side in (treated, reference)]
-        both = sides[0].merge(sides[1], on=units, how="outer", suffixes=("_a", "_b"), indicator=True)
-        paired = both[both["_merge"] == "both"]
-        diffs = (paired[f"{metric}_a"] - paired[f"{metric}_b"]).to_numpy(dtype=float)
-        ci_low, ci_high = bootstrap_mean_ci(diffs, n_boot, seed)
-        rows.append({
-            "comparison": f"{treated} − {reference}", "backbone": backbone, held: level, factor: np.nan,
-            "n_pairs": len(diffs), "n_unpaired": int((both["_merge"] != "both").sum()),
-            "mean_diff": diffs.mean() if len(diffs) else np.nan, "ci_low": ci_low, "ci_high": ci_high,
-        })
+        a, b, unpaired = unit_pairs(cell, units, cell[factor] == treated, cell[factor] == reference, metric)
+        rows.append({"comparison": f"{treated} − {reference}", "backbone": backbone, held: level, factor: np.nan,
+                     "n_unpaired": unpaired, **difference_row(a, b, test_train_ratio)})
     return rows
 
 
-def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_train_ratio: float | None = None) -> pd.DataFrame:
     """Does pretraining (or a variant) help beyond seed noise? Paired differences of ``metric``:
     "pretrained − random" per backbone × variant, and "<variant> − baseline" per backbone × init,
     pairing completed trials by seed (and fold). Columns: comparison, backbone, variant, init,
-    metric, n_pairs, n_unpaired, mean_diff, ci_low, ci_high, excludes_zero.
+    metric, n_pairs, n_unpaired, mean_diff, ci_low, ci_high, p_value, p_sign_flip, method, claim, note.
 
     The compared factor's column is NaN (its levels are in ``comparison``). ``n_unpaired`` counts
     seeds (folds) present on only one side — failed, missing or NaN partners — which are left out.
-    The 95% interval is a percentile bootstrap of the mean paired difference (``n_boot`` resamples,
-    deterministic in ``seed``); with n_pairs < 2 it is NaN and ``excludes_zero`` is False.
+    The interval is ``reports.stats``' paired Student t (the corrected resampled t over folds when
+    ``test_train_ratio`` is given); ``claim`` needs 3 pairs and an interval clear of 0.
     A comparison appears only when the study has both levels (e.g. both inits).
     """
-    columns = ["comparison", "backbone", "variant", "init", "metric", "n_pairs", "n_unpaired",
-               "mean_diff", "ci_low", "ci_high", "excludes_zero"]
     rows = []
     if {"pretrained", "random"} <= set(trials["init"]):
-        rows += _pairs(trials, "init", "pretrained", "random", metric, n_boot, seed)
+        rows += _pairs(trials, "init", "pretrained", "random", metric, test_train_ratio)
     variants = list(dict.fromkeys(trials["variant"]))
     if "baseline" in variants:
         for variant in (v for v in variants if v != "baseline"):
-            rows += _pairs(trials, "variant", variant, "baseline", metric, n_boot, seed)
+            rows += _pairs(trials, "variant", variant, "baseline", metric, test_train_ratio)
     if not rows:
-        return pd.DataFrame(columns=columns)
-    result = pd.DataFrame(rows).assign(metric=metric)
-    result["excludes_zero"] = (result["ci_low"] > 0) | (result["ci_high"] < 0)  # NaN compares False
-    return result[columns]
+        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
+    return pd.DataFrame(rows).assign(metric=metric)[DIFFERENCE_COLUMNS]
+
+
+def fold_test_train_ratio(split: dict) -> float | None:
+    """n_test / n_train of a subject k-fold split (1/(k − 1)): the corrected resampled t's term.
+    None for a single fixed split, where seeds are the independent units."""
+    return 1 / (split["k"] - 1) if split.get("kind") == "subject_kfold" else None
+
+
+def did_not_learn(epochs: pd.DataFrame, tolerance: float = 1e-6) -> pd.Series:
+    """Per arm_id: True when the training accuracy never moved over epochs 1..last (a flat curve,
+    like the paper's ``vggfase_random`` row of zeros). Such an arm's MCR and MOFR are 0, not a
+    virtue: the report names it and ranks nothing on it."""
+    trained = epochs[epochs["epoch"] >= 1].dropna(subset=["train_acc"])
+    spread = trained.groupby("arm_id")["train_acc"].agg(lambda v: v.max() - v.min() if len(v) >= 2 else np.nan)
+    return spread.le(tolerance) & spread.notna()

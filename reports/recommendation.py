@@ -2,12 +2,13 @@
 (test accuracy vs trainable parameters) and the Smelyakov et al. decision rule, phrased with the
 study's numbers.
 
-The one rule this module keeps: never claim a difference the confidence intervals do not support.
-A model is called best "clear of the runner-up" only when its 95% Student-t interval across seeds
-(``ci95_low`` / ``ci95_high`` from ``reports.derived.seed_summary``) does not overlap any other
-model's; overlapping intervals read "tied within the 95% CI", and a model with one seed (no interval)
-reads "no difference is established". Pretrained vs random is stated from ``paired_differences``
-rows and "helps" / "hurts" only where ``excludes_zero`` is True.
+The one rule this module keeps: never claim a difference the intervals do not support. A model is
+called best "clear of" the others only when the paired 95% interval (``reports.stats``: seed by
+seed, the same splits) of its difference to every other model excludes 0 with at least 3 pairs;
+otherwise it is "tied", or with fewer pairs "no difference is established". Overlap of the
+per-model intervals is not used: it ignores the pairing. Pretrained vs random is stated from
+``paired_differences`` rows and "helps" / "hurts" only where ``claim`` is True. Arms that did not
+learn (a flat training curve) are named and ranked on nothing.
 
 Pure: DataFrames in, Markdown text out.
 """
@@ -15,11 +16,13 @@ Pure: DataFrames in, Markdown text out.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from reports.derived import GROUP_KEYS, t_interval
+from reports.derived import GROUP_KEYS, unit_pairs
+from reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
 
 CRITERIA = [  # (metric in summary, label, higher is better)
     ("initial_acc", "Best initial validation accuracy", True),
@@ -29,6 +32,11 @@ CRITERIA = [  # (metric in summary, label, higher is better)
 METRIC_LABELS = {"test_acc": "test acc", "test_macro_f1": "test macro F1", "initial_acc": "initial val acc"}
 WHOLE = {"params_trainable", "train_images_per_s", "infer_images_per_s"}
 RATES = {"MCR", "MOFR"}
+SPEED_CRITERIA = [  # (metric, label, what, higher is better)
+    ("train_images_per_s", "Highest training throughput", "`train_images_per_s`, images/s", True),
+    ("infer_latency_ms", "Lowest inference latency", "`infer_latency_ms`, ms per image at batch 1", False),
+    ("infer_images_per_s", "Highest inference throughput", "`infer_images_per_s`, images/s at the evaluation batch", True),
+]
 STAT_COLUMNS = ["model", "n", "mean", "std", "ci95_low", "ci95_high"]
 
 
@@ -109,30 +117,82 @@ def _rate_stats(mcr: pd.DataFrame, kind: str, first: bool, multi_variant: bool, 
     return str(window), stats[STAT_COLUMNS]
 
 
-# --------------------------------------------------------------------------- ranking with intervals
+# --------------------------------------------------------------------------- ranking with paired intervals
 
 
-def _overlap(a, b) -> bool:
-    return a.ci95_low <= b.ci95_high and b.ci95_low <= a.ci95_high
+def _unit_values(trials: pd.DataFrame | None, mcr: pd.DataFrame | None, multi_variant: bool) -> pd.DataFrame:
+    """Long frame model, seed, [fold], metric, value: every completed arm's value of every metric
+    (trial metrics, and the accuracy-based MCR/MOFR of each window as ``MCR:<window>``), so two
+    models can be compared pair by pair (same seed, same split)."""
+    frames = []
+    if trials is not None and not trials.empty:
+        done = trials[trials["status"] == "completed"] if "status" in trials.columns else trials
+        units = [k for k in ("seed", "fold") if k in done.columns]
+        metrics = [c for c in done.select_dtypes(include="number").columns if c not in units]
+        long = done.assign(model=_names(done, multi_variant))[["model", *units, *metrics]]
+        frames.append(long.melt(id_vars=["model", *units], var_name="metric", value_name="value"))
+    if mcr is not None and not mcr.empty:
+        accuracy = mcr[mcr["metric"] == "accuracy"]
+        units = [k for k in ("seed", "fold") if k in accuracy.columns]
+        frames.append(accuracy.assign(model=_names(accuracy, multi_variant), metric=accuracy["kind"] + ":" + accuracy["window"].astype(str))
+                      [["model", *units, "metric", "value"]])
+    if not frames:
+        return pd.DataFrame(columns=["model", "seed", "metric", "value"])
+    return pd.concat(frames, ignore_index=True)
 
 
-def _rank(stats: pd.DataFrame, higher: bool, exact: bool = False) -> dict | None:
-    """The best model and which others it is not established to beat: ``tied`` (intervals overlap,
-    or the same value for an ``exact`` metric) and ``open`` (no interval: one seed)."""
-    if stats.empty:
-        return None
-    ordered = stats.sort_values("mean", ascending=not higher, kind="stable").reset_index(drop=True)
-    rows = list(ordered.itertuples(index=False))
-    best, others = rows[0], rows[1:]
-    if exact:
-        tied = [o for o in others if o.mean == best.mean]
-        unresolved = []
-    elif best.n < 2 or pd.isna(best.ci95_low):
-        tied, unresolved = [], others
-    else:
-        tied = [o for o in others if o.n >= 2 and not pd.isna(o.ci95_low) and _overlap(best, o)]
-        unresolved = [o for o in others if o.n < 2 or pd.isna(o.ci95_low)]
-    return {"best": best, "others": others, "tied": tied, "open": unresolved, "exact": exact}
+@dataclass
+class Ranker:
+    """Ranks models on a metric and says which differences the paired intervals support."""
+
+    values: pd.DataFrame  # from ``_unit_values``
+    test_train_ratio: float | None = None  # k-fold studies: corrected resampled t
+
+    def difference(self, metric: str, a: str, b: str) -> PairedDifference:
+        """``a`` − ``b`` on ``metric``, paired by seed (and fold)."""
+        rows = self.values[self.values["metric"] == metric]
+        units = [k for k in ("seed", "fold") if k in rows.columns and rows[k].notna().any()]
+        x, y, _ = unit_pairs(rows, units, rows["model"] == a, rows["model"] == b, "value")
+        return compare_paired(x, y, self.test_train_ratio)
+
+    def rank(self, stats: pd.DataFrame, metric: str, higher: bool, exact: bool = False) -> dict | None:
+        """The best model (by mean) and, for every other: ``beaten`` (the paired interval of the
+        difference is clear of 0 in the best's favour), ``tied`` (it includes 0, or favours the
+        other on the shared seeds) or ``open`` (fewer than 3 pairs: no claim either way). An
+        ``exact`` metric (a parameter count) ties only on equal values."""
+        if stats.empty:
+            return None
+        ordered = stats.sort_values("mean", ascending=not higher, kind="stable").reset_index(drop=True)
+        rows = list(ordered.itertuples(index=False))
+        best, others = rows[0], rows[1:]
+        result = {"best": best, "others": others, "tied": [], "open": [], "beaten": [], "diffs": {}, "exact": exact}
+        for other in others:
+            if exact:
+                result["tied" if other.mean == best.mean else "beaten"].append(other)
+                continue
+            diff = self.difference(metric, best.model, other.model)
+            result["diffs"][other.model] = diff
+            if diff.n < MIN_PAIRS:
+                result["open"].append(other)
+            elif diff.claim and (diff.mean_diff > 0) == higher:
+                result["beaten"].append(other)
+            else:
+                result["tied"].append(other)
+        return result
+
+
+def _signed(metric: str, value: float) -> str:
+    if metric in WHOLE:
+        return f"{value:+,.0f}"
+    return f"{value:+.4f}" if metric in RATES else f"{value:+.3f}"
+
+
+def _diff_text(metric: str, diff: PairedDifference) -> str:
+    """Paired difference best − other, e.g. "difference +0.031 [+0.012, +0.050], 5 pairs"."""
+    if not np.isfinite(diff.ci_low):
+        return f"{diff.n} pair{'s' if diff.n != 1 else ''}"
+    return (f"difference {_signed(metric, diff.mean_diff)} [{_signed(metric, diff.ci_low)}, "
+            f"{_signed(metric, diff.ci_high)}], {diff.n} pairs")
 
 
 def _verdict(rank: dict, metric: str, only: str = "(the only model with a value)") -> str:
@@ -143,16 +203,19 @@ def _verdict(rank: dict, metric: str, only: str = "(the only model with a value)
         if rank["tied"]:
             return "tied with " + ", ".join(f"`{o.model}`" for o in rank["tied"]) + " (same value)"
         return f"ahead of the runner-up `{others[0].model}` ({_value(metric, others[0].mean)}; an exact count, the same for every seed)"
-    if best.n < 2 or pd.isna(best.ci95_low):
-        return f"(one seed: no interval, so no difference is established; runner-up {_cell(metric, others[0])})"
     parts = []
     if rank["tied"]:
-        parts.append("tied within the 95% CI with " + ", ".join(_cell(metric, o) for o in rank["tied"]))
+        parts.append("tied (paired 95% CI of the difference includes 0) with " + ", ".join(
+            f"{_cell(metric, o)} ({_diff_text(metric, rank['diffs'][o.model])})" for o in rank["tied"]))
     if rank["open"]:
-        parts.append("no difference established from " + ", ".join(f"`{o.model}`" for o in rank["open"])
-                     + " (one seed: no interval)")
+        n = max(rank["diffs"][o.model].n for o in rank["open"])
+        parts.append(f"too few seeds (n = {n}): no difference is established from "
+                     + ", ".join(f"`{o.model}`" for o in rank["open"])
+                     + f" (a claim needs at least {MIN_PAIRS} seed pairs; runner-up {_cell(metric, others[0])})")
     if not parts:
-        return f"95% CI clear of the runner-up {_cell(metric, others[0])}"
+        runner = others[0]
+        return (f"paired 95% CI clear of 0 against every other model; runner-up {_cell(metric, runner)} "
+                f"({_diff_text(metric, rank['diffs'][runner.model])})")
     return "; ".join(parts)
 
 
@@ -161,8 +224,9 @@ def _contenders(rank: dict) -> list[str]:
     return [rank["best"].model, *(o.model for o in rank["tied"]), *(o.model for o in rank["open"])]
 
 
-def _line(label: str, what: str, stats: pd.DataFrame, metric: str, higher: bool, exact: bool = False) -> str:
-    rank = _rank(stats, higher, exact)
+def _line(ranker: Ranker, label: str, what: str, stats: pd.DataFrame, metric: str, higher: bool,
+          exact: bool = False, paired_as: str | None = None) -> str:
+    rank = ranker.rank(stats, paired_as or metric, higher, exact)
     if rank is None:
         return f"- **{label}** ({what}): not available (no completed model has a value)."
     return f"- **{label}** ({what}): {_cell(metric, rank['best'])} — {_verdict(rank, metric)}."
@@ -213,60 +277,65 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
                 subject = f"`{row.backbone}_{row.init}`"
             label = METRIC_LABELS.get(row.metric, row.metric)
             diff = "–" if pd.isna(row.mean_diff) else f"{row.mean_diff:+.3f}"
-            if pd.isna(row.ci_low):
-                interval = f"{row.n_pairs} seed pair{'s' if row.n_pairs != 1 else ''}: no interval"
-            else:
-                interval = f"95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-            if bool(row.excludes_zero):
+            interval = "no interval" if pd.isna(row.ci_low) else f"95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+            interval += f", {row.n_pairs} pair{'s' if row.n_pairs != 1 else ''}"
+            if bool(row.claim):
                 verb = "helps" if row.mean_diff > 0 else "hurts"
                 items.append(f"{actor} {verb} {subject} ({diff} {label}, {interval})")
             else:
-                items.append(f"{subject}: no established difference in {label} ({diff}, {interval})")
-        lines.append(f"- **{title}** (paired by seed; a difference is claimed only where its 95% bootstrap "
-                     f"interval excludes 0): " + "; ".join(items) + ".")
+                items.append(f"{subject}: no established difference in {label} ({diff}, {interval}; {row.note})")
+        lines.append(f"- **{title}** (paired by seed; a difference is claimed only with at least {MIN_PAIRS} pairs "
+                     "and a 95% interval that excludes 0): " + "; ".join(items) + ".")
     return lines
 
 
 # --------------------------------------------------------------------------- the section
 
 
-def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr: pd.DataFrame) -> str:
-    """The "## Recommendation" Markdown section from ``seed_summary``, ``paired_differences`` and
-    ``mcr_mofr`` frames (as in ``reports.comparison.comparison_tables``)."""
+def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr: pd.DataFrame,
+                          trials: pd.DataFrame | None = None, test_train_ratio: float | None = None) -> str:
+    """The "## Recommendation" Markdown section from ``seed_summary``, ``paired_differences``,
+    ``mcr_mofr`` and the (enriched) trials frames of ``reports.comparison.comparison_tables``;
+    ``test_train_ratio`` in k-fold studies (see ``reports.derived.fold_test_train_ratio``)."""
     lines = ["## Recommendation", ""]
     if summary is None or summary.empty:
         return "\n".join(lines + ["No models to compare.", ""])
     multi = _multi_variant(summary)
     models, left_out = _completed_models(summary, multi)
+    unit = "fold" if test_train_ratio is not None else "seed"
     lines += [
-        "Means over the completed seeds, with the 95% Student-t interval where there are two or more. "
-        "A model is called best *clear of* the others only where its interval overlaps none of theirs; "
-        "otherwise it is tied, or (one seed, no interval) no difference is established.", "",
+        f"Means over the completed {unit}s, with the 95% Student-t interval of each mean where there are two or more"
+        + (" (corrected for folds sharing training data, Nadeau & Bengio)" if test_train_ratio is not None else "")
+        + f". A model is called best *clear of* the others only where the paired 95% interval of its difference to "
+        f"every other model ({unit} by {unit}, the same splits) excludes 0, with at least {MIN_PAIRS} pairs; "
+        f"otherwise it is *tied*, or, with fewer pairs, no difference is established.", "",
     ]
     if left_out:
         lines += ["Left out (no completed trials): " + ", ".join(f"`{m}`" for m in left_out) + ".", ""]
+    flat = _flat_models(trials, multi, models)
+    if flat:
+        lines += ["Did not learn (training accuracy flat over every epoch, in every completed seed; its MCR and MOFR "
+                  "are 0 for that reason): " + ", ".join(f"`{m}`" for m in flat) + ". Left out of the rankings below.", ""]
+        models = [m for m in models if m not in flat]
     if not models:
         return "\n".join(lines + ["No model has a completed trial, so there is nothing to recommend.", ""])
 
+    ranker = Ranker(_unit_values(trials, mcr, multi), test_train_ratio)
     stats = {metric: _metric_stats(summary, metric, multi, models)
              for metric in ("initial_acc", "test_acc", "test_macro_f1", "params_trainable", "train_images_per_s",
                             "infer_latency_ms", "infer_images_per_s")}
     for metric, label, higher in CRITERIA:
-        lines.append(_line(label, f"`{metric}`", stats[metric], metric, higher))
+        lines.append(_line(ranker, label, f"`{metric}`", stats[metric], metric, higher))
     mcr_window, mcr_stats = _rate_stats(mcr, "MCR", True, multi, models)
     mofr_window, mofr_stats = _rate_stats(mcr, "MOFR", False, multi, models)
-    lines.append(_line("Fastest convergence", f"accuracy-based MCR, epochs {mcr_window or '–'}, higher is faster",
-                       mcr_stats, "MCR", True))
-    lines.append(_line("Least overfitting", f"accuracy-based MOFR, epochs {mofr_window or '–'}, lower is less",
-                       mofr_stats, "MOFR", False))
-    lines.append(_line("Fewest trainable parameters", "`params_trainable`", stats["params_trainable"],
+    lines.append(_line(ranker, "Fastest convergence", f"accuracy-based MCR, epochs {mcr_window or '–'}, higher is faster",
+                       mcr_stats, "MCR", True, paired_as=f"MCR:{mcr_window}"))
+    lines.append(_line(ranker, "Least overfitting", f"accuracy-based MOFR, epochs {mofr_window or '–'}, lower is less",
+                       mofr_stats, "MOFR", False, paired_as=f"MOFR:{mofr_window}"))
+    lines.append(_line(ranker, "Fewest trainable parameters", "`params_trainable`", stats["params_trainable"],
                        "params_trainable", False, exact=True))
-    lines.append(_line("Highest training throughput", "`train_images_per_s`, images/s", stats["train_images_per_s"],
-                       "train_images_per_s", True))
-    lines.append(_line("Lowest inference latency", "`infer_latency_ms`, ms per image at batch 1", stats["infer_latency_ms"],
-                       "infer_latency_ms", False))
-    lines.append(_line("Highest inference throughput", "`infer_images_per_s`, images/s at the evaluation batch",
-                       stats["infer_images_per_s"], "infer_images_per_s", True))
+    for metric, label, what, higher in SPEED_CRITERIA:
+        lines.append(_line(ranker, label, what, stats[metric], metric, higher))
 
     pareto = _pareto(stats["test_acc"], stats["params_trainable"])
     if pareto.empty:
@@ -277,30 +346,38 @@ def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr:
             + " (no other model is at least as accurate with as few parameters; means, so a point on the "
               "front need not differ from its neighbours beyond the seed noise).")
     lines += _difference_lines(differences, multi)
-    lines += ["", *_decision_rule(stats, pareto), ""]
+    lines += ["", *_decision_rule(ranker, stats, pareto), ""]
     return "\n".join(lines)
 
 
-def _decision_rule(stats: dict[str, pd.DataFrame], pareto: pd.DataFrame) -> list[str]:
+def _flat_models(trials: pd.DataFrame | None, multi_variant: bool, models: list[str]) -> list[str]:
+    """Models whose every completed arm did not learn (``did_not_learn`` in the enriched trials)."""
+    if trials is None or "did_not_learn" not in trials.columns:
+        return []
+    done = trials[trials["status"] == "completed"] if "status" in trials.columns else trials
+    flags = done.assign(model=_names(done, multi_variant)).groupby("model", sort=False)["did_not_learn"].all()
+    return [m for m in models if bool(flags.get(m, False))]
+
+
+def _decision_rule(ranker: Ranker, stats: dict[str, pd.DataFrame], pareto: pd.DataFrame) -> list[str]:
     """Smelyakov et al.'s rule, with our numbers."""
     text = ["**Decision rule (Smelyakov et al.)**", ""]
-    accuracy = _rank(stats["test_acc"], higher=True)
+    accuracy = ranker.rank(stats["test_acc"], "test_acc", higher=True)
     if accuracy is None:
         return text + ["No model has a test accuracy, so the rule cannot be applied."]
     contenders = _contenders(accuracy)
     speed = stats["train_images_per_s"]
     speed = speed[speed["model"].isin(contenders)]
-    fast = _rank(speed, higher=True)
+    fast = ranker.rank(speed, "train_images_per_s", higher=True)
     within = ", ".join(f"`{m}`" for m in contenders)
     if fast is None:
-        speed_text = f"no throughput recorded for the models within the CI of the best test accuracy ({within})"
+        speed_text = f"no throughput recorded for the models not established to be less accurate than the best ({within})"
     else:
-        one_seed = " — one seed: no interval, so every model" if accuracy["best"].n < 2 else ""
-        speed_text = (f"{_cell('train_images_per_s', fast['best'], ' images/s')} — highest throughput among those "
-                      f"within the CI of the best test accuracy ({within}{one_seed}); "
+        speed_text = (f"{_cell('train_images_per_s', fast['best'], ' images/s')} — highest throughput among the models "
+                      f"not established to be less accurate than the best ({within}); "
                       f"{_verdict(fast, 'train_images_per_s', '(the only one with a throughput)')}")
     text.append(f"- If speed matters and data is plentiful: {speed_text}.")
-    quality = _rank(stats["test_acc"][stats["test_acc"]["model"].isin(pareto["model"])], higher=True)
+    quality = ranker.rank(stats["test_acc"][stats["test_acc"]["model"].isin(pareto["model"])], "test_acc", higher=True)
     if quality is None:
         text.append("- If quality matters and resources are limited: no Pareto set (test accuracy and trainable "
                     "parameters are both needed).")

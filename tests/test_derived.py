@@ -8,7 +8,9 @@ import pytest
 from scipy import stats
 
 from reports.derived import (
-    bootstrap_mean_ci,
+    DIFFERENCE_COLUMNS,
+    did_not_learn,
+    fold_test_train_ratio,
     epoch_windows,
     initial_metrics,
     mcr_mofr,
@@ -263,32 +265,7 @@ def test_seed_summary_reads_nullable_integers_from_collect():
     assert row["mean"] == 4.0 and row["std"] == pytest.approx(np.sqrt(2.0))
 
 
-# --------------------------------------------------------------------------- bootstrap and pairing
-
-
-def test_bootstrap_of_constant_differences_is_the_constant():
-    low, high = bootstrap_mean_ci(np.full(5, 0.03), n_boot=2000, seed=1)
-    assert low == pytest.approx(0.03) and high == pytest.approx(0.03)
-
-
-def test_bootstrap_two_values_hand_computed():
-    # resampled means of [0, 1] are 0 (p=1/4), 0.5 (p=1/2), 1 (p=1/4): the 2.5% and 97.5% points are 0 and 1
-    assert bootstrap_mean_ci(np.array([0.0, 1.0]), n_boot=20000, seed=0) == (0.0, 1.0)
-
-
-def test_bootstrap_uses_the_2_5_and_97_5_percent_points():
-    # resampled means of [0, 0, 3] are k = number of 3s drawn, k ~ Binomial(3, 1/3):
-    # P(k<=2) = 26/27 ~ 0.963 < 0.975, so the 97.5% point is 3 (a 90% interval would stop at 2)
-    assert bootstrap_mean_ci(np.array([0.0, 0.0, 3.0]), n_boot=20000, seed=0) == (0.0, 3.0)
-
-
-def test_bootstrap_is_deterministic_in_the_seed_and_brackets_the_mean():
-    diffs = np.array([0.01, 0.05, -0.02, 0.04, 0.03, 0.00, 0.06])
-    first, again = bootstrap_mean_ci(diffs, seed=7), bootstrap_mean_ci(diffs, seed=7)
-    assert first == again
-    assert bootstrap_mean_ci(diffs, seed=8) != first
-    assert diffs.min() <= first[0] < diffs.mean() < first[1] <= diffs.max()
-    assert np.isnan(bootstrap_mean_ci(np.array([0.5]))).all()
+# --------------------------------------------------------------------------- pairing
 
 
 def test_pretrained_minus_random_paired_by_seed_with_a_missing_partner():
@@ -299,38 +276,75 @@ def test_pretrained_minus_random_paired_by_seed_with_a_missing_partner():
         trial(init="pretrained", seed=3, test_acc=0.69), trial(init="random", seed=3, status="failed", test_acc=0.99),
         trial(init="random", seed=4, test_acc=0.10),  # no pretrained partner
     ])
-    result = paired_differences(trials, n_boot=5000)
-    assert list(result.columns) == ["comparison", "backbone", "variant", "init", "metric", "n_pairs", "n_unpaired",
-                                    "mean_diff", "ci_low", "ci_high", "excludes_zero"]
+    result = paired_differences(trials)
+    assert list(result.columns) == DIFFERENCE_COLUMNS
     row = result.iloc[0]
     assert len(result) == 1 and row["comparison"] == "pretrained − random" and row["variant"] == "baseline"
     assert pd.isna(row["init"]) and row["metric"] == "test_acc"
     assert row["n_pairs"] == 3 and row["n_unpaired"] == 2  # seeds 3 (partner failed) and 4
     assert row["mean_diff"] == pytest.approx((0.20 + 0.23 + 0.20) / 3)
-    assert 0.20 - 1e-12 <= row["ci_low"] <= row["mean_diff"] <= row["ci_high"] <= 0.23 + 1e-12
-    assert bool(row["excludes_zero"]) is True
+    reference = stats.ttest_rel([0.70, 0.72, 0.71], [0.50, 0.49, 0.51]).confidence_interval(0.95)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((reference.low, reference.high))
+    assert row["method"] == "paired Student t" and row["p_sign_flip"] == pytest.approx(0.25)
+    assert bool(row["claim"]) is True
 
 
 def test_variant_minus_baseline_and_pairing_by_fold():
     trials = pd.DataFrame([
         {**trial(variant=variant, seed=0, test_acc=acc), "fold": fold}
         for variant, fold, acc in (
-            ("baseline", 0, 0.50), ("baseline", 1, 0.60),
-            ("pseudo", 0, 0.48), ("pseudo", 1, 0.63),
+            ("baseline", 0, 0.50), ("baseline", 1, 0.60), ("baseline", 2, 0.55),
+            ("pseudo", 0, 0.48), ("pseudo", 1, 0.63), ("pseudo", 2, 0.58),
         )
     ])
-    row = paired_differences(trials).iloc[0]
+    row = paired_differences(trials, test_train_ratio=1 / 2).iloc[0]
     assert row["comparison"] == "pseudo − baseline" and row["init"] == "pretrained" and pd.isna(row["variant"])
-    assert row["n_pairs"] == 2 and row["mean_diff"] == pytest.approx((-0.02 + 0.03) / 2)
-    assert row["ci_low"] == pytest.approx(-0.02) and row["ci_high"] == pytest.approx(0.03)  # the two-value case
-    assert bool(row["excludes_zero"]) is False
+    d = np.array([-0.02, 0.03, 0.03])
+    assert row["n_pairs"] == 3 and row["mean_diff"] == pytest.approx(d.mean())
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) * np.sqrt(1 / 3 + 1 / 2)  # Nadeau & Bengio with k = 3
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert "Nadeau" in row["method"] and bool(row["claim"]) is False
+
+
+def test_two_seed_pairs_claim_nothing_even_when_both_agree():
+    # The old percentile bootstrap called this a difference: both pairs share a sign.
+    trials = pd.DataFrame([trial(init=init, seed=seed, test_acc=acc) for init, seed, acc in (
+        ("pretrained", 0, 0.70), ("random", 0, 0.50), ("pretrained", 1, 0.72), ("random", 1, 0.51))])
+    row = paired_differences(trials).iloc[0]
+    assert row["n_pairs"] == 2 and bool(row["claim"]) is False
+    assert row["note"].startswith("too few seeds (n = 2): no claim")
+
+
+def test_fold_ratio_only_for_subject_kfold():
+    assert fold_test_train_ratio({"kind": "subject_kfold", "k": 10}) == pytest.approx(1 / 9)
+    assert fold_test_train_ratio({"kind": "stratified", "k": 10}) is None
+    assert fold_test_train_ratio({"ratios": [0.7, 0.1, 0.2]}) is None
+
+
+def test_did_not_learn_flags_flat_training_curves_only():
+    epochs = pd.DataFrame(
+        [{"arm_id": "flat", "epoch": e, "train_acc": 0.25 if e else 0.1} for e in range(4)]
+        + [{"arm_id": "learns", "epoch": e, "train_acc": 0.2 + 0.1 * e} for e in range(4)]
+        + [{"arm_id": "one_epoch", "epoch": e, "train_acc": 0.3} for e in range(2)]
+    )
+    flags = did_not_learn(epochs)
+    assert bool(flags["flat"]) and not bool(flags["learns"]) and not bool(flags["one_epoch"])
+
+
+def test_flat_arm_gives_zero_rates_not_nan():
+    # The paper's vggfase_random row: 0 in every window, shown as such.
+    flat = pd.DataFrame([{"backbone": "vggface", "init": "random", "variant": "baseline", "seed": 0, "arm_id": "f",
+                          "epoch": e, "train_acc": 0.25, "val_acc": 0.25, "train_loss": 1.9, "val_loss": 1.9}
+                         for e in range(11)])
+    rates = mcr_mofr(flat, window=5)
+    assert len(rates) == 8 * 1 and (rates["value"] == 0.0).all()
 
 
 def test_single_pair_has_no_interval_and_absent_levels_give_no_comparison():
     trials = pd.DataFrame([trial(init="pretrained", test_acc=0.7), trial(init="random", test_acc=0.5)])
     row = paired_differences(trials).iloc[0]
     assert row["n_pairs"] == 1 and row["mean_diff"] == pytest.approx(0.2)
-    assert np.isnan(row["ci_low"]) and np.isnan(row["ci_high"]) and bool(row["excludes_zero"]) is False
+    assert np.isnan(row["ci_low"]) and np.isnan(row["ci_high"]) and bool(row["claim"]) is False
     only_pretrained = pd.DataFrame([trial(seed=s, test_acc=0.7) for s in range(3)])
     assert paired_differences(only_pretrained).empty
 
@@ -342,4 +356,4 @@ def test_paired_differences_other_metric_and_all_partners_failed():
     ])
     row = paired_differences(trials, metric="test_macro_f1").iloc[0]
     assert row["metric"] == "test_macro_f1" and row["n_pairs"] == 0 and row["n_unpaired"] == 2
-    assert np.isnan(row["mean_diff"]) and bool(row["excludes_zero"]) is False
+    assert np.isnan(row["mean_diff"]) and bool(row["claim"]) is False

@@ -18,7 +18,7 @@ from backbones import create_backbone
 from harness.cli import main
 from harness.engine import run_study
 from harness.spec import load_spec
-from reports.compare import welch_interval
+from reports.stats import welch_interval
 
 TINY = [
     "data.num_images=240", "data.image_size=24", "train.epochs=3", "train.batch_size=32",
@@ -108,6 +108,8 @@ def test_report_numbers_are_the_csv_numbers(study):
         expected = (pairs[(row.backbone, "pretrained")] - pairs[(row.backbone, "random")]).mean()
         assert row.mean_diff == pytest.approx(expected)
         assert f"{row.mean_diff:+.3f}" in report
+    assert not differences["claim"].any()  # two seeds: nothing is claimed, and the report says why
+    assert "too few seeds (n = 2): no claim" in report
     # Recommendation: the best test accuracy is the best mean in summary.csv
     means = summary.xs("test_acc", level="metric")["mean"]
     best = means.idxmax()
