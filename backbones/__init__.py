@@ -3,6 +3,7 @@
 from backbones import face_backbones, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
 from backbones.registry import (
     BackboneInfo,
+    BackboneOptions,
     backbone_parameter_counts,
     count_parameters,
     create_backbone,
@@ -15,6 +16,7 @@ from backbones.weights import WeightStatus, resolve_pretrained
 
 __all__ = [
     "BackboneInfo",
+    "BackboneOptions",
     "WeightStatus",
     "backbone_parameter_counts",
     "count_parameters",

@@ -1,8 +1,11 @@
 """The face-recognition backbones of the Smelyakov study: deepface's PyTorch VGG-Face and OpenFace.
 
 deepface's own modules are used unchanged, so its published ``.pth`` weights load as they are;
-the recognition heads are removed as in the paper (VGG-Face's fc8, the 2,622-identity
-classifier) and a dense classifier sits on the embedding. Both accept inputs smaller than their
+the recognition heads are removed and a dense classifier sits on the embedding. What remains is
+an option (``BackboneOptions``): VGG-Face ends at ReLU(fc7), 4,096-d, as deepface's descriptor does
+today, or at fc8 flattened, 2,622-d, as its descriptor did in 2022 (the Smelyakov paper's: the
+2,622-identity scores before the softmax); OpenFace ends with its L2-normalised 128-d embedding, or
+at Dense(128) without the normalisation (the paper's "last layer excluded"). Both accept inputs smaller than their
 native size: VGG-Face's fc6 (a 7×7 convolution) sees an adaptive 7×7 pooling of conv5
 (identical at 224 px). OpenFace's inception blocks pad their pooling branches by fixed amounts
 that only fit 96 px, as in the Keras original, so OpenFace always gets 96×96 inputs (the harness
@@ -18,20 +21,24 @@ import torch.nn.functional as F
 from deepface.models.facial_recognition.pytorch import OpenFace, VGGFace
 from torch import nn
 
-from backbones.registry import TORCH_DEFAULT_INIT, BackboneInfo, load_state_dict_file, register_backbone
+from backbones.registry import TORCH_DEFAULT_INIT, BackboneInfo, BackboneOptions, load_state_dict_file, register_backbone
 
 DEEPFACE_RELEASES = "https://github.com/serengil/deepface_models/releases/download/v1.0"
 
 
 class VGGFaceClassifier(nn.Module):
-    """VGG-Face trunk (conv1_1 … fc7, descriptor = ReLU(fc7), 4096-d) + a dense classifier."""
+    """VGG-Face trunk + a dense classifier. ``descriptor="fc7"``: conv1_1 … fc7, ReLU(fc7), 4,096-d;
+    ``"fc8"``: … fc7, dropout, fc8, flattened, 2,622-d (no activation, as deepface's 2022 Keras model)."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, descriptor: str = "fc7"):
         super().__init__()
-        self.trunk = VGGFace.VggFaceBaseModel(include_top=False)
+        if descriptor not in ("fc7", "fc8"):
+            raise ValueError(f"unknown VGG-Face descriptor {descriptor!r}; allowed: fc7, fc8")
+        self.descriptor = descriptor
+        self.trunk = VGGFace.VggFaceBaseModel(include_top=descriptor == "fc8")
         # fc6 is a 7×7 convolution over conv5's 7×7 map at 224 px; pool to 7×7 for other sizes.
         self.trunk.fc6.register_forward_pre_hook(lambda _, args: (F.adaptive_avg_pool2d(args[0], 7),))
-        self.num_features, self.feature_channels = 4096, 512
+        self.num_features, self.feature_channels = (2622 if descriptor == "fc8" else 4096), 512
         self.classifier = nn.Linear(self.num_features, num_classes)
 
     def get_classifier(self) -> nn.Module:
@@ -42,6 +49,8 @@ class VGGFaceClassifier(nn.Module):
 
     def strip_to_features(self) -> None:
         self.trunk.fc6, self.trunk.fc7 = nn.Identity(), nn.Identity()
+        if self.trunk.fc8 is not None:
+            self.trunk.fc8 = nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """conv5_3 after its pooling: the (B, 512, H/32, W/32) maps fc6 reads."""
@@ -54,15 +63,23 @@ class VGGFaceClassifier(nn.Module):
             x = t.pool(x)
         return x
 
+    def descriptor_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.trunk.embed(x)
+        if self.descriptor == "fc8":  # deepface's base model: dropout after fc7, then fc8, flattened
+            x = torch.flatten(self.trunk.fc8(self.trunk.dropout(x)[:, :, None, None]), start_dim=1)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.trunk.embed(x))
+        return self.classifier(self.descriptor_features(x))
 
 
 class OpenFaceClassifier(nn.Module):
-    """OpenFace trunk (128-d L2-normalised embedding, Dense(128) included) + a dense classifier."""
+    """OpenFace trunk (Dense(128) included) + a dense classifier; ``l2_norm=False`` feeds the classifier
+    Dense(128)'s output instead of its L2-normalised version."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, l2_norm: bool = True):
         super().__init__()
+        self.l2_norm = l2_norm
         self.trunk = OpenFace.OpenFaceNet()
         self.num_features, self.feature_channels = 128, 736
         self.classifier = nn.Linear(self.num_features, num_classes)
@@ -86,11 +103,25 @@ class OpenFaceClassifier(nn.Module):
             handle.remove()
         return captured[0]
 
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-d embedding: deepface's L2-normalised output, or Dense(128)'s caught on the way."""
+        if self.l2_norm:
+            return self.trunk(x)
+        captured: list[torch.Tensor] = []
+        handle = self.trunk.dense_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            self.trunk(x)
+        finally:
+            handle.remove()
+        return captured[0]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.trunk(x))
+        return self.classifier(self.embedding(x))
 
 
-def _load_trunk(trunk: nn.Module, weights_file: Path, name: str, ignore_prefixes: tuple[str, ...] = ()) -> None:
+def _load_trunk(
+    trunk: nn.Module, weights_file: Path, name: str, ignore_prefixes: tuple[str, ...] = (), required: str = ""
+) -> None:
     """Load deepface's state_dict (or one saved from these classifiers, whose trunk keys carry a
     ``trunk.`` prefix) into the trunk, refusing mismatches with a message naming the file."""
     state = {
@@ -98,6 +129,11 @@ def _load_trunk(trunk: nn.Module, weights_file: Path, name: str, ignore_prefixes
         for k, v in load_state_dict_file(weights_file).items()
         if not k.startswith(("classifier.", *ignore_prefixes))
     }
+    if required and f"{required}.weight" not in state:
+        raise ValueError(
+            f"{weights_file}: has no {required} weights, which model.vggface_descriptor={required} keeps; use deepface's "
+            "vgg_face_weights.pth (it has them) or model.vggface_descriptor=fc7"
+        )
     try:
         trunk.load_state_dict(state)
     except RuntimeError as err:
@@ -138,16 +174,21 @@ OPENFACE = BackboneInfo(
 
 
 @register_backbone(VGGFACE)
-def build_vggface(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
-    model = VGGFaceClassifier(num_classes)
-    if weights_file is not None:
+def build_vggface(info: BackboneInfo, num_classes: int, weights_file: Path | None,
+                  options: BackboneOptions | None = None) -> nn.Module:
+    descriptor = (options or BackboneOptions()).vggface_descriptor
+    model = VGGFaceClassifier(num_classes, descriptor)
+    if weights_file is not None and descriptor == "fc8":
+        _load_trunk(model.trunk, weights_file, "VGG-Face", required="fc8")
+    elif weights_file is not None:
         _load_trunk(model.trunk, weights_file, "VGG-Face", ignore_prefixes=("fc8.",))
     return model
 
 
 @register_backbone(OPENFACE)
-def build_openface(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
-    model = OpenFaceClassifier(num_classes)
+def build_openface(info: BackboneInfo, num_classes: int, weights_file: Path | None,
+                   options: BackboneOptions | None = None) -> nn.Module:
+    model = OpenFaceClassifier(num_classes, l2_norm=(options or BackboneOptions()).openface_l2_norm)
     if weights_file is not None:
         _load_trunk(model.trunk, weights_file, "OpenFace")
     return model

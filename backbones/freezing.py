@@ -7,6 +7,11 @@ The classifier (``model.get_classifier()``) is the head; it always trains. Polic
 - ``none``: everything trains (full fine-tuning).
 - ``last_k``: the head and the last ``k`` trunk layers train, the rest is frozen. Smelyakov et al.
   froze "all layers except the last 4" of each network; ``k = 4``.
+- ``keras_last_k``: the paper's reading with Keras' layer counting: every Keras layer counts
+  (padding, activation, pooling, dropout, flatten, add, concatenate, lambda too), the Keras
+  model's last layer is excluded, and the PyTorch modules the last ``k`` of the remaining layers
+  map to train, with the head (``backbones.keras_layers`` holds the recorded lists; backbones
+  without one are refused).
 - ``head_only``: only the head trains.
 - ``two_stage``: ``head_only`` until ``unfreeze_epoch``, then everything trains with the learning
   rate multiplied by ``unfreeze_lr_factor`` (the Arsirii papers' transfer schedule).
@@ -24,7 +29,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FreezePlan:
-    policy: str = "none"  # none | last_k | head_only | two_stage
+    policy: str = "none"  # none | last_k | keras_last_k | head_only | two_stage
     k: int = 4
     unfreeze_epoch: int = 1
     unfreeze_lr_factor: float = 0.1
@@ -50,16 +55,40 @@ def _set_trainable(model: nn.Module, trainable_trunk_layers: int | None) -> None
             parameter.requires_grad_(False)
 
 
+def keras_trainable_modules(model: nn.Module, k: int) -> list[nn.Module]:
+    """The modules the last ``k`` Keras layers (after excluding the last one) map to."""
+    from backbones.keras_layers import RECORDED_BACKBONES
+
+    layers = getattr(model, "keras_layers", None)
+    if layers is None:
+        raise ValueError(
+            "train.freeze.policy=keras_last_k counts the layers of a recorded Keras model, and this backbone has none "
+            f"(recorded: {', '.join(RECORDED_BACKBONES)}, with train.head=linear); use last_k for it"
+        )
+    return [model.get_submodule(path) for path in layers.torch_modules(k)]
+
+
+def _train_only(model: nn.Module, modules: list[nn.Module]) -> None:
+    """Freeze everything but ``modules`` and the head."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for module in [*modules, model.get_classifier()]:
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+
+
 def apply_freeze(model: nn.Module, plan: FreezePlan, epoch: int) -> None:
     """Set ``requires_grad`` for training ``epoch`` (1-based) under ``plan``."""
     if plan.policy == "none" or (plan.policy == "two_stage" and epoch >= plan.unfreeze_epoch):
         _set_trainable(model, None)
     elif plan.policy == "last_k":
         _set_trainable(model, plan.k)
+    elif plan.policy == "keras_last_k":
+        _train_only(model, keras_trainable_modules(model, plan.k))
     elif plan.policy in ("head_only", "two_stage"):
         _set_trainable(model, 0)
     else:
-        raise ValueError(f"unknown freezing policy {plan.policy!r}; allowed: none, last_k, head_only, two_stage")
+        raise ValueError(f"unknown freezing policy {plan.policy!r}; allowed: none, last_k, keras_last_k, head_only, two_stage")
 
 
 def learning_rate_for_epoch(plan: FreezePlan, base_lr: float, epoch: int) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -45,12 +45,26 @@ class BackboneInfo:
     extra: dict = field(default_factory=dict)
 
 
-Builder = Callable[[BackboneInfo, int, "Path | None"], nn.Module]
+@dataclass(frozen=True)
+class BackboneOptions:
+    """What a face backbone's trunk ends with (spec section ``model``); the defaults are deepface's today.
+
+    ``vggface_descriptor``: ``fc7`` = ReLU(fc7), 4,096-d (deepface since 2024), ``fc8`` = fc8 flattened,
+    2,622-d (deepface's 2022 descriptor, the Smelyakov paper's). ``openface_l2_norm``: keep the
+    L2-normalisation after Dense(128), or end at Dense(128) (the paper's "last layer excluded").
+    """
+
+    vggface_descriptor: Literal["fc7", "fc8"] = "fc7"
+    openface_l2_norm: bool = True
+
+
+RANDOM_INITS = ("torch", "keras")
+Builder = Callable[[BackboneInfo, int, "Path | None", BackboneOptions], nn.Module]
 _REGISTRY: dict[str, tuple[BackboneInfo, Builder]] = {}
 
 
 def register_backbone(info: BackboneInfo) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(info, num_classes, weights_file) -> nn.Module`` under ``info.name``."""
+    """Decorator registering ``builder(info, num_classes, weights_file, options) -> nn.Module`` under ``info.name``."""
 
     def decorate(builder: Builder) -> Builder:
         if info.name in _REGISTRY:
@@ -90,19 +104,34 @@ def get_backbone_info(name: str) -> BackboneInfo:
 
 
 def create_backbone(
-    name: str, num_classes: int, weights_file: str | Path | None = None, head: str = "linear"
+    name: str, num_classes: int, weights_file: str | Path | None = None, head: str = "linear",
+    options: BackboneOptions | None = None, random_init: str = "torch",
 ) -> nn.Module:
     """Build ``name`` with a ``num_classes`` classifier; ``weights_file`` loads pretrained weights
-    into the backbone; ``head`` picks one of ``backbones.heads.HEADS``.
+    into the backbone; ``head`` picks one of ``backbones.heads.HEADS``; ``options`` what the face
+    backbones end with.
 
-    Without a weights file the network is randomly initialised from torch's global RNG, so
-    seeding torch before this call makes initialisation reproducible.
+    Weights no file provides are drawn from torch's global RNG, so seeding torch before this call
+    makes initialisation reproducible: with ``random_init="torch"`` by each library's own
+    initialiser, with ``"keras"`` by Keras' (glorot-uniform kernels, zero biases; see
+    ``backbones.keras_init``) — the whole network without a weights file, else the head alone.
+    The model carries its recorded Keras layer list (``keras_layers``, None where there is none)
+    for the ``keras_last_k`` freezing policy.
     """
     from backbones.heads import attach_head
+    from backbones.keras_init import apply_keras_init
+    from backbones.keras_layers import keras_layer_list
 
+    if random_init not in RANDOM_INITS:
+        raise ValueError(f"unknown random_init {random_init!r}; allowed: {', '.join(RANDOM_INITS)}")
+    options = options or BackboneOptions()
     info, builder = _lookup(name)
-    model = builder(info, num_classes, Path(weights_file) if weights_file else None)
-    return attach_head(model, head, num_classes)
+    model = builder(info, num_classes, Path(weights_file) if weights_file else None, options)
+    model = attach_head(model, head, num_classes)
+    if random_init == "keras":
+        apply_keras_init(model.get_classifier() if weights_file else model)
+    model.keras_layers = keras_layer_list(name, options.vggface_descriptor) if head == "linear" else None
+    return model
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -123,11 +152,13 @@ def _keras_extras(model: nn.Module, conv_bias: bool) -> int:
     return extra
 
 
-def backbone_parameter_counts(name: str, model: nn.Module | None = None) -> dict[str, int]:
+def backbone_parameter_counts(
+    name: str, model: nn.Module | None = None, options: BackboneOptions | None = None
+) -> dict[str, int]:
     """Parameters of the backbone with its classifier removed, as the papers count them:
     ``params`` (PyTorch) and ``keras_params`` (what Keras' ``count_params`` reports)."""
     info = get_backbone_info(name)
-    model = model if model is not None else create_backbone(name, num_classes=1)
+    model = model if model is not None else create_backbone(name, num_classes=1, options=options)
     head = model.get_classifier()
     params = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in head.parameters())
     keras = params + _keras_extras(model, info.keras_conv_bias) - _keras_extras(head, info.keras_conv_bias)

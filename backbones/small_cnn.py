@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from backbones.registry import BackboneInfo, load_state_dict_file, register_backbone
+from backbones.registry import BackboneInfo, BackboneOptions, load_state_dict_file, register_backbone
 
 
 class SmallCNN(nn.Module):
@@ -65,7 +65,8 @@ SMALL_CNN = BackboneInfo(
 
 
 @register_backbone(SMALL_CNN)
-def build_small_cnn(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
+def build_small_cnn(info: BackboneInfo, num_classes: int, weights_file: Path | None,
+                    options: BackboneOptions | None = None) -> nn.Module:
     model = SmallCNN(num_classes, in_chans=info.in_chans)
     if weights_file is not None:
         state = {k: v for k, v in load_state_dict_file(weights_file).items() if not k.startswith("classifier.")}

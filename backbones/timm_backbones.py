@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from backbones.registry import BackboneInfo, register_backbone
+from backbones.registry import BackboneInfo, BackboneOptions, register_backbone
 
 
 RESNET_INIT = (
@@ -66,7 +66,8 @@ def timm_info(
     )
 
 
-def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None) -> nn.Module:
+def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None,
+               options: BackboneOptions | None = None) -> nn.Module:
     """Create the timm model; with a weights file, load it through timm (classifier re-initialised)."""
     import timm
 

@@ -8,10 +8,10 @@ preflight pass.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from harness.backbones_cli import add_backbones_parser, cmd_backbones
 from harness.data_cli import add_data_parser, cmd_data
 from harness.weights_cli import add_weights_parser, cmd_weights
 
@@ -43,9 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="folder of the comparison (default: beside the first experiment, "
                                                  "compare-<A>-vs-<B>…)")
 
-    backbones = commands.add_parser("backbones", help="list the registered backbones")
-    backbones.add_argument("--json", action="store_true", help="machine-readable output")
-
+    add_backbones_parser(commands)
     add_weights_parser(commands)
     add_data_parser(commands)
     return parser
@@ -149,34 +147,6 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"Comparison: {build_comparison_report(folders, out.resolve()) / 'report.md'}")
     except (FileNotFoundError, ValueError, OSError) as err:
         return _fail(str(err).splitlines()[0])
-    return EXIT_OK
-
-
-def cmd_backbones(args: argparse.Namespace) -> int:
-    from backbones import backbone_parameter_counts, create_backbone, get_backbone_info, list_backbones
-
-    rows = []
-    for name in list_backbones():
-        info = get_backbone_info(name)
-        model = create_backbone(name, num_classes=7)
-        rows.append({
-            "name": name, "family": info.family, "input_size": info.input_size,
-            "fixed_input_size": info.fixed_input_size, "channels": info.channel_order,
-            "mean": list(info.mean), "std": list(info.std),
-            "embedding_dim": info.embedding_dim or int(model.num_features),
-            **backbone_parameter_counts(name, model),
-            "pretrained": list(info.pretrained_sources), "random_init": info.random_init,
-            "description": info.description,
-        })
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(f"{'name':<14}{'family':<8}{'input':>6}{'embedding':>10}{'params':>13}{'keras_params':>14}  description")
-        for row in rows:
-            print(f"{row['name']:<14}{row['family']:<8}{row['input_size']:>6}{row['embedding_dim']:>10}"
-                  f"{row['params']:>13,}{row['keras_params']:>14,}  {row['description']}")
-        print("params / keras_params: without the classifier, as the papers count them (keras_params adds BatchNorm")
-        print("moving statistics and the conv biases Keras' version has). Any timm model works as timm:<name>.")
     return EXIT_OK
 
 

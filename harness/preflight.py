@@ -104,7 +104,7 @@ def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], di
             problems[backbone] = status.message
             continue
         try:  # a file that exists but does not load would otherwise fail every trial later
-            create_backbone(backbone, num_classes=2, weights_file=status.path)
+            create_backbone(backbone, num_classes=2, weights_file=status.path, options=spec.model.backbone_options())
         except Exception as err:
             problems[backbone] = f"{backbone}: weights file {status.path} does not load: {err}"
             continue

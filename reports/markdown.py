@@ -28,9 +28,21 @@ def _freezing(freeze: dict) -> str:
     policy = freeze.get("policy", "none")
     if policy == "last_k":
         return f"last_k (k={freeze.get('k')})"
+    if policy == "keras_last_k":
+        return f"keras_last_k (the last {freeze.get('k')} Keras layers after excluding the last one)"
     if policy == "two_stage":
         return f"two_stage (unfreeze at epoch {freeze.get('unfreeze_epoch')}, lr × {freeze.get('unfreeze_lr_factor')})"
     return policy
+
+
+def _model_options(model: dict) -> str:
+    """The face backbones' endings where they differ from deepface's today (VGG-Face fc7, OpenFace L2-normalised)."""
+    parts = []
+    if model.get("vggface_descriptor", "fc7") != "fc7":
+        parts.append(f"VGG-Face descriptor {model['vggface_descriptor']}")
+    if not model.get("openface_l2_norm", True):
+        parts.append("OpenFace without L2 normalisation")
+    return "".join(f", {part}" for part in parts)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -98,7 +110,8 @@ def render_markdown(
         f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "
         f"batch {spec['train']['batch_size']}, input size {spec['train']['input_size']}, "
         f"augmentation {'on' if spec['train']['augment']['enabled'] else 'off'}, "
-        f"head {spec['train'].get('head', 'linear')}, freezing {_freezing(spec['train'].get('freeze', {}))}",
+        f"head {spec['train'].get('head', 'linear')}, freezing {_freezing(spec['train'].get('freeze', {}))}, "
+        f"random init {spec['train'].get('random_init', 'torch')}{_model_options(spec.get('model', {}))}",
         f"- Resources per trial: {spec['resources']['cpu']} CPU, {spec['resources']['gpu']} GPU",
         "",
         "## Arms",

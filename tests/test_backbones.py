@@ -349,6 +349,14 @@ def test_backbones_cli_json(capsys):
         assert row["params"] == sum(p.numel() for p in model.parameters()) - head  # without the classifier
     assert by_name["small_cnn"]["input_size"] == 48
     assert by_name["resnet50"]["params"] > by_name["mobilenet_v1"]["params"] > by_name["small_cnn"]["params"]
+    # The Smelyakov reading: Keras layers after excluding the last one, and what the last 4 of them train
+    # (Keras' count; VGG-Face with the 2022 fc8 descriptor: fc7 and fc8; ResNet-50: conv5_block3_3 conv + BN).
+    paper = {name: (by_name[name]["keras_layers"], by_name[name]["paper_trainable_params"],
+                    by_name[name]["paper_trainable_params_torch"]) for name in (*BUILT_IN, "vggface", "openface")}
+    assert paper == {
+        "vggface": (37, 27_523_646, 27_523_646), "openface": (165, 94_336, 94_336),
+        "resnet50": (174, 1_054_720, 1_052_672), "mobilenet_v1": (85, 1_052_672, 1_052_672), "small_cnn": (None, None, None),
+    }
 
 
 def test_corrupt_weight_file_is_refused_in_one_line_naming_it(tmp_path):

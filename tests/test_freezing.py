@@ -90,5 +90,37 @@ def test_spec_rejects_an_unknown_policy():
     with pytest.raises(SpecError, match="train.freeze.policy"):
         load_spec("quick", ["train.freeze.policy=some"])
     assert load_spec("smelyakov2022").train.freeze == load_spec("smelyakov2022").train.freeze.model_validate(
-        {"policy": "last_k", "k": 4}
+        {"policy": "keras_last_k", "k": 4}
     )
+
+
+def test_keras_last_k_counts_keras_layers_where_last_k_counts_modules():
+    """ResNet-50: last_k 4 trains the last block's conv2, bn2, conv3, bn3; Keras' last 4 layers after
+    excluding conv5_block3_out are 2_relu, 3_conv, 3_bn and add, so only conv3 and bn3 train."""
+    model = create_backbone("resnet50", 7)
+    block = model.layer4[2]
+    apply_freeze(model, FreezePlan("keras_last_k", k=4), 1)
+    assert trainable(model) == count(model.fc, block.conv3, block.bn3)
+    apply_freeze(model, FreezePlan("keras_last_k", k=7), 1)  # … 2_conv, 2_bn as well
+    assert trainable(model) == count(model.fc, block.conv2, block.bn2, block.conv3, block.bn3)
+    apply_freeze(model, FreezePlan("last_k", k=4), 1)  # unchanged
+    assert trainable(model) == count(model.fc, block.conv2, block.bn2, block.conv3, block.bn3)
+
+
+def test_keras_last_k_frozen_batchnorm_keeps_its_statistics_and_the_trained_one_learns():
+    from harness.augment import InputAdapter
+    from harness.training import train_one_epoch
+
+    torch.manual_seed(0)
+    model = create_backbone("mobilenet_v1", 7)
+    apply_freeze(model, FreezePlan("keras_last_k", k=4), 1)  # conv_dw_13_bn, conv_pw_13, conv_pw_13_bn
+    train_mode(model)
+    last = model.blocks[4][1]
+    assert [last.bn1.training, last.bn2.training, model.blocks[4][0].bn2.training, model.bn1.training] == [True, True, False, False]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train_one_epoch(model, optimizer, torch.randint(0, 256, (8, 32, 32), dtype=torch.uint8), torch.randint(0, 7, (8,)),
+                    torch.arange(8), batch_size=8, adapter=InputAdapter(32, 3, "RGB", (0.5,) * 3, (0.5,) * 3), augment=None,
+                    generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    changed = {k.rsplit(".", 1)[0] for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"blocks.4.1.bn1", "blocks.4.1.conv_pw", "blocks.4.1.bn2", "classifier"}
