@@ -47,15 +47,19 @@ class BackboneInfo:
 
 @dataclass(frozen=True)
 class BackboneOptions:
-    """What a face backbone's trunk ends with (spec section ``model``); the defaults are deepface's today.
+    """What a backbone's trunk ends with (spec section ``model``); the defaults are deepface's and timm's today.
 
     ``vggface_descriptor``: ``fc7`` = ReLU(fc7), 4,096-d (deepface since 2024), ``fc8`` = fc8 flattened,
     2,622-d (deepface's 2022 descriptor, the Smelyakov paper's). ``openface_l2_norm``: keep the
     L2-normalisation after Dense(128), or end at Dense(128) (the paper's "last layer excluded").
+    ``resnet_mobilenet_final_relu``: ``resnet50`` and ``mobilenet_v1`` keep their last activation, or
+    ``drop`` it, as the paper's "last layer excluded" did to Keras' ``include_top=False`` models
+    (whose last layers are that activation); it has no effect on other backbones.
     """
 
     vggface_descriptor: Literal["fc7", "fc8"] = "fc7"
     openface_l2_norm: bool = True
+    resnet_mobilenet_final_relu: Literal["keep", "drop"] = "keep"
 
 
 RANDOM_INITS = ("torch", "keras")

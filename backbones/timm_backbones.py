@@ -30,6 +30,9 @@ BUILTIN_PRETRAINED_CFGS: dict[str, dict[str, Any]] = {
                                             "hf_hub_id": "timm/mobilenetv1_100.ra4_e3600_r224_in1k"},
 }
 CFG_FIELDS = ("input_size", "mean", "std", "hf_hub_id")
+# The activation Keras' include_top=False ResNet50 and MobileNet end with (conv5_block3_out,
+# conv_pw_13_relu), in timm's modules: dropped by BackboneOptions.resnet_mobilenet_final_relu="drop".
+FINAL_RELU = {"resnet50": "layer4.2.act3", "mobilenet_v1": "blocks.4.1.bn2.act"}
 
 
 def timm_pretrained_cfg(timm_name: str) -> dict[str, Any]:
@@ -80,8 +83,18 @@ def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None,
             num_classes=num_classes,
             pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
         )
+    if (options or BackboneOptions()).resnet_mobilenet_final_relu == "drop" and info.name in FINAL_RELU:
+        drop_activation(model, FINAL_RELU[info.name])
     model.feature_channels = model.num_features  # channels of forward_features' maps
     return model
+
+
+def drop_activation(model: nn.Module, path: str) -> None:
+    """Replace the activation at ``path`` by the identity (parameter-free: the state_dict is unchanged)."""
+    parent, _, name = path.rpartition(".")
+    if not isinstance(model.get_submodule(path), (nn.ReLU, nn.ReLU6)):
+        raise TypeError(f"{path} of {type(model).__name__} is {type(model.get_submodule(path)).__name__}, not a ReLU")
+    setattr(model.get_submodule(parent), name, nn.Identity())
 
 
 register_backbone(

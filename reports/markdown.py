@@ -36,12 +36,14 @@ def _freezing(freeze: dict) -> str:
 
 
 def _model_options(model: dict) -> str:
-    """The face backbones' endings where they differ from deepface's today (VGG-Face fc7, OpenFace L2-normalised)."""
+    """The backbones' endings where they differ from deepface's and timm's today (the defaults)."""
     parts = []
     if model.get("vggface_descriptor", "fc7") != "fc7":
         parts.append(f"VGG-Face descriptor {model['vggface_descriptor']}")
     if not model.get("openface_l2_norm", True):
         parts.append("OpenFace without L2 normalisation")
+    if model.get("resnet_mobilenet_final_relu", "keep") == "drop":
+        parts.append("ResNet-50 and MobileNet without their last ReLU")
     return "".join(f", {part}" for part in parts)
 
 

@@ -1,5 +1,6 @@
 """The recorded Keras layer lists against FERBench's PyTorch backbones, and the Smelyakov study's
-reading of them: keras_last_k, VGG-Face's fc8 descriptor, OpenFace without its L2 normalisation."""
+reading of them: keras_last_k, VGG-Face's fc8 descriptor, OpenFace without its L2 normalisation,
+ResNet-50 and MobileNet without their last ReLU."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ KEYS = ("vggface", "vggface_fc7", "openface", "resnet50", "mobilenet_v1")
 # DESIGN.md's for VGG-Face's two descriptors.
 KERAS_TOTALS = {"vggface": 145_002_878, "vggface_fc7": 134_260_544, "openface": 3_743_280,
                 "resnet50": 23_587_712, "mobilenet_v1": 3_228_864}
-PAPER = BackboneOptions(vggface_descriptor="fc8", openface_l2_norm=False)
+PAPER = BackboneOptions(vggface_descriptor="fc8", openface_l2_norm=False, resnet_mobilenet_final_relu="drop")
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +175,74 @@ def test_openface_without_l2_norm_ends_at_dense_128(models):
     assert torch.allclose(normalised.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
+# --- ResNet-50 and MobileNet without their last ReLU -----------------------------------------------
+
+FINAL_RELU = {"resnet50": "layer4.2.act3", "mobilenet_v1": "blocks.4.1.bn2.act"}  # Keras: conv5_block3_out, conv_pw_13_relu
+DROP = BackboneOptions(resnet_mobilenet_final_relu="drop")
+
+
+@pytest.mark.parametrize("name", FINAL_RELU)
+def test_drop_ends_the_trunk_at_the_tensor_its_last_relu_receives(name):
+    """drop: the features (and what the head pools) are the pre-activation maps, negatives included;
+    keep: timm's, that activation applied. Keras' init, as BatchNorm γ=1 keeps the last residual branch non-zero."""
+    torch.manual_seed(0)
+    keep = create_backbone(name, 7, random_init="keras").eval()
+    drop = create_backbone(name, 7, options=DROP).eval()
+    assert list(drop.state_dict()) == list(keep.state_dict())  # parameter-free: nothing to load differs
+    drop.load_state_dict(keep.state_dict())
+    relu = keep.get_submodule(FINAL_RELU[name])
+    assert isinstance(relu, (nn.ReLU, nn.ReLU6)) and isinstance(drop.get_submodule(FINAL_RELU[name]), nn.Identity)
+    seen = {}
+    relu.register_forward_pre_hook(lambda module, args: seen.update(pre=args[0].clone()))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        kept, dropped = keep.forward_features(x), drop.forward_features(x)
+        assert torch.equal(drop(x), drop.forward_head(dropped))
+    assert (dropped < 0).any() and torch.equal(dropped, seen["pre"])
+    assert torch.equal(kept, seen["pre"].clamp(0, 6 if isinstance(relu, nn.ReLU6) else None))
+
+
+@pytest.mark.parametrize("name", FINAL_RELU)
+def test_drop_loads_the_same_pretrained_weights(name, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = create_backbone(name, 7)
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    torch.manual_seed(2)  # another seed: loaded tensors cannot match by coincidence
+    loaded = create_backbone(name, 7, weights_file=path, options=DROP).state_dict()
+    assert list(loaded) == list(source.state_dict())
+    head = {k for k in loaded if k.startswith(("fc.", "classifier."))}
+    assert len(head) == 2 and all(torch.equal(v, source.state_dict()[k]) for k, v in loaded.items() if k not in head)
+    assert isinstance(create_backbone(name, 7, weights_file=path, options=DROP).get_submodule(FINAL_RELU[name]), nn.Identity)
+
+
+def test_drop_leaves_other_backbones_as_they_are():
+    """Only the paper's two timm entries: timm:<name> (the same architecture too) keeps its activation."""
+    assert isinstance(create_backbone("timm:resnet50", 7, options=DROP).layer4[2].act3, nn.ReLU)
+    torch.manual_seed(0)
+    default = create_backbone("small_cnn", 7).state_dict()
+    torch.manual_seed(0)
+    assert all(torch.equal(v, default[k]) for k, v in create_backbone("small_cnn", 7, options=DROP).state_dict().items())
+
+
+def test_a_paper_trial_builds_mobilenet_without_its_last_relu():
+    import numpy as np
+
+    from harness.trainable import StudyPayload, _build_trial
+
+    spec = load_spec("smelyakov2022", ["grid.backbone=[mobilenet_v1]", "resources.gpu=0", "resources.cpu=1"])
+    payload = StudyPayload(spec=spec.model_dump(mode="json"), images=np.zeros((10, 24, 24), np.uint8),
+                           labels=np.arange(10) % 7, class_names=tuple("abcdefg"),
+                           splits={0: {"train": np.arange(6), "val": np.arange(6, 8), "test": np.arange(8, 10)}},
+                           weight_files={})
+    arm = {"arm_id": "a", "backbone": "mobilenet_v1", "init": "random", "variant": "baseline", "seed": 0}
+    trial = _build_trial({"arm": arm}, payload)
+    assert isinstance(trial.model.blocks[4][1].bn2.act, nn.Identity)
+    assert isinstance(trial.model.blocks[4][1].bn1.act, nn.ReLU6)  # only the last one
+
+
 # --- the CLI and the spec ------------------------------------------------------------------------
 
 
@@ -194,12 +263,13 @@ def test_paper_study_spec_is_the_papers_protocol():
     spec = load_spec("smelyakov2022")
     train = spec.train
     assert (train.freeze.policy, train.freeze.k, train.random_init) == ("keras_last_k", 4, "keras")
-    assert (spec.model.vggface_descriptor, spec.model.openface_l2_norm) == ("fc8", False)
+    assert spec.model.backbone_options() == PAPER
     assert (train.epochs, train.lr, train.optimizer, train.batch_size, train.augment.enabled) == (20, 1e-4, "adam", 32, False)
     assert (spec.split.ratios, spec.split.seed) == ((0.7, 0.1, 0.2), 42)
     assert spec.grid.backbone == ["vggface", "openface", "resnet50", "mobilenet_v1"]
     defaults = load_spec("quick")  # other studies keep today's behaviour
-    assert (defaults.model.vggface_descriptor, defaults.model.openface_l2_norm, defaults.train.random_init) == ("fc7", True, "torch")
+    assert (defaults.model.backbone_options(), defaults.train.random_init) == (BackboneOptions(), "torch")
+    assert BackboneOptions().resnet_mobilenet_final_relu == "keep"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -211,6 +281,8 @@ def test_paper_study_spec_is_the_papers_protocol():
      "train.head=arsirii_au cuts them; use last_k or train.head=linear"),
     (["model.vggface_descriptor=fc9"], "model.vggface_descriptor: Input should be 'fc7' or 'fc8' (got 'fc9')"),
     (["train.random_init=glorot"], "train.random_init: Input should be 'torch' or 'keras' (got 'glorot')"),
+    (["model.resnet_mobilenet_final_relu=false"],
+     "model.resnet_mobilenet_final_relu: Input should be 'keep' or 'drop' (got False)"),
     (["grid.backbone=[vggface]", "grid.init=[pretrained]", "model.vggface_descriptor=fc8", "weights.source=synth-identity"],
      "model.vggface_descriptor: fc8 keeps the 2,622-identity layer, which synth-identity weights do not train; "
      "use published weights (weights.sources.vggface=published) or model.vggface_descriptor=fc7"),
@@ -224,8 +296,9 @@ def test_spec_refuses_bad_keras_settings_in_one_line(overrides, message):
 def test_print_spec_shows_the_papers_protocol(capsys):
     assert main(["run", "smelyakov2022", "--print-spec"]) == 0
     out = capsys.readouterr().out
-    for line in ("  freeze:\n    policy: keras_last_k\n    k: 4", "  random_init: keras", "model:\n  vggface_descriptor: fc8\n  openface_l2_norm: false",
-                 "  augment:\n    enabled: false", "  batch_size: 32", "  lr: 0.0001", "  epochs: 20"):
+    for line in ("  freeze:\n    policy: keras_last_k\n    k: 4", "  random_init: keras", "model:\n  vggface_descriptor: fc8\n  openface_l2_norm: false\n  resnet_mobilenet_final_relu: drop",
+                 "  augment:\n    enabled: false", "  batch_size: 32", "  lr: 0.0001", "  epochs: 20",
+                 "  precision: fp32"):
         assert line in out, line
 
 
@@ -252,5 +325,6 @@ def test_report_names_the_freezing_policy_and_the_papers_options():
 
     spec = load_spec("smelyakov2022").model_dump(mode="json")
     assert _freezing(spec["train"]["freeze"]) == "keras_last_k (the last 4 Keras layers after excluding the last one)"
-    assert _model_options(spec["model"]) == ", VGG-Face descriptor fc8, OpenFace without L2 normalisation"
+    assert _model_options(spec["model"]) == \
+        ", VGG-Face descriptor fc8, OpenFace without L2 normalisation, ResNet-50 and MobileNet without their last ReLU"
     assert _model_options(load_spec("quick").model_dump(mode="json")["model"]) == ""

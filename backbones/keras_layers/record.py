@@ -5,14 +5,21 @@ The paper froze "all layers except the last 4" of Keras models, and Keras counts
 PyTorch ports of those networks, so it needs the Keras list once, with the PyTorch module each
 layer corresponds to. This script builds the real Keras models and writes that list; the package
 ships only its output, and ``tests/test_keras_layers.py`` checks the output against the PyTorch
-models. TensorFlow is not a FERBench dependency: run this in a throw-away environment:
+models. TensorFlow and deepface are not FERBench dependencies: run this in a throw-away environment
+(deepface 0.0.103 imports werkzeug without declaring it):
 
-    python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu tf-keras
+    python -m venv /tmp/tfenv
+    /tmp/tfenv/bin/pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 deepface==0.0.103 werkzeug
     /tmp/tfenv/bin/python backbones/keras_layers/record.py   # rewrites backbones/keras_layers/*.json
 
-The models: VGG-Face and OpenFace as deepface defined them in 2022 (``deepface2022.py``), ResNet-50
-and MobileNet from ``keras.applications`` with ``include_top=False`` (``weights=None``: the layer
-list does not depend on the weights), which give the parameter counts the paper quotes.
+The models come from the installed packages, nothing is downloaded: VGG-Face and OpenFace from
+deepface's Keras code with the weight download and loading patched out (the layer list does not
+depend on the weights, and OpenFace's architecture is only built inside ``load_model``). VGG-Face's
+2022 descriptor, the paper's, is formed from ``base_model()`` as deepface's ``loadModel`` did then
+(a comment in today's ``load_model``); deepface 0.0.103 gives the same lists as its 2022 code
+(commit 531522f, which the files' ``source`` names). ResNet-50 and MobileNet come from
+``keras.applications`` with ``include_top=False`` (``weights=None``), which give the parameter
+counts the paper quotes.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = Path(__file__).resolve().parent
 MOBILENET_STAGES = (1, 2, 2, 6, 2)  # depthwise-separable blocks per stage of timm's mobilenetv1_100
 VGG_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2",
@@ -115,23 +121,42 @@ def record(backbone: str, model, to_torch, source: str, output: str, note: str =
     }
 
 
+def vggface_2022():
+    """deepface's 2022 descriptor: ``base_model()`` up to fc8, flattened (its softmax left out)."""
+    from deepface.models.facial_recognition.tf import VGGFace
+    from tf_keras.models import Model
+
+    model = VGGFace.base_model()
+    return Model(inputs=model.layers[0].input, outputs=model.layers[-2].output)
+
+
+def without_weights(load_model: Callable[[], object]) -> object:
+    """A deepface ``load_model`` with the weight download and ``load_weights`` patched out."""
+    from unittest import mock
+
+    from deepface.commons import weight_utils
+
+    with mock.patch.object(weight_utils, "download_weights_if_necessary", return_value="unused.h5"), \
+            mock.patch.object(weight_utils, "load_model_weights", side_effect=lambda model, weight_file: model):
+        return load_model()
+
+
 def build_all() -> dict[str, dict]:
     import tf_keras
-
-    from deepface2022 import openface_model, vggface_descriptor_2022, vggface_descriptor_now
+    from deepface.models.facial_recognition.tf import OpenFace, VGGFace
 
     deepface = "deepface 531522f (2022-12-12)"
     builders = {
         "vggface": lambda: record(
-            "vggface", vggface_descriptor_2022(), vggface_torch([]),
+            "vggface", vggface_2022(), vggface_torch([]),
             f"{deepface} VGGFace.loadModel(): Model(inputs=model.layers[0].input, outputs=model.layers[-2].output)",
             "Flatten(fc8): 2,622-d", "the descriptor of 2022, the paper's"),
         "vggface_fc7": lambda: record(
-            "vggface", vggface_descriptor_now(), vggface_torch([]),
+            "vggface", without_weights(VGGFace.load_model), vggface_torch([]),
             "deepface since 2024: Flatten()(model.layers[-5].output)",
             "Flatten(ReLU(fc7)): 4,096-d", "deepface's descriptor today"),
         "openface": lambda: record(
-            "openface", openface_model(), openface_torch, f"{deepface} OpenFace.loadModel()",
+            "openface", without_weights(OpenFace.load_model), openface_torch, f"{deepface} OpenFace.loadModel()",
             "l2_normalize(Dense(128)): 128-d"),
         "resnet50": lambda: record(
             "resnet50", tf_keras.applications.ResNet50(include_top=False, weights=None), resnet50_torch,
@@ -155,7 +180,8 @@ def to_json(data: dict) -> str:
 
 
 def main() -> int:
-    sys.path.insert(0, str(HERE))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"  # deepface's tensorflow.keras is then tf-keras (Keras 2), as in 2022
     for key, data in build_all().items():
         path = HERE / f"{key}.json"
         path.write_text(to_json(data))
