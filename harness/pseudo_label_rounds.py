@@ -1,6 +1,10 @@
 """The trial side of a pseudo-labelling round's end: score the round, record it, choose the next
 round's pseudo-labels (``harness.pseudo_label``) or stop, and write the round artifacts atomically
-into the trial folder (the working directory Tune gives the trial)."""
+into the trial folder (the working directory Tune gives the trial).
+
+The arm's result is the round chosen on validation (``harness.selection.select_round``), not the
+last one: its test artifacts and weights are published under the headline names as soon as it is
+the best so far, and the trial's last row carries its test metrics (``headline_metrics``)."""
 
 from __future__ import annotations
 
@@ -13,10 +17,13 @@ import torch
 from harness import pseudo_label as pl
 from harness.atomic import atomic_write_bytes, atomic_write_json
 from harness.scores import class_scores
+from harness.selection import ROUND_RULE, select_round
+from harness.test_artifacts import publish_round, save_selected_weights
 from harness.training import predict
 
 ROUNDS_FILE = "pseudo_label_rounds.json"  # pseudo_label variants: one record per round (0 = teacher)
 ROUND_POOL_FILE = "pseudo_label_round{round}.npz"  # the pool predictions a round's pseudo-labels came from
+TEST_SCALARS = ("test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc")
 
 
 def end_round(trial, settings, rounds: pl.RoundState, metrics: dict, per_class: dict) -> None:
@@ -25,12 +32,16 @@ def end_round(trial, settings, rounds: pl.RoundState, metrics: dict, per_class: 
     val_logits = predict(trial.model, trial.images, trial.split["val"], **trial.eval_kwargs)
     val_scores, _ = class_scores(val_logits, trial.labels[trial.split["val"]], num_classes)
     evaluation = {
-        "epoch": metrics["epoch"], "train_size": metrics["train_size"], "val_acc": val_scores["acc"],
-        "val_macro_f1": val_scores["macro_f1"], **{k: metrics[k] for k in ("test_acc", "test_macro_f1", "test_weighted_f1")},
+        "epoch": metrics["epoch"], "selected_epoch": metrics["selected_epoch"], "train_size": metrics["train_size"],
+        "val_acc": val_scores["acc"], "val_macro_f1": val_scores["macro_f1"], **{k: metrics[k] for k in TEST_SCALARS},
         "test_per_class": {k: per_class[k] for k in ("precision", "recall", "f1", "support")},
         "test_confusion_matrix": per_class["confusion_matrix"],
     }
     rounds.records.append(pl.round_record(rounds, trial.labels[rounds.pseudo_idx], num_classes, evaluation))
+    selected = select_round(rounds.records)
+    if selected == rounds.round:  # the best round so far: its files and weights become the trial's
+        publish_round(selected)
+        save_selected_weights(trial.model)
     if rounds.round >= settings.max_rounds:
         rounds.finish(f"max_rounds {settings.max_rounds} reached")
     else:
@@ -50,8 +61,20 @@ def end_round(trial, settings, rounds: pl.RoundState, metrics: dict, per_class: 
         "class_names": list(trial.payload.class_names), "settings": settings.model_dump(),
         "pool_size": len(trial.split["unlabeled"]), "pool_labelled": bool((trial.labels[trial.split["unlabeled"]] != pl.NOT_A_TARGET).all()),
         "finished": rounds.finished, "stop_reason": rounds.stop_reason,
+        "selected_round": selected, "selection_rule": ROUND_RULE,
         "rounds": rounds.records,
     })
+
+
+def headline_metrics(records: list[dict], last_row: dict) -> dict:
+    """The finished trial's result: the selected round's test metrics under the ``test_*`` names,
+    the last round's kept as ``last_round_test_*``, and which rounds they are."""
+    selected = select_round(records)
+    chosen = next(record for record in records if record["round"] == selected)
+    return {
+        **{f"last_round_{name}": last_row[name] for name in TEST_SCALARS}, **{name: chosen.get(name) for name in TEST_SCALARS},
+        "selected_epoch": chosen.get("selected_epoch"), "pl_selected_round": selected, "pl_last_round": records[-1]["round"],
+    }
 
 
 def _write_pool_predictions(round_no: int, candidates: torch.Tensor, probabilities: torch.Tensor, plan: pl.RoundPlan) -> None:

@@ -137,10 +137,11 @@ class AugmentSpec(_Strict):
 
 
 class FreezeSpec(_Strict):
-    policy: Literal["none", "last_k", "head_only", "two_stage"] = Field(
+    policy: Literal["none", "last_k", "keras_last_k", "head_only", "two_stage"] = Field(
         "none", description="which layers train; see backbones/freezing.py for the definition of a layer"
     )
-    k: int = Field(4, ge=0, description="last_k: trunk layers that train (Smelyakov: 4)")
+    k: int = Field(4, ge=0, description="last_k: trunk layers that train; keras_last_k: Keras layers after "
+                   "excluding the last one (Smelyakov: 4)")
     unfreeze_epoch: int = Field(1, ge=1, description="two_stage: first epoch with everything trainable")
     unfreeze_lr_factor: float = Field(0.1, gt=0, description="two_stage: learning-rate factor after unfreezing")
 
@@ -163,6 +164,17 @@ class TrainSpec(_Strict):
         "linear", description="linear (Smelyakov), arsirii_pl (pseudo-labelling conv head), arsirii_au (GAP-BN-ReLU-Dropout)"
     )
     freeze: FreezeSpec = Field(default_factory=FreezeSpec)
+    random_init: Literal["torch", "keras"] = Field(
+        "torch", description="weights no file provides: each library's own initialiser, or Keras' (glorot-uniform "
+        "kernels, zero biases, BatchNorm 1/0; the whole network of random arms, the head of pretrained ones)"
+    )
+    select: Literal["last", "best_val"] = Field(
+        "last", description="weights tested at a round's end (and, for pseudo_label, predicting the pool and starting the "
+        "student): the last epoch's, or the epoch with the best select_metric on val (Keras ModelCheckpoint save_best_only)"
+    )
+    select_metric: Literal["val_acc", "val_loss"] = Field(
+        "val_acc", description="best_val: highest val_acc or lowest val_loss; ties → the earlier epoch; epoch 0 never"
+    )
     deterministic: bool | Literal["auto"] = Field(
         "auto", description="deterministic kernels (identical reruns); auto = on for CPU, off on CUDA"
     )
@@ -223,6 +235,26 @@ class BalancedSpec(_Strict):
         if not (self.oversample or self.class_weighted_loss):
             raise ValueError("balanced: oversample and class_weighted_loss are both false; enable one, or use variant baseline")
         return self
+
+
+class ModelSpec(_Strict):
+    """What the backbones end with (``backbones.BackboneOptions``); the defaults are deepface's and timm's today."""
+
+    vggface_descriptor: Literal["fc7", "fc8"] = Field(
+        "fc7", description="VGG-Face ends at ReLU(fc7), 4,096-d (deepface now), or at fc8 flattened, 2,622-d (deepface 2022, Smelyakov)"
+    )
+    openface_l2_norm: bool = Field(
+        True, description="OpenFace ends with its L2-normalised embedding, or at Dense(128) without it (Smelyakov)"
+    )
+    resnet_mobilenet_final_relu: Literal["keep", "drop"] = Field(
+        "keep", description="resnet50 and mobilenet_v1 end with their last ReLU (timm), or drop it: Keras' conv5_block3_out / "
+        "conv_pw_13_relu, 'the last layer excluded' (Smelyakov); no effect on other backbones"
+    )
+
+    def backbone_options(self) -> "BackboneOptions":  # noqa: F821 (imported inside: backbones pulls in torch)
+        from backbones.registry import BackboneOptions
+
+        return BackboneOptions(**self.model_dump())
 
 
 class ResourcesSpec(_Strict):
@@ -304,6 +336,7 @@ class StudySpec(_Strict):
     split: SplitSpec = Field(default_factory=SplitSpec)
     grid: GridSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     run: RunSpec = Field(default_factory=RunSpec)
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
@@ -330,6 +363,32 @@ class StudySpec(_Strict):
             raise ValueError(
                 "split.unlabeled_fraction: 0 leaves variant pseudo_label no unlabeled pool; "
                 f"set a share of train such as {ARSIRII_UNLABELED_FRACTION} (Arsirii), or drop the variant"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _keras_layer_lists(self) -> "StudySpec":
+        """keras_last_k needs each backbone's recorded Keras list, which describes the linear-head model."""
+        if self.train.freeze.policy == "keras_last_k":
+            from backbones.keras_layers import RECORDED_BACKBONES
+
+            missing = [name for name in self.grid.backbone if name not in RECORDED_BACKBONES]
+            if missing:
+                raise ValueError(
+                    f"train.freeze.policy: keras_last_k needs a recorded Keras layer list, and there is none for "
+                    f"{', '.join(missing)}; recorded: {', '.join(RECORDED_BACKBONES)} (use last_k for the others)"
+                )
+            if self.train.head != "linear":
+                raise ValueError(
+                    f"train.freeze.policy: keras_last_k counts the layers of the Keras models under the linear head; "
+                    f"train.head={self.train.head} cuts them; use last_k or train.head=linear"
+                )
+        if self.model.vggface_descriptor == "fc8" and any(
+            arm["backbone"] == "vggface" and arm["init"] == "pretrained" for arm in self.arms()
+        ) and self.weights.source_for("vggface") == "synth-identity":
+            raise ValueError(
+                "model.vggface_descriptor: fc8 keeps the 2,622-identity layer, which synth-identity weights do not train; "
+                "use published weights (weights.sources.vggface=published) or model.vggface_descriptor=fc7"
             )
         return self
 

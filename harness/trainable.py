@@ -8,7 +8,6 @@ checkpoint and, on CPU with the same seed, continues with bit-identical numbers.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
@@ -24,20 +23,21 @@ from ray import tune
 from backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
 from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
 from harness import pseudo_label as pl
-from harness.pseudo_label_rounds import ROUND_POOL_FILE, ROUNDS_FILE, end_round  # noqa: F401 (artifact names)
-from harness.atomic import atomic_write_bytes, atomic_write_json
+from harness.pseudo_label_rounds import ROUND_POOL_FILE, ROUNDS_FILE, end_round, headline_metrics  # noqa: F401 (artifact names)
+from harness.atomic import atomic_write_bytes
 from harness.augment import InputAdapter
 from harness.balanced import balanced_epoch_indices, class_weights
 from harness.inference_speed import measure_inference
 from harness.performance import Execution, apply_process_settings, resolve_execution, select_device
 from harness.scores import class_scores
+from harness.selection import BestEpoch
 from harness.spec import StudySpec, uses_balanced, uses_pseudo_label
+from harness.test_artifacts import SELECTED_WEIGHTS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE  # noqa: F401 (artifact names)
+from harness.test_artifacts import save_selected_weights, write_test_artifacts
 from harness.training import accuracy_and_loss, predict, train_one_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
-TEST_PREDICTIONS_FILE = "test_predictions.npz"
-TEST_PER_CLASS_FILE = "test_per_class.json"
 FINAL_MARKER = "trial_finished"  # only in a trial's last row (see _Trial.final_measures)
 # Test-only fault injection, read on the driver: fail each arm once, right after the
 # checkpoint of this epoch, leaving a marker file per arm so the retry runs through; the arm
@@ -256,7 +256,8 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
     torch.manual_seed(arm["seed"])
     weights = _weights_here(payload, arm["backbone"]) if arm["init"] == "pretrained" else None
-    model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head).to(device)
+    model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head,
+                            options=spec.model.backbone_options(), random_init=train.random_init).to(device)
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if weights and weights != payload.weight_files[arm["backbone"]]:
@@ -281,7 +282,9 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     ``baseline`` and ``balanced`` arms have one round of ``train.epochs`` epochs; pseudo_label arms
     continue with student rounds (see ``harness.pseudo_label``). ``epoch`` counts rows across the
     whole trial; ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place
-    a row in its round, so MCR/MOFR are computable per round.
+    a row in its round, so MCR/MOFR are computable per round. A round's end tests the weights
+    ``train.select`` picks (``harness.selection``); a pseudo_label arm's result is its round chosen
+    on validation (``headline_metrics``).
     """
     if _finished_before():
         return
@@ -289,6 +292,8 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     settings = trial.spec.pseudo_label if uses_pseudo_label(trial.arm["variant"]) else None
     state, history = _load_checkpoint()
     rounds, epoch = pl.RoundState(), 0
+    # train.select best_val: the round's best epoch so far, weights included (carried in every checkpoint).
+    best = BestEpoch(trial.spec.train.select_metric) if trial.spec.train.select == "best_val" else None
     if state is not None:
         trial.model.load_state_dict(state["model"])
         trial.optimizer.load_state_dict(state["optimizer"])
@@ -296,6 +301,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         torch.set_rng_state(state["torch_rng"])
         epoch = state["epoch"] + 1
         rounds = pl.RoundState.from_dict(state.get("rounds")) if "rounds" in state else pl.RoundState(round_epoch=epoch)
+        best = BestEpoch.from_dict(state["round_best"]) if best is not None and state.get("round_best") else best
     # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
     trial.static["attempt_start_epoch"] = epoch
     while not rounds.finished:
@@ -304,26 +310,34 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         train_idx, targets = pl.training_targets(trial.labels, trial.split["train"], rounds.pseudo_idx, rounds.pseudo_labels)
         epoch_start = time.perf_counter()
         metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
+        if best is not None:
+            best.offer(metrics, trial.model)
         round_epochs = trial.spec.train.epochs if rounds.round == 0 else settings.epochs_per_round or trial.spec.train.epochs
         if rounds.round_epoch < round_epochs:
             rounds.round_epoch += 1
-        else:
-            scalars, per_class = _test_metrics(trial)
+        else:  # the round's end: test the selected epoch's weights (the student, if any, starts from them)
+            metrics["selected_epoch"] = round_epochs if best is None else best.restore(trial.model)
+            scalars, per_class = _test_metrics(trial, None if settings is None else rounds.round)
             metrics.update(scalars)
             if settings is None:
                 rounds.finish("")
+                if best is not None:
+                    save_selected_weights(trial.model)
             else:
                 end_round(trial, settings, rounds, metrics, per_class)
                 metrics.update({"pl_rounds": rounds.round if rounds.finished else rounds.round - 1, "pl_stop_reason": rounds.stop_reason})
+                if rounds.finished:
+                    metrics.update(headline_metrics(rounds.records, metrics))
             if rounds.finished:
                 metrics.update(trial.final_measures())
+            best = BestEpoch(best.metric) if best is not None else None  # a next round chooses among its own epochs
         metrics["epoch_wall_s"] = time.perf_counter() - epoch_start  # training, evaluation and test
         history.append(metrics)
         _save_checkpoint(
             {
                 "model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(), "epoch": epoch,
                 "generator": trial.generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": trial.arm,
-                "rounds": rounds.to_dict(),
+                "rounds": rounds.to_dict(), **({"round_best": best.to_dict()} if best is not None else {}),
             },
             history,
         )
@@ -331,15 +345,13 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         epoch += 1
 
 
-def _test_metrics(trial: _Trial) -> tuple[dict, dict]:
+def _test_metrics(trial: _Trial, round_no: int | None = None) -> tuple[dict, dict]:
     """Test evaluation (torchmetrics). Predictions, per-class precision / recall / F1 and the
-    confusion matrix are kept as trial artifacts for the report (the last round's, for pseudo_label)."""
+    confusion matrix are kept as trial artifacts for the report: a pseudo_label arm keeps each
+    round's (``round_no``) and publishes the round chosen on validation (``end_round``)."""
     test_idx, class_names = trial.split["test"], trial.payload.class_names
     logits = predict(trial.model, trial.images, test_idx, **trial.eval_kwargs)
     targets = trial.labels[test_idx]
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, indices=test_idx.numpy(), targets=targets.numpy(), probabilities=torch.softmax(logits, dim=1).numpy())
-    atomic_write_bytes(Path(TEST_PREDICTIONS_FILE).resolve(), buffer.getvalue())
     scalars, per_class = class_scores(logits, targets, len(class_names))
-    atomic_write_json(Path(TEST_PER_CLASS_FILE).resolve(), {"class_names": list(class_names), **per_class})
+    write_test_artifacts(round_no, test_idx, targets, torch.softmax(logits, dim=1), class_names, per_class)
     return {f"test_{name}": value for name, value in scalars.items()}, per_class

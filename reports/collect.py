@@ -21,11 +21,14 @@ ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
 ROUND_COLUMNS = ["round", "round_epoch", "train_size"]
 EPOCH_METRICS = ["train_acc", "train_loss", "val_acc", "val_loss", "lr", "epoch_time_s", "train_images_per_s", "epoch_wall_s"]
 INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "pl_rounds", "input_size", "params_total", "params_trainable", "best_epoch",
+                   "selected_epoch", "pl_selected_round", "pl_last_round",
                    "backbone_params", "backbone_keras_params", "infer_batch_size"}
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"]
 # Measured once after the test evaluation (see harness.inference_speed, backbones.registry).
 FINAL_MEASURES = ["infer_latency_ms", "infer_images_per_s", "infer_batch_size", "backbone_params", "backbone_keras_params"]
 PSEUDO_LABEL_SUMMARY = ["pl_rounds", "pl_stop_reason"]  # student rounds trained, and why no further round ran
+# A pseudo_label arm's test metrics are its selected round's (best val macro F1); the last round's are kept beside.
+PSEUDO_LABEL_ROUNDS = ["pl_selected_round", "pl_last_round", "last_round_test_acc", "last_round_test_macro_f1"]
 
 
 def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
@@ -141,8 +144,10 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
         "resumed_at_epochs": " ".join(str(int(e)) for e in sorted(set(epochs.get("attempt_start_epoch", pd.Series(dtype=float)).dropna())) if e > 0),
     }
     summary.update({name: last.get(name, np.nan) for name in TEST_METRICS + FINAL_MEASURES})
+    if "selected_epoch" in epochs:  # the round epoch whose weights were tested (train.select)
+        summary["selected_epoch"] = last.get("selected_epoch")
     if "pl_rounds" in epochs:
-        summary.update({name: last.get(name) for name in PSEUDO_LABEL_SUMMARY})
+        summary.update({name: last.get(name) for name in PSEUDO_LABEL_SUMMARY + PSEUDO_LABEL_ROUNDS})
     return summary
 
 

@@ -1,5 +1,6 @@
 """The report's pseudo-labelling section (Arsirii & Petrosiuk 2023): round by round, what was added,
-how right the pseudo-labels were, and how the student scored; tables, a figure and Markdown.
+how right the pseudo-labels were, how the student scored, which round is the arm's result (chosen on
+validation) and every round against the paired baseline; tables, figures and Markdown.
 
 Read from each pseudo_label trial's ``pseudo_label_rounds.json`` (written by the trial at the end
 of every round), so a report of an interrupted study shows the rounds finished so far.
@@ -13,16 +14,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.experiment import experiment_paths, read_json
+from harness.selection import ROUND_RULE
 from harness.spec import uses_pseudo_label
 from harness.trainable import ROUNDS_FILE
-from reports.collect import ARM_COLUMNS, _trial_dir
+from reports.collect import ARM_COLUMNS, _trial_dir, collect
 from reports.comparison import write_table
 from reports.derived import mcr_mofr
 from reports.markdown import markdown_table
+from reports.stats import corrected_resampled_t, format_difference, paired_difference
 
-ROUND_COLUMNS = ["round", "epoch", "train_size", "candidates", "confident", "images_added", "pseudo_labelled",
+ROUND_COLUMNS = ["round", "epoch", "selected_epoch", "train_size", "candidates", "confident", "images_added", "pseudo_labelled",
                  "added_precision", "pseudo_precision", "val_acc", "val_macro_f1", "test_acc", "test_macro_f1",
                  "test_weighted_f1"]
+VERSUS_METRICS = {"test_acc": "test acc", "test_macro_f1": "test macro F1"}  # round − baseline, paired
+SELECTED = "selected"  # the round label of each seed's selected round in the vs-baseline table
 
 
 def _stored_rounds(experiment_dir: Path):
@@ -44,7 +49,8 @@ def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         for position, record in enumerate(stored["rounds"]):
             last = position == len(stored["rounds"]) - 1
             stop = stored["stop_reason"] if last and stored["finished"] else ""
-            rows.append({**fields, **{k: record.get(k) for k in ROUND_COLUMNS}, "threshold": stored["settings"]["threshold"],
+            rows.append({**fields, **{k: record.get(k) for k in ROUND_COLUMNS}, "selected": record["round"] == stored.get("selected_round"),
+                         "finished": stored["finished"], "threshold": stored["settings"]["threshold"],
                          "pool": stored["settings"].get("unlabeled_path") or "held-out share of train", "pool_size": stored["pool_size"],
                          **{f"added_{name}": n for name, n in zip(names, record["added_per_class"])}, "stop_reason": stop})
             scores = record["test_per_class"]
@@ -78,6 +84,47 @@ def round_mcr_mofr(epochs: pd.DataFrame, window: int) -> pd.DataFrame:
     chosen = epochs[epochs["variant"].map(uses_pseudo_label)]
     blocks = [mcr_mofr(part.assign(epoch=part["round_epoch"]), window).assign(round=r) for r, part in chosen.groupby("round")]
     return pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+
+
+def rounds_vs_baseline(rounds: pd.DataFrame, trials: pd.DataFrame, test_train_ratio: float | None = None) -> pd.DataFrame:
+    """Per pseudo_label model and round, and for ``selected`` (each finished arm's selected round),
+    the paired difference round − baseline of test accuracy and macro F1: pairs are the completed
+    ``baseline`` arm of the same backbone, init, seed (and fold). k-fold studies (``test_train_ratio``)
+    use the corrected resampled t, since folds share training data; otherwise ``paired_difference``."""
+    columns = ["backbone", "init", "variant", "round", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
+               "claim", "note", "cell"]
+    if rounds.empty or trials.empty or not {"variant", "status", *VERSUS_METRICS} <= set(trials.columns):
+        return pd.DataFrame(columns=columns)
+    folds = "fold" in rounds and "fold" in trials
+    keys = ["backbone", "init", "seed"] + (["fold"] if folds else [])
+    baseline = trials[(trials["variant"] == "baseline") & (trials["status"] == "completed")]
+    pairs = rounds.merge(baseline[keys + list(VERSUS_METRICS)], on=keys, suffixes=("", "_baseline"))
+    pairs["round"] = pairs["round"].astype(int).astype(str)
+    chosen = pairs[pairs["selected"].astype(bool) & pairs["finished"].astype(bool)].assign(round=SELECTED)
+    rows = []
+    groups = pd.concat([pairs, chosen], ignore_index=True).groupby(["backbone", "init", "variant", "round"], sort=False)
+    for (backbone, init, variant, round_label), part in groups:
+        for metric in VERSUS_METRICS:
+            a, b = part[metric].to_numpy(float), part[f"{metric}_baseline"].to_numpy(float)
+            d = corrected_resampled_t(a - b, test_train_ratio) if folds and test_train_ratio else paired_difference(a, b)
+            rows.append({"backbone": backbone, "init": init, "variant": variant, "round": round_label, "metric": metric,
+                         "n": d.n, "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
+                         "claim": d.claim, "note": d.note, "cell": format_difference(d)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _versus_table(versus: pd.DataFrame) -> pd.DataFrame:
+    frame = versus.assign(model=_model(versus), metric=versus["metric"].map(lambda m: f"{VERSUS_METRICS[m]} − baseline"))
+    table = frame.pivot_table(index=["model", "round"], columns="metric", values="cell", aggfunc="first", sort=False)
+    return table.reset_index().rename_axis(columns=None)
+
+
+def _tested_text(experiment_dir: Path) -> str:
+    train = read_json(experiment_paths(experiment_dir)["manifest"])["spec"]["train"]
+    if train.get("select", "last") == "last":
+        return "its last epoch, `train.select: last`"
+    return (f"its epoch with the best {train.get('select_metric', 'val_acc')}, `train.select: best_val`; the epoch is "
+            "`selected_epoch` in `tables/pseudo_label_rounds.csv`")
 
 
 def _model(frame: pd.DataFrame) -> pd.Series:
@@ -141,9 +188,9 @@ def _added_text(row: pd.Series, names: list[str]) -> str:
 
 def _round_table(rounds: pd.DataFrame) -> pd.DataFrame:
     names = [c.removeprefix("added_") for c in rounds.columns if c.startswith("added_") and c != "added_precision"]
-    table = rounds.assign(model=rounds["arm_id"])
+    table = rounds.assign(model=rounds["arm_id"], chosen=rounds["selected"].map({True: "✓", False: ""}))
     table["added per class"] = [_added_text(row, names) for _, row in table.iterrows()]
-    columns = {"model": "arm", "round": "round", "images_added": "added", "added per class": "added per class",
+    columns = {"model": "arm", "round": "round", "chosen": "selected", "images_added": "added", "added per class": "added per class",
                "pseudo_labelled": "pseudo-labelled in train", "added_precision": "precision of added",
                "pseudo_precision": "precision of all", "val_acc": "val acc", "val_macro_f1": "val macro F1",
                "test_acc": "test acc", "test_macro_f1": "test macro F1"}
@@ -158,14 +205,19 @@ def _pool_text(rounds: pd.DataFrame) -> str:
     return f"external, without labels: {'; '.join(described)}"
 
 
-def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int, report_dir: Path) -> str:
-    """Write ``tables/pseudo_label_rounds``, ``pseudo_label_per_class``, ``pseudo_label_mcr_mofr`` and
-    ``figures/pseudo_label_rounds.png``; return the Markdown section ("" without pseudo_label arms)."""
+def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int, report_dir: Path,
+                         trials: pd.DataFrame | None = None, test_train_ratio: float | None = None) -> str:
+    """Write ``tables/pseudo_label_rounds``, ``pseudo_label_per_class``, ``pseudo_label_mcr_mofr``,
+    ``pseudo_label_vs_baseline`` and the figures; return the Markdown section ("" without pseudo_label
+    arms). ``trials`` (collected again when not given) holds the baseline arms' test metrics."""
     rounds, per_class = collect_rounds(experiment_dir)
     if rounds.empty:
         return ""
+    trials = collect(experiment_dir)[1] if trials is None else trials
+    versus = rounds_vs_baseline(rounds, trials, test_train_ratio)
     tables = report_dir / "tables"
     write_table(tables, "pseudo_label_rounds", rounds)
+    write_table(tables, "pseudo_label_vs_baseline", versus.drop(columns="cell"))
     write_table(tables, "pseudo_label_per_class", per_class)
     write_table(tables, "pseudo_label_mcr_mofr", round_mcr_mofr(epochs, window))
     from reports.figures import _save
@@ -186,16 +238,24 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         "union. *added*: images new in the round's training set; *precision*: share of pseudo-labels equal to the "
         "hidden true label (of the added ones, and of all pseudo-labelled images in the round's training set; "
         "– where no true label exists). "
-        "Val/test scores are the round's last epoch. Per-class counts, precision and test F1 per round are in "
+        f"Val/test scores are those of the weights the round tested ({_tested_text(experiment_dir)}). "
+        f"**The arm's result is {ROUND_RULE}** (*selected* ✓; `pl_selected_round` in `trials.csv`, "
+        "`pl_last_round` beside it): its test metrics are the arm's in every other table, and test scores never "
+        "choose. Per-class counts, precision and test F1 per round are in "
         "`tables/pseudo_label_per_class.csv`, MCR/MOFR per round in `tables/pseudo_label_mcr_mofr.csv` "
         "(over each round's own epochs), each round's test confusion matrix in each trial's `pseudo_label_rounds.json` "
         "and below; "
-        "the paired pseudo_label − baseline differences are in the *variant vs baseline* table above.", "",
+        "the paired differences of the selected rounds are in the *variant vs baseline* table above.", "",
         markdown_table(_round_table(rounds)),
         "![Test macro F1, pseudo-labelled images and their precision per round](figures/pseudo_label_rounds.png)", "",
     ]
     for arm, (student_rounds, reason) in zip(stops["arm_id"], zip(stops["round"], stops["stop_reason"])):
         lines.append(f"- {arm}: {int(student_rounds)} student round(s); stopped: {reason}.")
+    if not versus.empty:
+        lines += ["", "Every round against the baseline arm of the same backbone, init, seed (and fold): the paired "
+                  "difference round − baseline of the test metrics, with its 95% interval; the *selected* row pairs each "
+                  "seed's selected round, as the *variant vs baseline* table does. `tables/pseudo_label_vs_baseline.csv`.", "",
+                  markdown_table(_versus_table(versus))]
     if not per_class.empty:  # the paper's Fig. 7: teacher (round 0) vs students, per class
         frame = per_class.assign(model=_model(per_class))
         f1 = frame.pivot_table(index=["model", "round"], columns="class", values="test_f1", aggfunc="mean", sort=False)

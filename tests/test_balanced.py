@@ -99,5 +99,5 @@ def test_arsirii2023_stops_in_preflight_on_a_missing_or_ill_formed_rafdb_path(tm
     assert not storage.exists() or not any(storage.iterdir())  # nothing written
     spec = load_spec("arsirii2023", ["data.path=/data/RAF-DB/basic"])
     assert (spec.split.kind, spec.split.unlabeled_fraction, spec.split.val_fraction) == ("official", 0.1, 0.2)
-    assert (spec.pseudo_label.threshold, spec.pseudo_label.max_rounds, spec.train.head) == (0.99, 3, "arsirii_pl")
+    assert (spec.pseudo_label.threshold, spec.pseudo_label.max_rounds, spec.train.head) == (0.99, 2, "arsirii_pl")
     assert [a["arm_id"] for a in spec.arms()] == ["mobilenet_v1_pretrained_baseline_s0", "mobilenet_v1_pretrained_pseudo_label_s0"]

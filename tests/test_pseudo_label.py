@@ -1,9 +1,11 @@
 """Pseudo-labelling: the selection rules on known probabilities, and real Ray studies on SynthFER
-(rounds add what the threshold selects, hidden labels never train, complete round tables, resume)."""
+(rounds add what the threshold selects, hidden labels never train, complete round tables, the round
+and epoch validation picks are the ones tested and reported, resume)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import torch
 from harness import pseudo_label as pl
 from harness.engine import run_study
 from harness.spec import SpecError, load_spec
-from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV, ROUNDS_FILE
+from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV, ROUNDS_FILE, SELECTED_WEIGHTS_FILE
 
 PL_ARM = "small_cnn_random_pseudo_label_s0"
+BASELINE_ARM = "small_cnn_random_baseline_s0"
 STUDY = [
     "data.num_images=600", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "train.augment.enabled=false",
     "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline,pseudo_label]", "grid.exclude=[]",
@@ -24,6 +27,11 @@ STUDY = [
     "pseudo_label.epochs_per_round=1", "train.lr=3e-3", "resources.cpu=1", "run.keep_checkpoints=20",
 ]
 METRICS = ["epoch", "round", "round_epoch", "train_size", "train_acc", "train_loss", "val_acc", "val_loss"]
+# The module's study tests the best-val epoch of every round, and some epochs train on labels that are
+# all class 0, which wrecks the model by construction, so what validation must pick is known: the
+# teacher's epoch 1 or 2 (3 spoiled), round 1's epoch 1 (2 and 3 spoiled), and never round 2 (all spoiled).
+PICKED = [*STUDY, "data.num_images=1200", "train.epochs=3", "train.select=best_val", "pseudo_label.epochs_per_round=3"]
+SPOILED = frozenset({(0, 3), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)})  # (round, round_epoch)
 
 
 # --- the rules, on known probabilities ------------------------------------------------------------
@@ -104,10 +112,43 @@ def test_spec_options_are_validated():
 # --- real studies ---------------------------------------------------------------------------------
 
 
+def _spoiling_trial(run_trial, spoiled: frozenset):
+    """``run_trial``, except that its (round, round_epoch) epochs in ``spoiled`` train on all-class-0 labels."""
+
+    def trial(config, payload):
+        from harness import trainable
+
+        original = trainable._Trial.run_epoch
+
+        def run_epoch(self, epoch, round_no, round_epoch, train_idx, targets):
+            spoil = (round_no, round_epoch) in spoiled
+            return original(self, epoch, round_no, round_epoch, train_idx, torch.zeros_like(targets) if spoil else targets)
+
+        trainable._Trial.run_epoch = run_epoch
+        try:
+            return run_trial(config, payload)
+        finally:  # a reused worker runs the next trial unspoiled
+            trainable._Trial.run_epoch = original
+
+    return trial
+
+
+def run_spoiled_study(overrides: list[str]):
+    """``run_study`` of the module's study (``PICKED`` + ``overrides``) with the ``SPOILED`` epochs."""
+    import ray.cloudpickle
+
+    from harness import trainable
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainable, "run_trial", _spoiling_trial(trainable.run_trial, SPOILED))
+        return run_study(load_spec("quick", [*PICKED, *overrides]))
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     storage = tmp_path_factory.mktemp("pl")
-    return run_study(load_spec("quick", [*STUDY, f"run.storage={storage}", "run.name=plain"]))
+    return run_spoiled_study([f"run.storage={storage}", "run.name=plain"])
 
 
 def _trial_dir(outcome, arm: str):
@@ -122,12 +163,15 @@ def test_rounds_add_exactly_what_the_teachers_predictions_select(study):
     from harness.splits import load_splits
     from harness.training import predict
 
-    spec = load_spec("quick", STUDY)
+    spec = load_spec("quick", PICKED)
     folder = _trial_dir(study, PL_ARM)
-    teacher_checkpoint = [p for p in folder.glob("checkpoint_*")
-                          if torch.load(p / "checkpoint.pt", weights_only=True)["epoch"] == spec.train.epochs]
-    state = torch.load(teacher_checkpoint[0] / "checkpoint.pt", weights_only=True)
+    states = {state["epoch"]: state for state in (torch.load(p / "checkpoint.pt", weights_only=True) for p in folder.glob("checkpoint_*"))}
+    state = states[spec.train.epochs]
     assert state["rounds"]["round"] == 1 and state["rounds"]["round_epoch"] == 0  # the next row starts the student
+    # train.select best_val: the teacher that predicts the pool is its best-val epoch, not the (spoiled) last one.
+    chosen = state["rounds"]["records"][0]["selected_epoch"]
+    assert chosen < spec.train.epochs
+    assert all(torch.equal(state["model"][k], states[chosen]["model"][k]) for k in state["model"])
     dataset = load_dataset(spec.data)
     pool = torch.from_numpy(load_splits(study.experiment_dir / "ferbench" / "splits.npz")[0]["unlabeled"])
     model = create_backbone("small_cnn", 7)
@@ -166,12 +210,12 @@ def test_round_tables_are_complete(study):
     assert sums.tolist() == rounds["pseudo_labelled"].tolist()
     stored = json.loads((_trial_dir(study, PL_ARM) / ROUNDS_FILE).read_text())
     assert all(np.array(r["test_confusion_matrix"]).sum() == sum(r["test_per_class"]["support"]) for r in stored["rounds"])
-    # The trial's final test metrics are the last round's; epochs run continuously across rounds.
-    assert trials.loc[PL_ARM, "test_acc"] == pytest.approx(rounds["test_acc"].iloc[-1])
+    # The trial's final test metrics are the selected round's; epochs run continuously across rounds.
+    assert trials.loc[PL_ARM, "test_acc"] == pytest.approx(rounds.loc[rounds["selected"], "test_acc"].item())
     epochs = pd.read_csv(study.report_dir / "tables" / "epochs.csv")
     mine = epochs[epochs.arm_id == PL_ARM]
     assert mine["epoch"].tolist() == list(range(len(mine)))
-    assert mine.groupby("round")["round_epoch"].apply(list).tolist() == [[0, 1, 2]] + [[0, 1]] * (len(rounds) - 1)
+    assert mine.groupby("round")["round_epoch"].apply(list).tolist() == [[0, 1, 2, 3]] * len(rounds)
     assert (epochs[epochs.arm_id != PL_ARM]["round"] == 0).all()
     report = (study.report_dir / "report.md").read_text()
     assert "## Pseudo-labelling (Arsirii & Petrosiuk 2023)" in report and "stopped:" in report
@@ -190,28 +234,110 @@ def test_round_tables_are_complete(study):
     assert set(mcr["round"]) == set(rounds["round"]) and mcr["value"].notna().any()
 
 
+def _reevaluated(outcome, arm: str) -> np.ndarray:
+    """Test-set probabilities of the arm's kept ``selected_weights.pt``, computed here from scratch."""
+    from backbones import create_backbone, get_backbone_info
+    from harness.augment import InputAdapter
+    from harness.loaders import load_dataset
+    from harness.splits import load_splits
+    from harness.training import predict
+
+    model = create_backbone("small_cnn", 7)
+    model.load_state_dict(torch.load(_trial_dir(outcome, arm) / SELECTED_WEIGHTS_FILE, weights_only=True))
+    info = get_backbone_info("small_cnn")
+    test = torch.from_numpy(load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")[0]["test"])
+    images = torch.from_numpy(load_dataset(load_spec("quick", PICKED).data).images)
+    logits = predict(model, images, test, batch_size=256, adapter=InputAdapter(24, info.in_chans, info.channel_order, info.mean, info.std),
+                     device=torch.device("cpu"))
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def test_the_arm_reports_the_round_and_epoch_that_validation_picks(study):
+    trials = pd.read_csv(study.report_dir / "tables" / "trials.csv").set_index("arm_id")
+    epochs = pd.read_csv(study.report_dir / "tables" / "epochs.csv")
+    folder = _trial_dir(study, PL_ARM)
+    stored = json.loads((folder / ROUNDS_FILE).read_text())
+    records = {r["round"]: r for r in stored["rounds"]}
+    assert sorted(records) == [0, 1, 2]
+    assert records[1]["val_macro_f1"] > records[2]["val_macro_f1"]  # round 2 trained on spoiled labels only
+    assert records[1]["val_macro_f1"] > records[0]["val_macro_f1"], "precondition: round 1 should beat the teacher on val"
+    assert records[2]["test_acc"] != records[1]["test_acc"]  # the choice changes the reported numbers
+    # The arm's result is round 1, the last round's is kept beside it.
+    assert stored["selected_round"] == 1
+    row = trials.loc[PL_ARM]
+    assert (row["pl_selected_round"], row["pl_last_round"], row["pl_rounds"]) == (1, 2, 2)
+    for name in ("test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"):
+        assert row[name] == pytest.approx(records[1][name]), name
+    assert row["last_round_test_acc"] == pytest.approx(records[2]["test_acc"])
+    # So are its predictions, per-class scores and kept weights (re-evaluated here).
+    assert (folder / "test_predictions.npz").read_bytes() == (folder / "test_predictions_round1.npz").read_bytes()
+    assert (folder / "test_predictions.npz").read_bytes() != (folder / "test_predictions_round2.npz").read_bytes()
+    per_class = json.loads((folder / "test_per_class.json").read_text())
+    assert per_class["f1"] == records[1]["test_per_class"]["f1"] and per_class["confusion_matrix"] == records[1]["test_confusion_matrix"]
+    stored_probabilities = np.load(folder / "test_predictions.npz")["probabilities"]
+    assert np.allclose(_reevaluated(study, PL_ARM), stored_probabilities, atol=1e-6)
+    # train.select best_val: each round tested its best-val epoch (ties: the earlier), never epoch 0.
+    mine = epochs[epochs.arm_id == PL_ARM]
+    for round_no, record in records.items():
+        trained = mine[(mine["round"] == round_no) & (mine["round_epoch"] > 0)]
+        best = trained.loc[trained["val_acc"].idxmax()]  # idxmax: the first of equal maxima
+        assert record["selected_epoch"] == best["round_epoch"]
+        assert record["val_acc"] == pytest.approx(best["val_acc"])  # the tested weights are that epoch's
+    assert records[0]["selected_epoch"] < 3 and records[1]["selected_epoch"] == 1 and row["selected_epoch"] == 1
+    # The baseline arm (= round 0) too: its test metrics are those of its kept best-val weights.
+    base = trials.loc[BASELINE_ARM]
+    assert base["selected_epoch"] == records[0]["selected_epoch"] and base["test_acc"] == pytest.approx(records[0]["test_acc"])
+    probabilities = _reevaluated(study, BASELINE_ARM)
+    assert np.allclose(probabilities, np.load(_trial_dir(study, BASELINE_ARM) / "test_predictions.npz")["probabilities"], atol=1e-6)
+    targets = np.load(_trial_dir(study, BASELINE_ARM) / "test_predictions.npz")["targets"]
+    assert (probabilities.argmax(1) == targets).mean() == pytest.approx(base["test_acc"])
+    # The report marks the round and sets every round, and the selected one, against the baseline.
+    versus = pd.read_csv(study.report_dir / "tables" / "pseudo_label_vs_baseline.csv")
+    accuracy = versus[versus["metric"] == "test_acc"].set_index("round")["mean_diff"]
+    assert accuracy.index.tolist() == ["0", "1", "2", "selected"]
+    assert accuracy["0"] == pytest.approx(0)  # the teacher is the baseline, number for number
+    assert accuracy["selected"] == pytest.approx(accuracy["1"]) == pytest.approx(row["test_acc"] - base["test_acc"])
+    assert (versus["n"] == 1).all() and not versus["claim"].any()  # one seed: no claim
+    differences = pd.read_csv(study.report_dir / "tables" / "differences.csv")
+    headline = differences[(differences["comparison"] == "pseudo_label − baseline") & (differences["metric"] == "test_acc")]
+    assert headline["mean_diff"].item() == pytest.approx(accuracy["selected"])
+    report = (study.report_dir / "report.md").read_text()
+    assert "the round with the best validation macro F1" in report and "| ✓ |" in report
+    assert "test acc − baseline" in report
+
+
 def test_failed_trial_resumes_in_the_right_round_with_identical_results(study, tmp_path, monkeypatch):
+    """Fails inside round 1 after its second epoch: with only the newest checkpoint kept, that of the
+    round's best epoch (its first) is gone, so the retry can test it only from the weights carried along
+    (the epochs after the failure are spoiled: without them it would test a worse one)."""
     markers = tmp_path / "markers"
-    monkeypatch.setenv(FAIL_ONCE_ENV, "3")  # after round 1's first row (its evaluation before training)
+    monkeypatch.setenv(FAIL_ONCE_ENV, "6")  # rows: round 0 is epochs 0-3, round 1 epochs 4 (evaluation only) to 7
     monkeypatch.setenv(FAIL_MARKER_ENV, str(markers))
-    retried = run_study(load_spec("quick", [*STUDY, f"run.storage={tmp_path}", "run.name=retried"]))
-    assert [p.name for p in markers.iterdir()] == [PL_ARM]  # the baseline arm has no epoch 3
+    retried = run_spoiled_study([f"run.storage={tmp_path}", "run.name=retried", "run.keep_checkpoints=1", "grid.variant=[pseudo_label]"])
+    assert [p.name for p in markers.iterdir()] == [PL_ARM]
     assert retried.statuses[PL_ARM] == "completed"
+    assert len(list(_trial_dir(retried, PL_ARM).glob("checkpoint_*"))) == 1  # rotation was on
     tables = {name: [pd.read_csv(o.report_dir / "tables" / f"{name}.csv") for o in (study, retried)]
               for name in ("epochs", "pseudo_label_rounds", "trials")}
-    first, second = tables["epochs"]
+    first, second = (frame[frame["arm_id"] == PL_ARM] for frame in tables["epochs"])
     assert len(first) == len(second)
-    pd.testing.assert_frame_equal(first.sort_values(["arm_id", "epoch"])[["arm_id", *METRICS]].reset_index(drop=True),
-                                  second.sort_values(["arm_id", "epoch"])[["arm_id", *METRICS]].reset_index(drop=True))
-    columns = ["round", "images_added", "pseudo_labelled", "pseudo_precision", "val_acc", "test_acc", "test_macro_f1", "stop_reason"]
+    pd.testing.assert_frame_equal(first.sort_values("epoch")[METRICS].reset_index(drop=True),
+                                  second.sort_values("epoch")[METRICS].reset_index(drop=True))
+    columns = ["round", "selected_epoch", "selected", "images_added", "pseudo_labelled", "pseudo_precision", "val_acc", "test_acc",
+               "test_macro_f1", "stop_reason"]
     pd.testing.assert_frame_equal(tables["pseudo_label_rounds"][0][columns], tables["pseudo_label_rounds"][1][columns])
+    outcome = ["arm_id", "test_acc", "test_loss", "test_macro_f1", "selected_epoch", "pl_selected_round", "last_round_test_acc"]
+    plain, again = (frame.set_index("arm_id").loc[[PL_ARM], outcome[1:]] for frame in tables["trials"])
+    pd.testing.assert_frame_equal(plain, again, check_dtype=False)
     trials = tables["trials"][1].set_index("arm_id")
-    assert float(trials.loc[PL_ARM, "resumed_at_epochs"]) == 4  # resumed inside round 1, after its first row
+    assert float(trials.loc[PL_ARM, "resumed_at_epochs"]) == 7  # resumed inside round 1, after its third row
+    assert trials.loc[PL_ARM, "selected_epoch"] == 1  # round 1's first epoch: the one rotated out before the failure
 
 
-def test_hidden_labels_of_the_pool_never_reach_training(tmp_path):
+def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops_the_rounds(tmp_path):
     """The same trial with the pool's true labels changed trains identically: only the reported
-    precision of the pseudo-labels, which compares them with those labels, differs."""
+    precision of the pseudo-labels, which compares them with those labels, differs. A threshold this
+    low labels the whole pool in round 1 (so every pool image trains), and no second student follows."""
     import ray
     from ray import tune
 
@@ -219,7 +345,7 @@ def test_hidden_labels_of_the_pool_never_reach_training(tmp_path):
     from harness.preflight import run_preflight
     from harness.trainable import StudyPayload, run_trial
 
-    spec = load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]"])
+    spec = load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "pseudo_label.threshold=0.01"])
     preflight = run_preflight(spec)
     (arm,) = preflight.runnable_arms
     pool = preflight.splits[0]["unlabeled"]
@@ -237,16 +363,17 @@ def test_hidden_labels_of_the_pool_never_reach_training(tmp_path):
         assert result.error is None
         folder = Path(result.path)
         history = pd.DataFrame(json.loads(line) for line in (folder / "result.json").read_text().splitlines())
-        rounds = json.loads((folder / ROUNDS_FILE).read_text())["rounds"]
-        outcomes.append((history, pd.DataFrame(rounds)))
+        stored = json.loads((folder / ROUNDS_FILE).read_text())
+        outcomes.append((history, pd.DataFrame(stored["rounds"])))
     ray.shutdown()
     (history, rounds), (history_2, rounds_2) = outcomes
     pd.testing.assert_frame_equal(history[METRICS], history_2[METRICS])
     same = ["round", "images_added", "pseudo_labelled", "val_acc", "test_acc", "test_macro_f1"]
     pd.testing.assert_frame_equal(rounds[same], rounds_2[same])
-    assert (rounds["images_added"] > 0).any()
     trained = rounds["round"] > 0
     assert not np.allclose(rounds.loc[trained, "pseudo_precision"], rounds_2.loc[trained, "pseudo_precision"])
+    assert rounds["round"].tolist() == [0, 1] and rounds["images_added"].tolist() == [0, len(pool)] and len(pool) > 0
+    assert stored["finished"] and stored["stop_reason"] == "every pool image is pseudo-labelled already"
 
 
 def test_a_teacher_sure_of_nothing_ends_the_trial_after_round_0(tmp_path):
@@ -258,17 +385,7 @@ def test_a_teacher_sure_of_nothing_ends_the_trial_after_round_0(tmp_path):
     assert rounds["stop_reason"].iloc[0]  # the report says why no student trained
     trials = pd.read_csv(outcome.report_dir / "tables" / "trials.csv").set_index("arm_id")
     assert trials.loc[PL_ARM, "pl_rounds"] == 0 and trials.loc[PL_ARM, "test_acc"] == pytest.approx(rounds["test_acc"].iloc[0])
+    assert trials.loc[PL_ARM, "pl_selected_round"] == trials.loc[PL_ARM, "pl_last_round"] == 0
+    assert trials.loc[PL_ARM, "selected_epoch"] == 2  # train.select last: the round's last epoch
     epochs = pd.read_csv(outcome.report_dir / "tables" / "epochs.csv")
     assert epochs["epoch"].tolist() == [0, 1, 2] and (epochs["round"] == 0).all()
-
-
-def test_a_pool_used_up_in_round_1_stops_the_rounds_there(tmp_path):
-    outcome = run_study(load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "pseudo_label.threshold=0.01",
-                                            f"run.storage={tmp_path}", "run.name=greedy"]))
-    assert outcome.statuses == {PL_ARM: "completed"}
-    rounds = pd.read_csv(outcome.report_dir / "tables" / "pseudo_label_rounds.csv")
-    from harness.splits import load_splits
-
-    pool = len(load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")[0]["unlabeled"])
-    assert rounds["round"].tolist() == [0, 1] and rounds["images_added"].tolist() == [0, pool] and pool > 0
-    assert rounds["stop_reason"].iloc[-1]  # no images left to label: no second student
