@@ -228,7 +228,9 @@ def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metr
     held = next(k for k in ("init", "variant") if k != factor)  # the other factor, held fixed
     scored = _completed(trials)
     rows = []
-    for (backbone, level), _ in trials.groupby(["backbone", held], sort=False):
+    for (backbone, level), arms in trials.groupby(["backbone", held], sort=False):
+        if not {treated, reference} <= set(arms[factor]):  # the grid never forms this pair (an excluded arm)
+            continue
         cell = scored[(scored["backbone"] == backbone) & (scored[held] == level)]
         a, b, unpaired = unit_pairs(cell, units, cell[factor] == treated, cell[factor] == reference, metric)
         rows.append({"comparison": f"{treated} − {reference}", "backbone": backbone, held: level, factor: np.nan,
@@ -246,7 +248,8 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_trai
     seeds (folds) present on only one side — failed, missing or NaN partners — which are left out.
     The interval is ``reports.stats``' paired Student t (the corrected resampled t over folds when
     ``test_train_ratio`` is given); ``claim`` needs 3 pairs and an interval clear of 0.
-    A comparison appears only when the study has both levels (e.g. both inits).
+    A comparison appears only where the grid has an arm on both sides (any status: a failed side is
+    counted in ``n_unpaired``), so arms left out by ``grid.exclude`` form no empty rows.
     """
     rows = []
     if {"pretrained", "random"} <= set(trials["init"]):

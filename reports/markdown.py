@@ -120,7 +120,8 @@ def render_markdown(
         "",
         markdown_table(_arms_table(trials)),
         "Accuracy and loss are on the validation split after the last epoch; test metrics on the test "
-        "split with the final model; `train img/s` is the mean training throughput over epochs; `weights` is "
+        "split with the model `train.select` picks (the last epoch, or the best on validation), and for a "
+        "pseudo_label arm with the round chosen on validation; `train img/s` is the mean training throughput over epochs; `weights` is "
         "where a pretrained arm's weights came from (`synth-identity`: identity pretraining on a separate "
         "SynthFER set, see the README).",
         "",

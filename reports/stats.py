@@ -141,7 +141,7 @@ def paired_difference(a, b, confidence: float = 0.95) -> PairedDifference:
         low, high, p = _interval(mean, std / math.sqrt(n), n - 1, confidence)
     else:
         low = high = p = np.nan
-    p_flip = sign_flip_p(d) if 1 <= n <= EXACT_SIGN_FLIP_MAX_N else np.nan
+    p_flip = sign_flip_p(d) if 2 <= n <= EXACT_SIGN_FLIP_MAX_N else np.nan  # one pair: always 1
     claim, note = _decide(n, low, high, confidence, p_flip, "seeds", seeds_needed(mean, std, confidence))
     return PairedDifference(n, mean, float(low), float(high), float(p), float(p_flip), "paired Student t",
                             confidence, claim, note)

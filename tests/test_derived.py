@@ -357,3 +357,12 @@ def test_paired_differences_other_metric_and_all_partners_failed():
     row = paired_differences(trials, metric="test_macro_f1").iloc[0]
     assert row["metric"] == "test_macro_f1" and row["n_pairs"] == 0 and row["n_unpaired"] == 2
     assert np.isnan(row["mean_diff"]) and bool(row["claim"]) is False
+
+
+def test_pairs_the_grid_never_forms_give_no_rows():
+    # The quick study's grid: pseudo_label only on the pretrained arm (random pseudo_label excluded).
+    trials = pd.DataFrame([trial(init=i, variant=v, test_acc=0.5) for i, v in
+                           (("pretrained", "baseline"), ("random", "baseline"), ("pretrained", "pseudo_label"))])
+    result = paired_differences(trials)
+    pairs = set(zip(result["comparison"], result["variant"].fillna("–"), result["init"].fillna("–")))
+    assert pairs == {("pretrained − random", "baseline", "–"), ("pseudo_label − baseline", "–", "pretrained")}
