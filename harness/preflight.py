@@ -83,8 +83,10 @@ class _Downloader:
         return resolve_pretrained(backbone, files=self.spec.weights.files, weights_dir=self.spec.weights.dir)
 
 
-def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """(files, sources, problems) for every backbone that has a pretrained arm."""
+def resolve_weights(spec: StudySpec, data_size: int, train_synth_identity: bool = True) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(files, sources, problems) for every backbone that has a pretrained arm. With
+    ``train_synth_identity`` False, synth-identity weights are not resolved: preflight has already
+    found a problem, and minutes of identity pretraining would only delay its message."""
     from harness.synth_identity import synth_identity_weights
     from harness.trainable import resolve_input_size
 
@@ -93,6 +95,8 @@ def resolve_weights(spec: StudySpec, data_size: int) -> tuple[dict[str, str], di
     needed = sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
     for backbone in needed:
         if spec.weights.source_for(backbone) == "synth-identity":
+            if not train_synth_identity:
+                continue
             recipe = spec.weights.synth_identity.model_dump()
             path = synth_identity_weights(backbone, resolve_input_size(spec, backbone, data_size), recipe)
             files[backbone], sources[backbone] = str(path), "synth-identity"
@@ -179,7 +183,7 @@ def run_preflight(spec: StudySpec) -> Preflight:
     if pool is not None:
         notes["unlabeled_pool"] = pool.notes
     data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size
-    files, sources, weight_problems = resolve_weights(spec, data_size)
+    files, sources, weight_problems = resolve_weights(spec, data_size, train_synth_identity=not problems)
     nothing_runs = all(arm["init"] == "pretrained" and arm["backbone"] in weight_problems for arm in spec.arms())
     if weight_problems and (nothing_runs or not spec.run.allow_unavailable):
         problems += list(weight_problems.values())
