@@ -93,27 +93,23 @@ class OpenFaceClassifier(nn.Module):
     def strip_to_features(self) -> None:
         self.trunk.dense_layer = nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """inception_5b's (B, 736, 3, 3) maps, caught on the way through deepface's forward."""
+    def _output_of(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module``'s output, caught on the way through deepface's forward (which returns only the end)."""
         captured: list[torch.Tensor] = []
-        handle = self.trunk.inception_5b.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
             self.trunk(x)
         finally:
             handle.remove()
         return captured[0]
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """inception_5b's (B, 736, 3, 3) maps."""
+        return self._output_of(self.trunk.inception_5b, x)
+
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """The 128-d embedding: deepface's L2-normalised output, or Dense(128)'s caught on the way."""
-        if self.l2_norm:
-            return self.trunk(x)
-        captured: list[torch.Tensor] = []
-        handle = self.trunk.dense_layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            self.trunk(x)
-        finally:
-            handle.remove()
-        return captured[0]
+        """The 128-d embedding: deepface's L2-normalised output, or Dense(128)'s (the paper's cut)."""
+        return self.trunk(x) if self.l2_norm else self._output_of(self.trunk.dense_layer, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embedding(x))

@@ -227,18 +227,23 @@ def test_drop_leaves_other_backbones_as_they_are():
     assert all(torch.equal(v, default[k]) for k, v in create_backbone("small_cnn", 7, options=DROP).state_dict().items())
 
 
-def test_a_paper_trial_builds_mobilenet_without_its_last_relu():
+def _paper_trial(backbone: str):
+    """A random-init ``smelyakov2022`` trial of ``backbone`` on 10 blank images, built as a Tune trial builds it."""
     import numpy as np
 
     from harness.trainable import StudyPayload, _build_trial
 
-    spec = load_spec("smelyakov2022", ["grid.backbone=[mobilenet_v1]", "resources.gpu=0", "resources.cpu=1"])
+    spec = load_spec("smelyakov2022", [f"grid.backbone=[{backbone}]", "resources.gpu=0", "resources.cpu=1"])
     payload = StudyPayload(spec=spec.model_dump(mode="json"), images=np.zeros((10, 24, 24), np.uint8),
                            labels=np.arange(10) % 7, class_names=tuple("abcdefg"),
                            splits={0: {"train": np.arange(6), "val": np.arange(6, 8), "test": np.arange(8, 10)}},
                            weight_files={})
-    arm = {"arm_id": "a", "backbone": "mobilenet_v1", "init": "random", "variant": "baseline", "seed": 0}
-    trial = _build_trial({"arm": arm}, payload)
+    arm = {"arm_id": "a", "backbone": backbone, "init": "random", "variant": "baseline", "seed": 0}
+    return _build_trial({"arm": arm}, payload)
+
+
+def test_a_paper_trial_builds_mobilenet_without_its_last_relu():
+    trial = _paper_trial("mobilenet_v1")
     assert isinstance(trial.model.blocks[4][1].bn2.act, nn.Identity)
     assert isinstance(trial.model.blocks[4][1].bn1.act, nn.ReLU6)  # only the last one
 
@@ -304,17 +309,7 @@ def test_print_spec_shows_the_papers_protocol(capsys):
 
 def test_a_paper_trial_builds_its_model_with_the_papers_options():
     """The spec's model options, random_init and keras_last_k reach the trial's model."""
-    import numpy as np
-
-    from harness.trainable import StudyPayload, _build_trial
-
-    spec = load_spec("smelyakov2022", ["grid.backbone=[openface]", "resources.gpu=0", "resources.cpu=1"])
-    payload = StudyPayload(spec=spec.model_dump(mode="json"), images=np.zeros((10, 24, 24), np.uint8),
-                           labels=np.arange(10) % 7, class_names=tuple("abcdefg"),
-                           splits={0: {"train": np.arange(6), "val": np.arange(6, 8), "test": np.arange(8, 10)}},
-                           weight_files={})
-    trial = _build_trial({"arm": {"arm_id": "a", "backbone": "openface", "init": "random", "variant": "baseline", "seed": 0}},
-                         payload)
+    trial = _paper_trial("openface")
     assert trial.model.l2_norm is False and torch.all(trial.model.trunk.conv1.conv.bias == 0)  # Keras' zero biases
     row = trial.run_epoch(0, 0, 0, trial.split["train"], trial.labels)
     assert row["params_trainable"] == 94_336 + 128 * 7 + 7  # Dense(128) and the head
