@@ -21,7 +21,7 @@ from reports.collect import ARM_COLUMNS, _trial_dir, collect
 from reports.comparison import write_table
 from reports.derived import mcr_mofr
 from reports.markdown import markdown_table
-from reports.stats import corrected_resampled_t, format_difference, paired_difference
+from reports.stats import compare_paired, format_difference
 
 ROUND_COLUMNS = ["round", "epoch", "selected_epoch", "train_size", "candidates", "confident", "images_added", "pseudo_labelled",
                  "added_precision", "pseudo_precision", "val_acc", "val_macro_f1", "test_acc", "test_macro_f1",
@@ -89,8 +89,8 @@ def round_mcr_mofr(epochs: pd.DataFrame, window: int) -> pd.DataFrame:
 def rounds_vs_baseline(rounds: pd.DataFrame, trials: pd.DataFrame, test_train_ratio: float | None = None) -> pd.DataFrame:
     """Per pseudo_label model and round, and for ``selected`` (each finished arm's selected round),
     the paired difference round − baseline of test accuracy and macro F1: pairs are the completed
-    ``baseline`` arm of the same backbone, init, seed (and fold). k-fold studies (``test_train_ratio``)
-    use the corrected resampled t, since folds share training data; otherwise ``paired_difference``."""
+    ``baseline`` arm of the same backbone, init, seed (and fold), compared as every other difference
+    (``reports.stats.compare_paired``: the corrected resampled t over folds)."""
     columns = ["backbone", "init", "variant", "round", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
                "claim", "note", "cell"]
     if rounds.empty or trials.empty or not {"variant", "status", *VERSUS_METRICS} <= set(trials.columns):
@@ -106,7 +106,7 @@ def rounds_vs_baseline(rounds: pd.DataFrame, trials: pd.DataFrame, test_train_ra
     for (backbone, init, variant, round_label), part in groups:
         for metric in VERSUS_METRICS:
             a, b = part[metric].to_numpy(float), part[f"{metric}_baseline"].to_numpy(float)
-            d = corrected_resampled_t(a - b, test_train_ratio) if folds and test_train_ratio else paired_difference(a, b)
+            d = compare_paired(a, b, test_train_ratio if folds else None)
             rows.append({"backbone": backbone, "init": init, "variant": variant, "round": round_label, "metric": metric,
                          "n": d.n, "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
                          "claim": d.claim, "note": d.note, "cell": format_difference(d)})
