@@ -8,14 +8,16 @@ preflight pass.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 from harness.backbones_cli import add_backbones_parser, cmd_backbones
 from harness.data_cli import add_data_parser, cmd_data
+from harness.interrupts import install_sigterm_handler, terminated
 from harness.weights_cli import add_weights_parser, cmd_weights
 
-EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,14 +91,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome = run_study(spec, experiment_dir=experiment_dir, resume=args.resume, verbose=args.verbose, command=sys.argv)
     except (PreflightError, FileExistsError, FileNotFoundError) as err:
         return _fail(str(err).replace("\n", "\nferbench: error: "))
+    except OSError as err:  # a results or data path that cannot be written or read
+        return _fail(describe_os_error(err), EXIT_FAILED_TRIALS)
+    resume_hint = resume_command(study, storage, outcome.experiment_dir.name)
+    for problem in outcome.problems:
+        print(f"ferbench: error: {problem}", file=sys.stderr)
     statuses = list(outcome.statuses.values())
     summary = ", ".join(f"{statuses.count(s)} {s}" for s in ("completed", "failed", "unavailable", "incomplete") if s in statuses)
     print(f"Done: {summary}.")
-    print(f"Report: {outcome.report_dir / 'report.md'}")
+    if outcome.report_dir is not None:
+        print(f"Report: {outcome.report_dir / 'report.md'}")
+    if outcome.problems:
+        print(f"Free space (or copy {outcome.experiment_dir} to a roomier disk), then continue with: {resume_hint}")
+        return EXIT_FAILED_TRIALS
     if not outcome.finished:
-        print(f"The study was interrupted. Continue it with: ferbench run {study} --resume --storage {storage}")
-        return EXIT_INTERRUPTED
+        print(f"The study was interrupted. Continue it with: {resume_hint}")
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
     return EXIT_FAILED_TRIALS if "failed" in statuses else EXIT_OK
+
+
+def resume_command(study: str, storage: Path | str, name: str) -> str:
+    """The exact command that continues this experiment: its storage and its name, never "the newest"."""
+    return " ".join(["ferbench", "run", shlex.quote(study), "--resume", "--storage", shlex.quote(str(storage)),
+                     "--set", shlex.quote(f"run.name={name}")])
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line naming the path: "PATH: No space left on device"."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
 
 
 def _remote_resume_folder(spec) -> Path | None:
@@ -155,11 +178,12 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "w
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    install_sigterm_handler()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("\nferbench: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
 
 
 def entry_point() -> None:

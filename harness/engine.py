@@ -3,7 +3,9 @@
 Follows Ray Tune's plain-function model: ``run_trial`` wrapped with ``with_parameters``
 (dataset in the object store once) and ``with_resources`` (per-trial CPU/GPU from the spec),
 a FIFO scheduler (a benchmark runs every arm to its full budget), a checkpoint every epoch,
-retries that resume from it, and ``Tuner.restore`` for ``--resume``.
+retries that resume from it. ``--resume`` starts a new Tuner over the arms not finished, each
+continuing from its trial's newest intact checkpoint (``resume_plan``); Tune's pickled experiment
+state is never read.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import os
 import re
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.checkpoints import is_final, newest_history, trial_folder
+from harness.diskspace import disk_full
 from harness.experiment import (
     default_experiment_name,
     experiment_paths,
@@ -23,6 +27,7 @@ from harness.experiment import (
     read_stored_spec,
     write_experiment_inputs,
 )
+from harness.interrupts import install_sigterm_handler
 from harness.preflight import Preflight, PreflightError, run_preflight
 from harness.performance import TRIAL_WORKER_ENV
 from harness.spec import StudySpec
@@ -36,8 +41,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 @dataclass
 class StudyOutcome:
     experiment_dir: Path
-    report_dir: Path
+    report_dir: Path | None  # None: the report could not be written (see problems)
     statuses: dict[str, str]  # arm_id → completed | failed | unavailable | incomplete
+    problems: list[str] = field(default_factory=list)  # one line each, e.g. "disk full at PATH"
 
     @property
     def finished(self) -> bool:
@@ -254,52 +260,83 @@ def run_study(
     if address:  # preflight leaves node resources to the cluster (its autoscaler may add GPU nodes)
         os.environ["RAY_ADDRESS"] = address
     preflight = run_preflight(spec)  # raises PreflightError before anything is written
-    runnable = preflight.runnable_arms
-    if runnable:
-        init_ray(verbose=verbose)
-        check_results_storage(spec, experiment_dir)
-    if resume:
+    if resume:  # the study's own record: the stored splits and grid, never recomputed
         preflight.splits = load_splits(experiment_paths(experiment_dir)["splits"])
         preflight.arms = read_json(experiment_paths(experiment_dir)["grid"])
-    else:
+    runnable = preflight.runnable_arms
+    to_run = resume_plan(experiment_dir, runnable) if resume else runnable
+    if to_run:
+        init_ray(verbose=verbose)
+        install_sigterm_handler()  # after Ray's own
+        check_results_storage(spec, experiment_dir)
+    if not resume:
         write_experiment_inputs(experiment_dir, spec, preflight, command or sys.argv)
         if remote is not None:
             upload(remote, experiment_dir, experiment_dir.name, "ferbench")
     where = f"{remote.uri}/{experiment_dir.name} (mirrored in {experiment_dir})" if remote else experiment_dir
-    _announce(spec, preflight, where, resume)
+    _announce(spec, preflight, where, resume, len(runnable) - len(to_run))
 
-    if runnable:
-        already = sum(s == "completed" for s in trial_statuses(experiment_dir).values()) if resume else 0
-        progress = ProgressPrinter(len(runnable), spec.train.epochs, already_finished=already)
+    problems = []
+    if to_run:
+        progress = ProgressPrinter(len(runnable), spec.train.epochs, already_finished=len(runnable) - len(to_run))
         if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
-            for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+            for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
                 logging.getLogger(name).setLevel(logging.CRITICAL)
-        trainable = _build_trainable(spec, preflight, experiment_dir.name, ship_weights=bool(address))
-        if resume:
-            location = _tune_location(experiment_dir, remote)
-            tuner = tune.Tuner.restore(f"{location['storage_path']}/{experiment_dir.name}", trainable=trainable,
-                                       resume_errored=True, storage_filesystem=location.get("storage_filesystem"))
-            # Restored tuners keep their run config; the progress printer is per session.
-            tuner._local_tuner._run_config.callbacks = [progress]
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"arm": tune.grid_search(runnable)},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
-                    reuse_actors=spec.run.reuse_workers,
-                ),
-                run_config=_run_config(spec, experiment_dir, [progress], verbose, remote),
-            )
-        tuner.fit()
+        tuner = tune.Tuner(
+            _build_trainable(spec, preflight, experiment_dir.name, ship_weights=bool(address)),
+            param_space={"arm": tune.grid_search(to_run)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
+                reuse_actors=spec.run.reuse_workers,
+            ),
+            run_config=_run_config(spec, experiment_dir, [progress], verbose, remote),
+        )
+        problems += _fit(tuner, experiment_dir if remote is None else None)
 
     if remote is not None:
         download(remote, experiment_dir.name, experiment_dir)
-    report_dir = build_report(experiment_dir)
-    if remote is not None:
+    try:
+        report_dir = build_report(experiment_dir)
+    except OSError as err:
+        if not disk_full(experiment_dir, err):
+            raise
+        report_dir = None
+        problems.append(f"report not written: disk full at {experiment_dir}")
+    if remote is not None and report_dir is not None:
         upload(remote, experiment_dir, experiment_dir.name, "report")
-    return StudyOutcome(experiment_dir, report_dir, trial_statuses(experiment_dir))
+    return StudyOutcome(experiment_dir, report_dir, trial_statuses(experiment_dir), problems)
+
+
+def resume_plan(experiment_dir: Path, arms: list[dict]) -> list[dict]:
+    """The arms ``--resume`` trains, each naming the trial folder it continues from (``resume_from``).
+
+    Read from FERBench's own record (the grid and each trial's sealed checkpoints), never from Tune's
+    experiment state: that state is pickled, and unpickling a file from the results folder would run
+    whatever code someone with write access to it put there. An arm whose newest intact checkpoint ends
+    its trial (finished, or stopped for good) is not trained again.
+    """
+    plan = []
+    for arm in arms:
+        folder = trial_folder(experiment_dir, arm["arm_id"])
+        if folder is None:
+            plan.append(arm)
+        elif not is_final(newest_history(folder)):
+            plan.append({**arm, "resume_from": folder.name})
+    return plan
+
+
+def _fit(tuner, experiment_dir: Path | None) -> list[str]:
+    """Run the trials. A full results disk ends the study with one line (the trials that could not
+    write fail; Tune may then fail reading their cut error files): what is on disk stays intact,
+    and ``--resume`` on a roomier disk continues from each trial's newest intact checkpoint."""
+    try:
+        tuner.fit()
+    except Exception as err:  # noqa: BLE001 - re-raised unless the disk is full
+        if experiment_dir is None or not disk_full(experiment_dir, err):
+            raise
+        return [f"disk full at {experiment_dir}"]
+    return [f"disk full at {experiment_dir}"] if experiment_dir is not None and disk_full(experiment_dir) else []
 
 
 def _describe_split(folds: dict) -> str:
@@ -310,10 +347,11 @@ def _describe_split(folds: dict) -> str:
     return f"{len(folds)} subject-exclusive folds, test parts of {min(tests)}–{max(tests)} images"
 
 
-def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: bool) -> None:
+def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: bool, done: int) -> None:
     dataset = preflight.dataset
     verb = "Resuming" if resume else "Study"
-    print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms, {spec.train.epochs} epochs each → {where}")
+    finished = f" ({done} finished before)" if resume else ""
+    print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms{finished}, {spec.train.epochs} epochs each → {where}")
     print(
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
         f"split {_describe_split(preflight.splits)}"

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from ray.tune import Callback
 
+from harness.checkpoints import TRIAL_FAILED
+
 
 def format_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
@@ -51,6 +53,8 @@ class ProgressPrinter(Callback):
         print(line, file=sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if TRIAL_FAILED in result:  # stopped for good; on_trial_complete says so
+            return
         epoch = int(result.get("epoch", 0))
         if self.epochs_at_start is None:
             self.epochs_at_start = self._epochs_done()
@@ -67,9 +71,13 @@ class ProgressPrinter(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.finished[trial.trial_id] = "completed"
         self.last_epoch[trial.trial_id] = self.epochs
         result = trial.last_result or {}
+        if TRIAL_FAILED in result:
+            self.finished[trial.trial_id] = "failed"
+            self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} FAILED: {result[TRIAL_FAILED]}")
+            return
+        self.finished[trial.trial_id] = "completed"
         test = f": test acc {result['test_acc']:.3f}, macro F1 {result['test_macro_f1']:.3f}" if "test_acc" in result else ""
         self._print(f"{self._prefix()} {trial.config['arm']['arm_id']} completed{test}")
 

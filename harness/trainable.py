@@ -8,7 +8,8 @@ checkpoint and, on CPU with the same seed, continues with bit-identical numbers.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -25,6 +26,8 @@ from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
 from harness import pseudo_label as pl
 from harness.pseudo_label_rounds import ROUND_POOL_FILE, ROUNDS_FILE, end_round, headline_metrics  # noqa: F401 (artifact names)
 from harness.atomic import atomic_write_bytes
+from harness.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
+from harness.checkpoints import HISTORY_FILE  # noqa: F401 (read by reports.collect)
 from harness.augment import InputAdapter
 from harness.balanced import balanced_epoch_indices, class_weights
 from harness.inference_speed import measure_inference
@@ -34,11 +37,8 @@ from harness.selection import BestEpoch
 from harness.spec import StudySpec, uses_balanced, uses_pseudo_label
 from harness.test_artifacts import SELECTED_WEIGHTS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE  # noqa: F401 (artifact names)
 from harness.test_artifacts import save_selected_weights, write_test_artifacts
-from harness.training import accuracy_and_loss, predict, train_one_epoch
+from harness.training import NonFiniteLoss, accuracy_and_loss, predict, train_one_epoch
 
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
-FINAL_MARKER = "trial_finished"  # only in a trial's last row (see _Trial.final_measures)
 # Test-only fault injection, read on the driver: fail each arm once, right after the
 # checkpoint of this epoch, leaving a marker file per arm so the retry runs through; the arm
 # named by FAIL_ALWAYS_ENV fails there on every attempt.
@@ -103,44 +103,54 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def _save_checkpoint(state: dict, history: list[dict]) -> None:
-    """Report the newest epoch with a checkpoint. The checkpoint also carries the whole metric
-    history: a crash right after ``tune.report`` can lose Tune's copy of the row, never this one."""
+    """Report the newest epoch with a sealed checkpoint (``harness.checkpoints``). The checkpoint also
+    carries the whole metric history: a crash right after ``tune.report`` can lose Tune's copy of the
+    row, never this one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, Path(folder) / CHECKPOINT_FILE)
-        (Path(folder) / HISTORY_FILE).write_text(json.dumps(history))
+        write_checkpoint_files(Path(folder), buffer.getvalue(), history)
         tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _load_checkpoint() -> tuple[dict | None, list[dict]]:
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None, []
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        return state, json.loads((Path(folder) / HISTORY_FILE).read_text())
-
-
-def _finished_before() -> bool:
-    """Whether this trial's folder already holds its final checkpoint.
-
-    A driver killed before it saved Tune's experiment state makes ``--resume`` restart a trial that
-    had finished from an older checkpoint (the newest Tune knew of). The trial's own newest
-    checkpoint says it is done, so it must not train again: a finished trial is never re-run.
-    """
+@contextlib.contextmanager
+def _local_view(fs, path: str):
+    """A checkpoint folder of the results storage as a local folder (a copy when the storage is a bucket)."""
     import pyarrow.fs as pafs
 
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        pafs.copy_files(path, folder, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield Path(folder)
+
+
+def _checkpoint_paths(fs, trial_path: str) -> list[str]:
+    """The ``checkpoint_NNNNNN`` folders of a trial folder in the results storage, newest first."""
+    import pyarrow.fs as pafs
+
+    entries = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    numbered = [(int(m.group(1)), e.path) for e in entries
+                if e.type == pafs.FileType.Directory and (m := CHECKPOINT_DIR.match(e.base_name))]
+    return [path for _, path in sorted(numbered, reverse=True)]
+
+
+def _restore(config: dict) -> tuple[dict | None, list[dict]]:
+    """The newest intact checkpoint of this trial (a retry), else of the trial folder it continues
+    (``resume_from``, set by ``--resume``). Cut checkpoints, e.g. after a full disk, are passed over."""
     storage = tune.get_context().get_storage()
-    fs, folder = storage.storage_filesystem, storage.trial_fs_path
-    entries = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    newest = max((e.path for e in entries if e.base_name.startswith("checkpoint_")), default=None)
-    if newest is None:
-        return False
-    try:
-        with fs.open_input_stream(f"{newest}/{HISTORY_FILE}") as handle:
-            history = json.loads(handle.read())
-    except (OSError, ValueError):  # a checkpoint cut short: not a finished one
-        return False
-    return bool(history) and FINAL_MARKER in history[-1]
+    fs = storage.storage_filesystem
+    folders = [storage.trial_fs_path]
+    if config.get("resume_from"):
+        folders.append(f"{storage.experiment_fs_path}/{config['resume_from']}")
+    for folder in folders:
+        for path in _checkpoint_paths(fs, folder):
+            with _local_view(fs, path) as local:
+                restored = read_checkpoint(local)
+            if restored is not None:
+                return restored
+    return None, []
 
 
 def _maybe_inject_failure(fault: dict | None, arm_id: str, epoch: int) -> None:
@@ -232,7 +242,7 @@ class _Trial:
         measures = measure_inference(self.model, self.images[test_idx[:batch]], adapter=self.adapter, device=self.device,
                                      batch_size=batch, **self.precision_kwargs)
         measures.update({f"backbone_{k}": v for k, v in backbone_parameter_counts(self.arm["backbone"], self.model).items()})
-        return {**measures, "trial_finished": True}
+        return {**measures, FINAL_MARKER: True}
 
 
 def _weights_here(payload: StudyPayload, backbone: str) -> str:
@@ -286,11 +296,11 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     ``train.select`` picks (``harness.selection``); a pseudo_label arm's result is its round chosen
     on validation (``headline_metrics``).
     """
-    if _finished_before():
+    state, history = _restore(config)
+    if is_final(history):  # finished (or stopped for good) before the driver recorded it: never re-run
         return
     trial = _build_trial(config, payload)
     settings = trial.spec.pseudo_label if uses_pseudo_label(trial.arm["variant"]) else None
-    state, history = _load_checkpoint()
     rounds, epoch = pl.RoundState(), 0
     # train.select best_val: the round's best epoch so far, weights included (carried in every checkpoint).
     best = BestEpoch(trial.spec.train.select_metric) if trial.spec.train.select == "best_val" else None
@@ -309,7 +319,12 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
             trial.start_student(from_initial=settings.student_init == "initial")
         train_idx, targets = pl.training_targets(trial.labels, trial.split["train"], rounds.pseudo_idx, rounds.pseudo_labels)
         epoch_start = time.perf_counter()
-        metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
+        try:
+            metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
+        except NonFiniteLoss as err:  # stopped for good (a retry would diverge again); the epochs before stay
+            failure = {"epoch": epoch, "round": rounds.round, "round_epoch": rounds.round_epoch, TRIAL_FAILED: err.at_epoch(epoch)}
+            _save_checkpoint(_training_state(trial, epoch, rounds, best), [*history, failure])
+            return
         if best is not None:
             best.offer(metrics, trial.model)
         round_epochs = trial.spec.train.epochs if rounds.round == 0 else settings.epochs_per_round or trial.spec.train.epochs
@@ -333,16 +348,18 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
             best = BestEpoch(best.metric) if best is not None else None  # a next round chooses among its own epochs
         metrics["epoch_wall_s"] = time.perf_counter() - epoch_start  # training, evaluation and test
         history.append(metrics)
-        _save_checkpoint(
-            {
-                "model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(), "epoch": epoch,
-                "generator": trial.generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": trial.arm,
-                "rounds": rounds.to_dict(), **({"round_best": best.to_dict()} if best is not None else {}),
-            },
-            history,
-        )
+        _save_checkpoint(_training_state(trial, epoch, rounds, best), history)
         _maybe_inject_failure(payload.fault_injection, trial.arm["arm_id"], epoch)
         epoch += 1
+
+
+def _training_state(trial: _Trial, epoch: int, rounds: pl.RoundState, best: BestEpoch | None) -> dict:
+    """What a retry or ``--resume`` continues from, saved after every row."""
+    return {
+        "model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(), "epoch": epoch,
+        "generator": trial.generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": trial.arm,
+        "rounds": rounds.to_dict(), **({"round_best": best.to_dict()} if best is not None else {}),
+    }
 
 
 def _test_metrics(trial: _Trial, round_no: int | None = None) -> tuple[dict, dict]:

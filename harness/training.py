@@ -7,6 +7,7 @@ augmentation and resizing are all batched tensor operations. ``autocast_dtype`` 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -44,6 +45,18 @@ def _model_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+class NonFiniteLoss(ArithmeticError):
+    """The training loss became NaN or infinite: the model's weights are no longer usable."""
+
+    def __init__(self, batch: int, batches: int, value: float):
+        self.batch, self.batches, self.value = batch, batches, value
+        self.kind = "NaN" if math.isnan(value) else "infinite"
+        super().__init__(f"loss became {self.kind} at batch {batch} of {batches}")
+
+    def at_epoch(self, epoch: int) -> str:
+        return f"loss became {self.kind} at epoch {epoch}, batch {self.batch} of {self.batches}; lower train.lr and run it again"
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -72,8 +85,11 @@ def train_one_epoch(
     # what Python floats would.
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first batch whose loss is NaN or infinite
+    bad_loss = torch.zeros((), dtype=torch.float32, device=device)
     start = time.perf_counter()
-    for lo, hi in batch_bounds(len(order), batch_size):
+    bounds = batch_bounds(len(order), batch_size)
+    for batch_no, (lo, hi) in enumerate(bounds):
         batch_idx = order[lo:hi]
         x = adapter(images[batch_idx].to(device, non_blocking=True))
         if augment:
@@ -87,7 +103,12 @@ def train_one_epoch(
         optimizer.step()
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
+        newly_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
+        first_bad = torch.where(newly_bad, batch_no, first_bad)
+        bad_loss = torch.where(newly_bad, loss.detach(), bad_loss)
     total_loss, total_correct = float(loss_sum), int(correct)  # waits for the device's last batch
+    if int(first_bad) >= 0:
+        raise NonFiniteLoss(int(first_bad) + 1, len(bounds), float(bad_loss))
     seconds = time.perf_counter() - start
     n = len(order)
     return EpochStats(acc=total_correct / n, loss=total_loss / n, images=n, seconds=seconds)

@@ -10,7 +10,7 @@ from torch import nn
 
 from backbones import create_backbone, get_backbone_info
 from harness.augment import InputAdapter
-from harness.training import accuracy_and_loss, batch_bounds, predict, train_one_epoch
+from harness.training import NonFiniteLoss, accuracy_and_loss, batch_bounds, predict, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -168,3 +168,17 @@ def test_accuracy_and_loss():
     assert acc == pytest.approx(0.75)
     softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731  (cross-entropy of two logits)
     assert loss == pytest.approx((softplus(-2) + softplus(-2) + softplus(2) + softplus(-1)) / 4)
+
+
+def test_a_loss_that_becomes_infinite_or_nan_names_its_first_batch():
+    """An absurd learning rate blows the weights up after the first step: batch 1 is finite, batch 2 is not."""
+    torch.manual_seed(0)
+    images, labels = bright_dark_problem(n=64)
+    model = create_backbone("small_cnn", num_classes=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e30)
+    with pytest.raises(NonFiniteLoss) as caught:
+        train_one_epoch(model, optimizer, images, labels, torch.arange(64), batch_size=16, adapter=adapter_for("small_cnn"),
+                        augment=None, generator=torch.Generator().manual_seed(0), device=CPU)
+    assert (caught.value.batch, caught.value.batches) == (2, 4)
+    assert caught.value.at_epoch(3).startswith(f"loss became {caught.value.kind} at epoch 3, batch 2 of 4")
+    assert caught.value.kind in ("NaN", "infinite")

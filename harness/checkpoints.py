@@ -1,0 +1,137 @@
+"""A trial's checkpoints on disk: written sealed, read only when intact.
+
+Why a seal: Ray copies a checkpoint's files one by one into ``checkpoint_NNNNNN/``; a full disk or
+a killed process leaves some of them missing, empty or cut. Each checkpoint therefore carries
+``seal.json`` with every other file's size and SHA-256, written last into the folder Ray copies.
+A checkpoint is intact when its seal is there and every file it lists matches; readers take the
+newest intact one and never mistake a cut checkpoint for a good one. Checkpoints of earlier versions
+(no seal) count as intact when their files parse.
+
+A leaf module: no Ray, and torch only where a checkpoint's weights are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
+SEAL_FILE = "seal.json"
+FINAL_MARKER = "trial_finished"  # only in a trial's last row (see harness.trainable)
+TRIAL_FAILED = "trial_failed"  # the reason, in the last row of a trial stopped for good (a NaN loss)
+CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint_files(folder: Path, state_bytes: bytes, history: list[dict]) -> None:
+    """Write the weights, the history and, last, the seal naming both into ``folder``."""
+    files = {CHECKPOINT_FILE: state_bytes, HISTORY_FILE: json.dumps(history).encode()}
+    for name, data in files.items():
+        (Path(folder) / name).write_bytes(data)
+    seal = {name: {"size": len(data), "sha256": _sha256(data)} for name, data in files.items()}
+    (Path(folder) / SEAL_FILE).write_text(json.dumps(seal))
+
+
+def _sealed_bytes(folder: Path, name: str) -> bytes | None:
+    """``name``'s bytes if the seal vouches for them (or, with no seal, if the file exists); else None."""
+    try:
+        data = (folder / name).read_bytes()
+    except OSError:
+        return None
+    seal_path = folder / SEAL_FILE
+    if not seal_path.exists():  # an earlier version's checkpoint: the caller's parse decides
+        return data
+    try:
+        entry = json.loads(seal_path.read_text())[name]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if len(data) == entry["size"] and _sha256(data) == entry["sha256"] else None
+
+
+def read_history(checkpoint_dir: Path) -> list[dict] | None:
+    """The checkpoint's metric history, or ``None`` when the checkpoint is cut or damaged."""
+    data = _sealed_bytes(Path(checkpoint_dir), HISTORY_FILE)
+    try:
+        history = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    return history if isinstance(history, list) and history and all(isinstance(row, dict) for row in history) else None
+
+
+def read_checkpoint(checkpoint_dir: Path) -> tuple[dict, list[dict]] | None:
+    """(training state, history) of an intact checkpoint, or ``None``. The state is loaded with
+    ``weights_only``: a checkpoint file never runs code."""
+    import io
+
+    import torch
+
+    history = read_history(checkpoint_dir)
+    data = _sealed_bytes(Path(checkpoint_dir), CHECKPOINT_FILE) if history is not None else None
+    if data is None:
+        return None
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises many types for a cut or foreign file; any means "not intact"
+        return None
+    return (state, history) if isinstance(state, dict) else None
+
+
+def checkpoint_dirs(trial_dir: Path) -> list[Path]:
+    """The trial's checkpoint folders, newest first."""
+    try:
+        folders = [p for p in Path(trial_dir).iterdir() if CHECKPOINT_DIR.match(p.name) and p.is_dir()]
+    except OSError:
+        return []
+    return sorted(folders, key=lambda p: int(CHECKPOINT_DIR.match(p.name).group(1)), reverse=True)
+
+
+def newest_history(trial_dir: Path) -> list[dict]:
+    """History of the trial's newest intact checkpoint; ``[]`` when it has none."""
+    for folder in checkpoint_dirs(trial_dir):
+        history = read_history(folder)
+        if history is not None:
+            return history
+    return []
+
+
+def is_final(history: list[dict[str, Any]]) -> bool:
+    """Whether a history ends its trial, finished or stopped for good: it is never trained again."""
+    return bool(history) and (FINAL_MARKER in history[-1] or TRIAL_FAILED in history[-1])
+
+
+
+def _reached_epoch(trial_dir: Path) -> int:
+    history = newest_history(trial_dir)
+    return max((int(row.get("epoch", -1)) for row in history), default=-1)
+
+
+def trial_folders(experiment_dir: Path, arm_id: str) -> list[Path]:
+    """The Tune trial folders of one arm (``<arm_id>_<trial id>`` holding params.json): one per run
+    of the arm, a second after ``--resume``. Exact names only: an arm id that prefixes another's is no
+    match."""
+    pattern = re.compile(re.escape(arm_id) + r"_[0-9a-f]+_\d+")
+    try:
+        entries = list(Path(experiment_dir).iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if pattern.fullmatch(p.name) and (p / "params.json").is_file()]
+
+
+def trial_folder(experiment_dir: Path, arm_id: str) -> Path | None:
+    """The arm's trial folder that got furthest (the highest epoch in an intact checkpoint), the
+    newest on a tie: after ``--resume`` the continuing folder carries the whole history in its checkpoints."""
+    def progress(folder: Path) -> tuple[int, float]:
+        try:
+            mtime = folder.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        return _reached_epoch(folder), mtime
+
+    return max(trial_folders(experiment_dir, arm_id), key=progress, default=None)
