@@ -167,7 +167,7 @@ def test_interrupted_study_on_s3_resumes_from_the_bucket(aws_env, tmp_path, caps
     assert "incomplete" in pd.read_csv(mirror / "report" / "tables" / "trials.csv")["status"].tolist()
     shutil.rmtree(mirror)
     assert main(["run", "--storage", storage, "--resume"]) == 0  # the newest experiment of the study
-    assert f"Resuming 'quick': 2 arms, 2 epochs each → {storage}/{name}" in capsys.readouterr().out
+    assert f"Resuming 'quick': 2 arms (1 finished before), 2 epochs each → {storage}/{name}" in capsys.readouterr().out
     trials = pd.read_csv(mirror / "report" / "tables" / "trials.csv")
     assert trials["status"].tolist() == ["completed", "completed"]
     epochs = pd.read_csv(mirror / "report" / "tables" / "epochs.csv")
