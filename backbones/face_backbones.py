@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from deepface.models.facial_recognition.pytorch import OpenFace, VGGFace
 from torch import nn
 
-from backbones.registry import TORCH_DEFAULT_INIT, BackboneInfo, BackboneOptions, load_state_dict_file, register_backbone
+from backbones.registry import (
+    TORCH_DEFAULT_INIT, BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone,
+)
 
 DEEPFACE_RELEASES = "https://github.com/serengil/deepface_models/releases/download/v1.0"
 
@@ -130,11 +132,8 @@ def _load_trunk(
             f"{weights_file}: has no {required} weights, which model.vggface_descriptor={required} keeps; use deepface's "
             "vgg_face_weights.pth (it has them) or model.vggface_descriptor=fc7"
         )
-    try:
-        trunk.load_state_dict(state)
-    except RuntimeError as err:
-        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise ValueError(f"{weights_file}: not {name} weights ({first})") from None
+    check_state_dict(trunk, state, name, weights_file)
+    trunk.load_state_dict(state)
 
 
 DEEPFACE_INIT = f"{TORCH_DEFAULT_INIT} (deepface's PyTorch modules define no initialiser of their own)"

@@ -7,6 +7,7 @@ it on the training device. Any timm model is available as ``timm:<name>``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -169,21 +170,101 @@ def backbone_parameter_counts(
     return {"params": params, "keras_params": keras}
 
 
+def _refused_pickle(err: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused the file for holding pickled objects (a whole
+    model, a custom class), as opposed to it being truncated or corrupt."""
+    text = str(err)
+    return any(sign in text for sign in ("Unsupported global", "non-allowlisted pickle globals"))
+
+
+def unreadable_weights(path: Path | str, err: Exception) -> ValueError:
+    """The one-line error for a weights file torch cannot read. Only the error's type is quoted:
+    torch's text for a refused pickle is advice to load it with code execution on."""
+    if _refused_pickle(err):
+        return ValueError(
+            f"{path}: not a plain tensor file: it holds pickled Python objects (e.g. a whole model), which could run "
+            "code when loaded, so it is refused; re-save the weights with torch.save(model.state_dict(), PATH) "
+            "(or as .safetensors)"
+        )
+    return ValueError(f"{path}: not a readable weights file, truncated or corrupt ({type(err).__name__}); "
+                      "download it again or export it with torch.save(model.state_dict())")
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or torch file (never unpickling code) as a dict of tensors."""
     try:
-        if path.suffix == ".safetensors":
+        if Path(path).suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt files raise many types (SafetensorError, UnpicklingError, …)
-        # only the error's type: torch's text for a bad pickle is advice to load it with code execution on
-        raise ValueError(f"{path}: not a readable weights file, truncated or corrupt ({type(err).__name__}); "
-                         "download it again or export it with torch.save(model.state_dict())") from None
+        raise unreadable_weights(path, err) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
     return state
+
+
+Shape = tuple[int, ...]
+
+
+def describe_mismatch(path: Path | str, name: str, missing: list[str], unexpected: list[str],
+                      shapes: list[tuple[str, Shape, Shape]]) -> str:
+    """One line on a state_dict that does not fit ``name``: counts, and the first of each kind only
+    (a ResNet's full key list is kilobytes long)."""
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its tensors missing from the file (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensors in the file it does not have (first: {unexpected[0]})")
+    if shapes:
+        key, in_file, in_model = shapes[0]
+        parts.append(f"{len(shapes)} of another shape (first: {key}, {list(in_file)} in the file, {list(in_model)} in {name})")
+    return f"{path}: not {name} weights: {'; '.join(parts)}; check that the file is {name}'s"
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+                        ) -> tuple[list[str], list[str], list[tuple[str, Shape, Shape]]]:
+    """(missing keys, unexpected keys, (key, shape in ``given``, shape in ``expected``)) of ``given``
+    against a model's ``expected`` state_dict, each in the model's (or the file's) order."""
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    shapes = [(key, tuple(given[key].shape), tuple(value.shape)) for key, value in expected.items()
+              if key in given and tuple(given[key].shape) != tuple(value.shape)]
+    return missing, unexpected, shapes
+
+
+def check_state_dict(module: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path | str,
+                     ignore_missing: tuple[str, ...] = ()) -> None:
+    """Raise ``describe_mismatch``'s ValueError unless ``state`` fits ``module`` exactly (keys in
+    ``module`` starting with ``ignore_missing`` may be absent from the file)."""
+    missing, unexpected, shapes = state_dict_mismatch(module.state_dict(), state)
+    missing = [key for key in missing if not key.startswith(ignore_missing)] if ignore_missing else missing
+    if missing or unexpected or shapes:
+        raise ValueError(describe_mismatch(path, name, missing, unexpected, shapes))
+
+
+_QUOTED = re.compile(r'"([^"]*)"')
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "
+                            r"the shape in current model is torch\.Size\(\[([^\]]*)\]\)")
+
+
+def parse_load_error(err: Exception) -> tuple[list[str], list[str], list[tuple[str, Shape, Shape]]] | None:
+    """The (missing, unexpected, shapes) of torch's ``load_state_dict`` RuntimeError, or None when
+    ``err`` is not one (for loaders such as timm's that call it themselves)."""
+    text = str(err)
+    if "Error(s) in loading state_dict" not in text:
+        return None
+
+    def keys(label: str) -> list[str]:
+        line = next((line for line in text.splitlines() if label in line), "")
+        return _QUOTED.findall(line.split(label, 1)[-1]) if line else []
+
+    def shape(dims: str) -> Shape:
+        return tuple(int(d) for d in dims.split(",") if d.strip())
+
+    shapes = [(key, shape(a), shape(b)) for key, a, b in _SIZE_MISMATCH.findall(text)]
+    return keys("Missing key(s) in state_dict:"), keys("Unexpected key(s) in state_dict:"), shapes

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from backbones.registry import BackboneInfo, BackboneOptions, load_state_dict_file, register_backbone
+from backbones.registry import BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone
 
 
 class SmallCNN(nn.Module):
@@ -70,10 +70,6 @@ def build_small_cnn(info: BackboneInfo, num_classes: int, weights_file: Path | N
     model = SmallCNN(num_classes, in_chans=info.in_chans)
     if weights_file is not None:
         state = {k: v for k, v in load_state_dict_file(weights_file).items() if not k.startswith("classifier.")}
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            raise ValueError(f"{weights_file}: not a small_cnn state_dict ({str(err).splitlines()[-1].strip()})") from None
-        if unexpected or [k for k in missing if not k.startswith("classifier.")]:
-            raise ValueError(f"{weights_file}: not a small_cnn state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        check_state_dict(model, state, "small_cnn", weights_file, ignore_missing=("classifier.",))
+        model.load_state_dict(state, strict=False)
     return model

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from backbones.registry import BackboneInfo, BackboneOptions, register_backbone
+from backbones.registry import (
+    BackboneInfo, BackboneOptions, describe_mismatch, load_state_dict_file, parse_load_error, register_backbone,
+    state_dict_mismatch,
+)
 
 
 RESNET_INIT = (
@@ -77,16 +83,87 @@ def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None,
     if weights_file is None:
         model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
     else:
-        model = timm.create_model(
-            info.timm_name,
-            pretrained=True,
-            num_classes=num_classes,
-            pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
-        )
+        try:
+            with _timm_load_log() as log:
+                model = timm.create_model(
+                    info.timm_name,
+                    pretrained=True,
+                    num_classes=num_classes,
+                    pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
+                )
+        except Exception as err:  # torch's and timm's messages list every key, or advise unpickling code
+            raise weights_error(info, num_classes, weights_file, err) from None
+        _refuse_partial_load(model, info.name, weights_file, log)
     if (options or BackboneOptions()).resnet_mobilenet_final_relu == "drop" and info.name in FINAL_RELU:
         drop_activation(model, FINAL_RELU[info.name])
     model.feature_channels = model.num_features  # channels of forward_features' maps
     return model
+
+
+@contextmanager
+def _timm_load_log():
+    """The messages timm logs while loading pretrained weights (its missing / unexpected keys)."""
+    logger = logging.getLogger("timm.models._builder")
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _logged_keys(messages: list[str], kind: str) -> list[str]:
+    for message in messages:
+        match = re.match(rf"{kind} keys \((.*)\) (?:discovered|found) while loading", message)
+        if match:
+            return [key.strip() for key in match.group(1).split(",") if key.strip()]
+    return []
+
+
+def _refuse_partial_load(model: nn.Module, name: str, weights_file: Path, log: list[str]) -> None:
+    """timm loads leniently when the classifier is replaced: a file of another network would leave
+    the backbone randomly initialised, with only a log line. Backbone keys missing from the file
+    are refused (the classifier, which timm re-initialises on purpose, may be absent)."""
+    prefixes = _classifier_prefixes(model)
+    missing = [key for key in _logged_keys(log, "Missing") if not (prefixes and key.startswith(prefixes))]
+    if missing:
+        unexpected = [key for key in _logged_keys(log, "Unexpected") if not (prefixes and key.startswith(prefixes))]
+        raise ValueError(describe_mismatch(weights_file, name, missing, unexpected, []))
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    classifiers = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return tuple(f"{c}." for c in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+
+
+def weights_error(info: BackboneInfo, num_classes: int, weights_file: Path, err: Exception) -> ValueError:
+    """One line on why timm could not load ``weights_file``: unreadable (a refused pickle, a truncated
+    file), or a state_dict of another network (counts and the first mismatch of each kind; timm's
+    lenient load reports only the shapes, so the keys are compared here, the classifier aside)."""
+    import timm
+
+    state = load_state_dict_file(weights_file)  # raises the unreadable-file message where that is the problem
+    reported = parse_load_error(err)
+    if reported is None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        return ValueError(f"{weights_file}: not {info.name} weights ({type(err).__name__}: {first})")
+    model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
+    prefixes = _classifier_prefixes(model)
+
+    def backbone_part(tensors: dict) -> dict:
+        return {key: value for key, value in tensors.items() if not (prefixes and key.startswith(prefixes))}
+
+    missing, unexpected, shapes = state_dict_mismatch(backbone_part(model.state_dict()), backbone_part(state))
+    return ValueError(describe_mismatch(weights_file, info.name, missing or reported[0], unexpected or reported[1],
+                                        reported[2] or shapes))
 
 
 def drop_activation(model: nn.Module, path: str) -> None:

@@ -24,9 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.dataset import FerDataset
-from harness.formats.common import NO_FACE
+from harness.formats.common import NO_FACE, resolved
 
-CACHE_LAYOUT = 1  # bump when the cached form or a loader's output changes
+CACHE_LAYOUT = 2  # bump when the cached form or a loader's output changes
 MANIFEST = "manifest.json"
 ARRAY_FIELDS = ("images", "labels", "subjects", "action_units", "sources")
 META_ARRAY_PREFIX = "meta."
@@ -61,7 +61,7 @@ def source_files(spec, inputs: list[Path]) -> list[Path]:
     plus the FERPlus labels."""
     files = [path for item in inputs for path in ([item] if item.is_file() else _walk(item))]
     if spec.ferplus_labels:
-        files.append(Path(spec.ferplus_labels).expanduser().resolve())
+        files.append(resolved(spec.ferplus_labels))
     return files
 
 
@@ -87,7 +87,7 @@ def cache_options(spec, data_format: str) -> dict[str, Any]:
         "format": data_format,
         "contempt": spec.contempt,
         "class_map": dict(sorted(spec.class_map.items())),
-        "ferplus_labels": str(Path(spec.ferplus_labels).expanduser().resolve()) if spec.ferplus_labels else None,
+        "ferplus_labels": str(resolved(spec.ferplus_labels)) if spec.ferplus_labels else None,
         "face_detect": spec.face_detect,
     }
     if spec.face_detect:

@@ -176,10 +176,44 @@ def _warnings(cross: dict[str, Any]) -> list[str]:
     return lines
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def describe_missing(entry: dict) -> str:
+    """One line of ``missing_classes``: which class lacks which part, and why that matters."""
+    where = (f"in fold(s) {', '.join(map(str, entry['folds']))}" if entry["folds"] is not None
+             else "(" + ", ".join(f"{part} {n}" for part, n in entry["counts"].items()) + ")")
+    effect = {"test": "its test F1, precision and recall are undefined (reported as 0)",
+              "val": "val accuracy and loss, and the epochs or rounds chosen on them, do not cover it",
+              "train": "the model never sees it"}[entry["part"]]
+    return (f"class {entry['class']!r} ({plural(entry['images'], 'image')}) has no {entry['part']} image "
+            f"{where}: {effect}")
+
+
+def dropped_classes(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Classes the dataset holds on disk but the study leaves out, each ``{"class", "images", "reason"}``:
+    ``data.drop_classes``, ``data.contempt: drop``, and classes whose every image was skipped."""
+    dropped = [{"class": name, "images": int(n), "reason": "left out with data.drop_classes"}
+               for name, n in meta.get("dropped_classes", {}).items()]
+    if meta.get("contempt_dropped"):
+        dropped.append({"class": "contempt", "images": int(meta["contempt_dropped"]), "reason": "data.contempt: drop"})
+    dropped += [{"class": name, "images": int(n), "reason": "no image could be used (all skipped; see the skipped files)"}
+                for name, n in meta.get("vanished_classes", {}).items()]
+    return dropped
+
+
+def _class_warnings(meta: dict[str, Any]) -> list[str]:
+    """Loud lines for classes that vanished because none of their images could be read."""
+    return [f"class {name!r} is not in the dataset: none of its {n} image file(s) could be used (skipped files listed below)"
+            for name, n in meta.get("vanished_classes", {}).items()]
+
+
 def inspect(dataset: FerDataset, splits: Splits | None = None) -> dict[str, Any]:
     """A JSON-serialisable summary of ``dataset``: size, classes per split (``splits``, else the
     official split if the dataset has one), subjects, duplicates within and across splits, constant
-    images, and the files the loader skipped or resized."""
+    images, the files the loader skipped, resized, converted to the dataset's colour mode or ignored
+    (not images), and the classes left out."""
     kind = "given" if splits is not None else "official"
     splits = splits if splits is not None else official_splits(dataset)
     if splits is None:
@@ -210,5 +244,14 @@ def inspect(dataset: FerDataset, splits: Splits | None = None) -> dict[str, Any]
         },
         "skipped": [{key: str(value) for key, value in item.items()} for item in meta.get("skipped", [])],
         "resized": [str(path) for path in meta.get("resized", [])],
-        "warnings": _warnings(cross) if cross else [],
+        "converted": _converted(meta.get("converted")),
+        "ignored": [str(path) for path in meta.get("ignored", [])],
+        "dropped_classes": dropped_classes(meta),
+        "warnings": _class_warnings(meta) + (_warnings(cross) if cross else []),
     }
+
+
+def _converted(converted: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"to": "grayscale" | "rgb" | None, "paths": [...]}``: files brought to the dataset's colour mode."""
+    converted = converted or {}
+    return {"to": converted.get("to"), "paths": [str(path) for path in converted.get("paths", [])]}

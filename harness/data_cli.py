@@ -95,6 +95,11 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines += [f"    {describe_sample(ex)} value {ex['value']}" for ex in const["examples"]]
     lines += _listing("Skipped unreadable files", [f"{item.get('path')}: {item.get('reason')}" for item in summary["skipped"]])
     lines += _listing("Resized files", summary["resized"])
+    converted = summary.get("converted") or {"to": None, "paths": []}
+    lines += _listing(f"Files converted to {converted['to'] or 'the dataset colour mode'}", converted["paths"])
+    lines += _listing("Ignored entries (not image files)", summary.get("ignored", []))
+    lines += _listing("Classes left out", [f"{item['class']} ({item['images']} images): {item['reason']}"
+                                           for item in summary.get("dropped_classes", [])])
     lines += [f"WARNING: {warning}" for warning in summary["warnings"]]
     return "\n".join(lines)
 
@@ -105,7 +110,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from harness.spec import SpecError
 
     if not args.path.expanduser().exists():
-        return _error(f"{args.path}: no such file or folder")
+        from harness.formats.common import link_problem
+
+        problem = link_problem(args.path.expanduser())
+        return _error(f"{args.path}: {problem}; fix the link" if problem else f"{args.path}: no such file or folder")
     try:
         dataset = load_dataset(data_spec(args.path, args.format, args.overrides))
     except KeyError as err:  # the loader registry has no entry for this format

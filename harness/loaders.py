@@ -12,10 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from harness.data_cache import cached_dataset
 from harness.dataset import FerDataset
 from harness.formats import READERS
-from harness.formats.common import NO_FACE, DataError, Decoded, contempt_policy, to_dataset
+from harness.formats.common import NO_FACE, DataError, Decoded, contempt_policy, resolved, to_dataset, unreadable
 from harness.formats.detect import detect_format
 from harness.formats.images import stack_images
 
@@ -35,7 +37,7 @@ def dataset_path(spec) -> Path:
     if not spec.path:
         example = READERS[spec.format].example.split(" (")[0] if spec.format in READERS else "/data/fer2013.csv"
         raise DataError(f"data.path: format {spec.format} needs the dataset's file or folder, e.g. --set data.path={example}")
-    path = Path(spec.path).expanduser().resolve()
+    path = resolved(spec.path)
     if not path.exists():
         raise DataError(f"data.path: {path} does not exist; point it at the dataset's file or folder")
     return path
@@ -89,5 +91,45 @@ DATASETS: dict[str, Callable[..., FerDataset]] = {
 }
 
 
+def drop_classes(dataset: FerDataset, names: list[str]) -> FerDataset:
+    """``dataset`` without the images of the classes ``names`` (``data.drop_classes``), labels
+    re-indexed into the remaining classes; ``meta["dropped_classes"]`` counts what went."""
+    vanished = dataset.meta.get("vanished_classes", {})
+    absent = [name for name in names if name not in dataset.class_names and name not in vanished]
+    if absent:
+        raise DataError(f"data.drop_classes: {', '.join(map(repr, absent))} not in this dataset (its classes: "
+                        f"{', '.join(dataset.class_names)}); remove {'it' if len(absent) == 1 else 'them'} from the list")
+    dropped = [dataset.class_names.index(name) for name in names if name in dataset.class_names]
+    if not dropped:
+        return dataset
+    if len(dropped) == dataset.num_classes:
+        raise DataError(f"data.drop_classes: {', '.join(names)} leaves no class to learn; drop fewer classes")
+    keep = ~np.isin(dataset.labels, dropped)
+    remaining = tuple(name for c, name in enumerate(dataset.class_names) if c not in dropped)
+    new_index = np.full(dataset.num_classes, -1, dtype=np.int64)
+    new_index[[c for c in range(dataset.num_classes) if c not in dropped]] = np.arange(len(remaining))
+    n = len(dataset)
+
+    def per_sample(value):
+        return value[keep] if isinstance(value, np.ndarray) and value.ndim and len(value) == n else value
+
+    meta = {key: per_sample(value) for key, value in dataset.meta.items()}
+    if isinstance(meta.get("clean_labels"), np.ndarray):  # SynthFER's labels before noise: indices too
+        meta["clean_labels"] = new_index[meta["clean_labels"]]
+    meta["dropped_classes"] = {dataset.class_names[c]: int((dataset.labels == c).sum()) for c in dropped}
+    return replace(
+        dataset, images=dataset.images[keep], labels=new_index[dataset.labels[keep]], class_names=remaining,
+        subjects=per_sample(dataset.subjects), action_units=per_sample(dataset.action_units),
+        sources=per_sample(dataset.sources), meta=meta,
+    )
+
+
 def load_dataset(spec) -> FerDataset:
-    return DATASETS[spec.format](spec)
+    """The dataset ``spec`` (a ``DataSpec``) describes, less ``data.drop_classes``. Every problem,
+    an unreadable path included, is a ``DataError``: one line naming the path and the fix."""
+    try:
+        dataset = DATASETS[spec.format](spec)
+    except OSError as err:
+        path = Path(err.filename) if err.filename else Path(spec.path or ".")
+        raise DataError(unreadable(path, err)) from None
+    return drop_classes(dataset, list(spec.drop_classes)) if spec.drop_classes else dataset

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,11 +16,11 @@ import numpy as np
 
 from backbones import create_backbone, resolve_pretrained
 from backbones.weights import WeightStatus, default_weights_dir
-from harness.data_checks import duplicate_training_indices
+from harness.data_checks import describe_missing, duplicate_training_indices
 from harness.dataset import FerDataset
 from harness.loaders import DataError, load_dataset
 from harness.spec import StudySpec
-from harness.splits import SplitError, make_splits
+from harness.splits import SplitError, class_shortfalls, make_splits, missing_classes
 from harness.unlabeled_pool import UnlabeledPool, load_unlabeled_pool
 
 
@@ -144,6 +145,66 @@ def check_splits(dataset: FerDataset, folds: dict[int, dict[str, np.ndarray]]) -
     return problems
 
 
+def check_storage_writable(spec: StudySpec) -> list[str]:
+    """A local ``run.storage`` that cannot be written would fail only after Ray has started; say so now.
+
+    Missing folders are created for the test and removed again, so a preflight that fails for
+    another reason leaves nothing behind. Object storage (``s3://``) is checked by the engine.
+    """
+    from harness.storage import is_remote
+
+    if is_remote(spec.run.storage):
+        return []
+    root = Path(spec.run.storage).expanduser().absolute()
+    fix = "choose another folder with --storage DIR"
+    existing = root
+    while not existing.exists() and not existing.is_symlink() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_symlink() and not existing.exists():
+        return [f"run.storage: {root} cannot be created: {existing} is a broken symbolic link; {fix}"]
+    if not existing.is_dir():
+        what = root if existing == root else f"{root} cannot be created: {existing}"
+        return [f"run.storage: {what} is a file, not a folder; {fix}"]
+    created = [folder for folder in [root, *root.parents] if folder.is_relative_to(existing) and folder != existing]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=root, prefix=".ferbench-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        return [f"run.storage: {root} is not writable ({err.strerror or type(err).__name__}); {fix}"]
+    finally:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    return []
+
+
+def os_error_line(err: OSError) -> str:
+    """An OSError from a user's path as one line naming the path."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}cannot be read ({err.strerror or err}); check that the path exists and is readable"
+
+
+def class_problems(spec: StudySpec, dataset: FerDataset) -> list[str]:
+    """Classes the study cannot score: every image unreadable (unless left out with data.drop_classes),
+    or too few images for the split (unless split.allow_missing_classes)."""
+    problems = []
+    vanished = {name: n for name, n in dataset.meta.get("vanished_classes", {}).items() if name not in spec.data.drop_classes}
+    used = "could be used (unreadable, or no face found)" if spec.data.face_detect else "could be read"
+    for name, files in vanished.items():
+        problems.append(
+            f"data: class {name!r}: none of its {files} image file(s) {used}, so the "
+            f"class would vanish from the study (`ferbench data inspect` lists the files and why); replace the files, or "
+            f"leave the class out with --set data.drop_classes=[{name}]"
+        )
+    if not spec.split.allow_missing_classes:
+        problems += class_shortfalls(dataset, spec.split)
+    return problems
+
+
 def check_local_resources(spec: StudySpec) -> list[str]:
     """A trial asking for more than a local machine has would wait forever; say so now.
 
@@ -167,19 +228,28 @@ def check_local_resources(spec: StudySpec) -> list[str]:
 
 
 def run_preflight(spec: StudySpec) -> Preflight:
-    problems: list[str] = check_local_resources(spec)
-    dataset = splits = None
+    problems: list[str] = check_storage_writable(spec) + check_local_resources(spec)
+    dataset = splits = pool = None
     notes: dict = {}
     try:
         dataset = load_dataset(spec.data)
-        splits = dict(zip(spec.split.fold_ids(), make_splits(dataset, spec.split)))
-        if spec.data.drop_duplicates:
-            notes = drop_training_duplicates(dataset, splits)
-        problems += check_splits(dataset, splits)
-        pool = _external_pool(spec, dataset)
+        too_small = class_problems(spec, dataset)
+        problems += too_small
+        if not too_small:
+            splits = dict(zip(spec.split.fold_ids(), make_splits(dataset, spec.split)))
+            if spec.data.drop_duplicates:
+                notes = drop_training_duplicates(dataset, splits)
+            problems += check_splits(dataset, splits)
+            missing = missing_classes(dataset, splits)
+            if missing:  # for the report's Data section
+                notes["missing_classes"] = missing
+            for entry in (e for e in missing if e["part"] != "train"):  # train: a problem above
+                print(f"data: warning: {describe_missing(entry)}", file=sys.stderr)
+            pool = _external_pool(spec, dataset)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
-        pool = None
+    except OSError as err:  # a path the loaders did not expect to fail; still one line naming it
+        problems.append(os_error_line(err))
     if pool is not None:
         notes["unlabeled_pool"] = pool.notes
     data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size

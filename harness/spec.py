@@ -43,6 +43,9 @@ class DataSpec(_Strict):
     ferplus_labels: str | None = Field(None, description="FER2013: fer2013new.csv; majority-vote FERPlus labels, not-a-face rows dropped")
     contempt: str = Field("keep", description="CK+: 'keep' (an 8th class), 'drop', or a class to map it to (e.g. happy)")
     class_map: dict[str, str] = Field(default_factory=dict, description="folder class name → canonical class name")
+    drop_classes: list[str] = Field(
+        default_factory=list, description="classes left out of the study (e.g. [disgust]); listed in the report's Data section"
+    )
     strict: bool = Field(False, description="fail on the first unreadable image instead of skipping and reporting it")
     cache: bool = Field(True, description="reuse decoded arrays from the dataset cache")
     drop_duplicates: bool = Field(False, description="drop training images that are exact copies of val/test images")
@@ -52,6 +55,27 @@ class DataSpec(_Strict):
     image_size: int = Field(48, ge=16, le=256, description="SynthFER: side length in pixels")
     label_noise: float = Field(0.05, ge=0.0, lt=1.0, description="SynthFER: fraction of flipped labels")
     seed: int = Field(0, description="SynthFER: generation seed")
+
+    @field_validator("drop_classes", mode="before")
+    @classmethod
+    def _one_class_as_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("drop_classes")
+    @classmethod
+    def _known_drop_classes(cls, names: list[str]) -> list[str]:
+        """Canonical names (synonyms such as 'anger' accepted); a typo would otherwise drop nothing."""
+        from harness.formats.common import CLASS_LIST, known_class
+
+        canonical = []
+        for index, name in enumerate(names):
+            found = known_class(str(name))
+            if found is None:
+                raise ValueError(f"data.drop_classes.{index}: {name!r} is not a class; use one of {CLASS_LIST}")
+            if found in canonical:
+                raise ValueError(f"data.drop_classes: {name!r} is listed twice")
+            canonical.append(found)
+        return canonical
 
 
 class SplitSpec(_Strict):
@@ -67,6 +91,10 @@ class SplitSpec(_Strict):
     unlabeled_fraction: float = Field(0.0, ge=0, lt=1, description="share of train cut off first as 'unlabeled' (Arsirii: 0.1)")
     k: int = Field(10, ge=2, description="subject_kfold: number of folds (the thesis: 5, 8, 10)")
     folds: list[int] | None = Field(None, description="subject_kfold: folds to run (default: all k)")
+    allow_missing_classes: bool = Field(
+        False, description="run even when a class is too small for every part of the split (its val/test metrics are "
+        "then undefined; the report's Data section lists it) instead of stopping in preflight"
+    )
 
     @field_validator("ratios")
     @classmethod
@@ -282,6 +310,23 @@ class RunSpec(_Strict):
         "the torch/timm imports per trial (Tune's reuse_actors)"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str | None) -> str | None:
+        """The experiment folder's name under run.storage: one plain folder name, never a path."""
+        if value is None:
+            return value
+        allowed = "a plain folder name (no '/' or '\\', not starting with '.'), e.g. --set run.name=fer2013-resnet50"
+        if not value.strip():
+            raise ValueError(f"run.name: an empty name is not a folder; use {allowed}")
+        if "/" in value or "\\" in value or "\0" in value:
+            raise ValueError(f"run.name: {value!r} is a path, which would write outside run.storage; use {allowed}")
+        if value.startswith("."):
+            raise ValueError(f"run.name: {value!r} starts with '.' (hidden, or a parent folder); use {allowed}")
+        if any(ord(char) < 32 for char in value):
+            raise ValueError(f"run.name: {value!r} holds control characters; use {allowed}")
+        return value
+
     @field_validator("storage")
     @classmethod
     def _known_storage(cls, value: str) -> str:
@@ -439,7 +484,7 @@ def _read_study_yaml(study: str) -> tuple[dict, str]:
         text = resources.files(BUILTIN_STUDY_PACKAGE).joinpath(f"{study}.yaml").read_text()
         source = f"built-in study {study!r}"
     else:
-        path = Path(study)
+        path = Path(study).expanduser()
         if not path.is_file():
             raise SpecError(
                 f"study {study!r}: neither a built-in study ({', '.join(builtin_studies())}) nor an existing YAML file"
@@ -524,15 +569,41 @@ def _format_validation_error(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def ignored_settings(spec: StudySpec) -> list[str]:
+    """Settings of a user's study that would be ignored without a word: weights for an unknown
+    backbone, and weights.files for a backbone whose pretrained arms use synth-identity weights.
+    Checked in ``load_spec`` only, so that experiments stored by earlier versions still resume."""
+    from backbones import is_known_backbone, list_backbones
+
+    problems = [
+        f"weights.{key}.{name}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
+        for key in ("files", "sources") for name in getattr(spec.weights, key) if not is_known_backbone(name)
+    ]
+    pretrained = {arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"}
+    for backbone in spec.weights.files:
+        if backbone in pretrained and spec.weights.source_for(backbone) == "synth-identity":
+            key = f"weights.sources.{backbone}" if backbone in spec.weights.sources else "weights.source"
+            problems.append(
+                f"weights.files.{backbone}: the file is used only with published weights, but {backbone}'s pretrained "
+                f"arms use synth-identity ({key}); to use the file add --set weights.sources.{backbone}=published, "
+                f"otherwise drop weights.files.{backbone}"
+            )
+    return problems
+
+
 def load_spec(study: str = "quick", overrides: list[str] | None = None) -> StudySpec:
-    """Resolve a study (built-in name or YAML path) with overrides into a validated spec."""
+    """Resolve a study (built-in name or YAML path, ``~`` expanded) with overrides into a validated spec."""
     raw, source = _read_study_yaml(study)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     try:
-        return StudySpec.model_validate(raw)
+        spec = StudySpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_validation_error(err)) from None
+    problems = ignored_settings(spec)
+    if problems:
+        raise SpecError("\n".join(problems))
+    return spec
 
 
 def spec_to_yaml(spec: StudySpec) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.formats.common import DataError
+from harness.formats.common import DataError, resolved, unreadable
 from harness.formats.images import IMAGE_SUFFIXES, decode_files
 
 KEY = "pseudo_label.unlabeled_path"
@@ -37,7 +37,9 @@ class UnlabeledPool:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every entry with an image suffix that is not a folder: a broken link or a FIFO is then skipped
+    and listed by decoding, not ignored unseen."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
 
 
 def _read_folder(folder: Path, strict: bool) -> tuple[list[np.ndarray], list[str], list[dict]]:
@@ -104,7 +106,15 @@ def load_unlabeled_pool(path: str, *, image_shape: tuple[int, ...], strict: bool
 
     Raises ``DataError`` naming the path and the fix when it is missing, empty or unreadable.
     """
-    where = Path(path).expanduser().resolve()
+    where = Path(path).expanduser().absolute()
+    try:
+        return _load(where, image_shape, strict)
+    except OSError as err:
+        raise DataError(f"{KEY}: {unreadable(Path(err.filename or where), err)}") from None
+
+
+def _load(where: Path, image_shape: tuple[int, ...], strict: bool) -> UnlabeledPool:
+    where = resolved(where)
     if not where.exists():
         raise DataError(f"{KEY}: {where} does not exist; point it at a folder of face images or a CSV with a pixels column")
     if where.is_dir():

@@ -13,7 +13,8 @@ from typing import Any
 import pandas as pd
 
 from harness.atomic import atomic_write_bytes
-from harness.data_checks import LISTED, counts_with_shares, describe_sample
+from harness.data_checks import LISTED, counts_with_shares, describe_missing, describe_sample
+from reports.escaping import md_code, md_text
 from reports.markdown import markdown_table
 
 FIGURE = "class_counts.png"
@@ -50,7 +51,7 @@ def plot_class_counts(summary: dict[str, Any], path: Path) -> None:
 
 
 def _groups(examples: list[dict[str, Any]]) -> list[str]:
-    return [f"  - {ex['size']} images: " + ", ".join(f"`{describe_sample(m)}`" for m in ex["members"])
+    return [f"  - {ex['size']} images: " + ", ".join(md_code(describe_sample(m)) for m in ex["members"])
             + (" …" if ex["size"] > len(ex["members"]) else "") for ex in examples]
 
 
@@ -58,7 +59,7 @@ def _listing(title: str, items: list[str]) -> list[str]:
     if not items:
         return [f"- {title}: none"]
     more = [f"  - … and {len(items) - LISTED} more"] if len(items) > LISTED else []
-    return [f"- {title}: {len(items)}", *(f"  - `{item}`" for item in items[:LISTED]), *more]
+    return [f"- {title}: {len(items)}", *(f"  - {md_code(item)}" for item in items[:LISTED]), *more]
 
 
 def _duplicates(summary: dict[str, Any]) -> list[str]:
@@ -85,9 +86,34 @@ def _external_pool(pool: dict | None) -> list[str]:
     if pool is None:
         return []
     height, width = pool["resized_to"]
-    line = (f"- External unlabeled pool (`pseudo_label.unlabeled_path`): {pool['images']:,} images from `{pool['source']}`, "
-            f"labels unknown; {pool['resized']} resized to {height}×{width}, {pool['converted']} converted to {pool['converted_to']}")
+    line = (f"- External unlabeled pool (`pseudo_label.unlabeled_path`): {pool['images']:,} images from {md_code(pool['source'])}, "
+            f"labels unknown; {pool['resized']} resized to {height}×{width}, {pool['converted']} converted to {md_text(pool['converted_to'])}")
     return [line, *_listing("Unreadable pool files skipped", [f"{item['path']}: {item['reason']}" for item in pool["skipped"]])]
+
+
+def _converted(summary: dict[str, Any]) -> list[str]:
+    converted = summary.get("converted") or {"to": None, "paths": []}
+    target = {"grayscale": "grayscale", "rgb": "RGB"}.get(converted["to"], "the dataset's colour mode")
+    return _listing(f"Files converted to {target} (the mode most files have)", converted["paths"])
+
+
+def _left_out(summary: dict[str, Any]) -> list[str]:
+    """Classes on disk that the study does not have: left out by an option, or nothing of them readable."""
+    dropped = summary.get("dropped_classes") or []
+    if not dropped:
+        return ["- Classes left out: none"]
+    return [f"- Classes left out: {len(dropped)}",
+            *(f"  - {md_code(item['class'])}, {item['images']:,} images: {md_text(item['reason'])}" for item in dropped)]
+
+
+def _missing(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(warnings, list lines) for classes with no image in a part of the split (from preflight)."""
+    missing = summary.get("missing_classes") or []
+    warnings = [describe_missing(entry) for entry in missing if entry["part"] == "test"]
+    if not missing:
+        return warnings, ["- Classes missing from a part of the split: none"]
+    return warnings, [f"- Classes missing from a part of the split: {len(missing)}",
+                      *(f"  - {md_text(describe_missing(entry))}" for entry in missing)]
 
 
 def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
@@ -98,12 +124,13 @@ def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
     subjects = f"{summary['subjects']} distinct subjects" if summary["subjects"] is not None else "subjects unknown"
     split = {"given": "per split", "official": "per official split", None: "whole dataset"}[summary["split_kind"]]
     constant = summary["constant_images"]
+    missing_warnings, missing_lines = _missing(summary)
     lines = [
         "## Data", "",
-        f"**{summary['name']}** (format `{summary['format']}`, source `{summary['source'] or '-'}`): "
+        f"**{md_text(summary['name'])}** (format {md_code(summary['format'])}, source {md_code(summary['source'] or '-')}): "
         f"{summary['images']:,} images {height}×{width}, {summary['channels']} channel(s), "
         f"{len(summary['classes'])} classes, {subjects}.", "",
-        *(f"> **WARNING:** {warning}\n" for warning in summary["warnings"]),
+        *(f"> **WARNING:** {md_text(warning)}\n" for warning in [*summary["warnings"], *missing_warnings]),
         f"### Images per class, {split}", "",
         markdown_table(counts_with_shares(summary["class_counts"]).reset_index()),
         f"![Images per class and split](figures/{FIGURE})", "",
@@ -112,9 +139,13 @@ def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
         *_dropped(summary.get("dropped_training_duplicates")),
         *_external_pool(summary.get("unlabeled_pool")),
         f"- Constant (blank) images: {constant['count']}",
-        *(f"  - `{describe_sample(ex)}` value {ex['value']}" for ex in constant["examples"]),
+        *(f"  - {md_code(describe_sample(ex))} value {ex['value']}" for ex in constant["examples"]),
+        *_left_out(summary),
+        *missing_lines,
         *_listing("Unreadable files skipped", [f"{item.get('path')}: {item.get('reason')}" for item in summary["skipped"]]),
         *_listing("Files resized to the dataset's image size", summary["resized"]),
+        *_converted(summary),
+        *_listing("Entries ignored (not image files)", summary.get("ignored") or []),
         "",
     ]
     return "\n".join(lines)

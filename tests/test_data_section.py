@@ -10,6 +10,7 @@ from PIL import Image
 from harness.data_checks import inspect
 from harness.dataset import FER2013_CLASSES, FerDataset
 from reports.data_section import render_data_section
+from reports.escaping import md_text
 
 SPLITS = {"train": np.arange(0, 28), "val": np.arange(28, 35), "test": np.arange(35, 42)}
 
@@ -46,8 +47,8 @@ def test_data_section_with_splits_and_a_leak(tmp_path):
     assert "| angry | 6 (14.3%) | 4 (14.3%) | 1 (14.3%) | 1 (14.3%) |" in lines
     assert "| total | 42 (100.0%) | 28 (100.0%) | 7 (100.0%) | 7 (100.0%) |" in lines
     warning = next(line for line in lines if line.startswith("> **WARNING:**"))
-    assert "2 images in 1 group(s)" in warning and "--set data.drop_duplicates=true" in warning
-    assert "> **WARNING:** 1 cross-split duplicate group(s) carry conflicting labels" in lines
+    assert md_text("2 images in 1 group(s)") in warning and md_text("--set data.drop_duplicates=true") in warning
+    assert "> **WARNING:** " + md_text("1 cross-split duplicate group(s) carry conflicting labels") in lines
     assert "- **Duplicates across splits: 1 group(s), 2 images (train+test: 1); 1 with conflicting labels**" in lines
     assert "  - 2 images: `img03.png (happy, train)`, `img40.png (surprise, test)`" in lines
     assert "  - `img10.png (happy, train)` value 0" in lines

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.formats.common import DataError, Decoded, folder_class
+from harness.formats.common import DataError, Decoded, folder_class, link_problem, unreadable
 from harness.formats.images import IMAGE_SUFFIXES, decode_sources
 
 CKPLUS_NAME = re.compile(r"^S(\d+)_(\d+)_(\d+)$")  # S<subject>_<sequence>_<frame>
@@ -20,16 +20,42 @@ FER2013_SPLITS = ("train", "test")
 _SUFFIXES = ", ".join(f"*{suffix}" for suffix in IMAGE_SUFFIXES)
 
 
+def entries(folder: Path) -> list[Path]:
+    """Visible entries of ``folder``, sorted by name; a folder that cannot be listed (no permission,
+    a broken link, a symbolic link loop, a file) is a ``DataError`` naming it."""
+    try:
+        return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+    except OSError as err:
+        raise DataError(unreadable(folder, err, "folder")) from None
+
+
 def subfolders(root: Path) -> list[Path]:
-    """Visible subfolders of ``root``, sorted by name."""
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    """Visible subfolders of ``root``, sorted by name. A link there that leads nowhere may have been a
+    class folder, so it is a ``DataError`` rather than a class that silently vanishes."""
+    folders = []
+    for path in entries(root):
+        problem = link_problem(path)
+        if problem:
+            raise DataError(f"{path}: cannot be read ({problem}); fix the link, or remove it if it is not a class folder")
+        if path.is_dir():
+            folders.append(path)
+    return folders
+
+
+def other_entries(root: Path) -> list[Path]:
+    """Visible entries of ``root`` that are not folders (files a class-folder layout ignores)."""
+    return [path for path in entries(root) if not path.is_dir()]
 
 
 def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other visible files) in ``folder``, sorted by name."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=lambda p: p.name)
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    return images, [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    """(image files, everything else visible) in ``folder``, sorted by name. An entry with an image
+    suffix that is not a folder counts as an image even when it is a broken link or not a regular
+    file: decoding skips and lists it (``data.strict`` stops) instead of ignoring it unseen."""
+    images, others = [], []
+    for path in entries(folder):
+        is_image = path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir()
+        (images if is_image else others).append(path)
+    return images, others
 
 
 def class_tree(root: Path, class_map: dict[str, str]) -> tuple[list[str], list[Path], list[Path]]:
@@ -39,7 +65,7 @@ def class_tree(root: Path, class_map: dict[str, str]) -> tuple[list[str], list[P
         raise DataError(f"{root}: no class folders; expected <root>/<class>/{{{_SUFFIXES}}}, e.g. {root}/happy/0001.png")
     labels: list[str] = []
     paths: list[Path] = []
-    ignored: list[Path] = []
+    ignored: list[Path] = other_entries(root)
     for folder in folders:
         name = folder_class(folder.name, class_map, str(root))
         images, others = image_files(folder)
@@ -84,7 +110,7 @@ def read_fer2013_folders(spec, root: Path) -> Decoded:
     by_name = {folder.name.lower(): folder for folder in subfolders(root)}
     labels: list[str] = []
     paths: list[Path] = []
-    ignored: list[Path] = [folder for name, folder in by_name.items() if name not in FER2013_SPLITS]
+    ignored: list[Path] = [folder for name, folder in by_name.items() if name not in FER2013_SPLITS] + other_entries(root)
     split: list[str] = []
     for part in FER2013_SPLITS:
         if part not in by_name:

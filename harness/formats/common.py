@@ -7,7 +7,10 @@ policy and the label indices are decided in one place and never by a folder's al
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +28,41 @@ NO_FACE = "no face found"  # the skip reason of data.face_detect, as opposed to 
 
 class DataError(ValueError):
     """A dataset cannot be read; ``str()`` is one line naming the file / line / folder and the fix."""
+
+
+def link_problem(path: Path) -> str | None:
+    """Why the symbolic link ``path`` cannot be followed, or None (not a link, or a working one)."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        try:
+            return f"a broken symbolic link to {os.readlink(path)}"
+        except OSError:
+            return "a broken symbolic link"
+    return None
+
+
+def resolved(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, absolute and resolved; a symbolic link loop (pathlib's
+    RuntimeError) is a ``DataError`` naming it."""
+    try:
+        return Path(path).expanduser().resolve()
+    except RuntimeError:
+        raise DataError(f"{path}: cannot read this path (a symbolic link loop); fix the link") from None
+
+
+def unreadable(path: Path, err: OSError, what: str = "path") -> str:
+    """One line for an OSError met reading the user's ``path``: the path, why, and the fix."""
+    why = link_problem(path)
+    if why is None:
+        not_a_folder = what == "folder" and err.errno == errno.ENOTDIR
+        why = "a file, not a folder" if not_a_folder else (err.strerror or type(err).__name__)
+    fix = "fix its permissions, or remove it" if err.errno in (errno.EACCES, errno.EPERM) else "fix the path, or remove it"
+    return f"{path}: cannot read this {what} ({why}); {fix}"
 
 
 def known_class(name: str) -> str | None:
@@ -80,10 +118,16 @@ class Decoded:
                        subjects=pick(self.subjects), official_split=pick(self.official_split))
 
     def skip(self, reasons: dict[int, str]) -> "Decoded":
-        """Drop the samples ``reasons`` names (index → why), listing them in ``meta["skipped"]``."""
+        """Drop the samples ``reasons`` names (index → why), listing them in ``meta["skipped"]``; a class
+        left with no sample is counted in ``meta["vanished_classes"]`` (class → samples skipped)."""
         skipped = self.meta.setdefault("skipped", [])
         skipped.extend({"path": str(self.sources[i]), "reason": reason} for i, reason in reasons.items())
-        return self.take(np.setdiff1d(np.arange(len(self.labels)), np.fromiter(reasons, np.int64, len(reasons))))
+        kept = self.take(np.setdiff1d(np.arange(len(self.labels)), np.fromiter(reasons, np.int64, len(reasons))))
+        labels = self.labels.astype(str)
+        for name in sorted(map(str, set(labels) - set(kept.labels.astype(str)))):
+            vanished = self.meta.setdefault("vanished_classes", {})
+            vanished[name] = vanished.get(name, 0) + int((labels == name).sum())
+        return kept
 
 
 def contempt_policy(value: str) -> str:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from harness.dataset import FER2013_CLASSES
-from harness.formats.common import DataError, Decoded
+from harness.formats.common import DataError, Decoded, resolved
 from harness.formats.ferplus import ferplus_labels
 from harness.formats.pixels import PixelProblem, parse_pixel_column
 
@@ -114,7 +114,7 @@ def read_fer2013(spec, path: Path) -> Decoded:
     decoded = Decoded(images=images, labels=labels, sources=sources, official_split=usage)
     if spec.ferplus_labels is None:
         return decoded
-    ferplus = Path(spec.ferplus_labels).expanduser().resolve()
+    ferplus = resolved(spec.ferplus_labels)
     names, dropped = ferplus_labels(ferplus, path, table.num_rows, usage)
     decoded.labels = names
     decoded.meta["ferplus"] = {"labels": str(ferplus), "dropped": dropped}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from harness.formats.common import DataError, Decoded
+from harness.formats.common import DataError, Decoded, link_problem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -29,8 +30,20 @@ PROGRESS_FROM = 5000  # report progress every 10% above this many files
 _CHUNK = 256
 
 
+def _not_a_file(path: str) -> str | None:
+    """Why ``path`` is no regular file to open (a broken link, a FIFO that would block a reader …), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        return link_problem(path) or f"{type(err).__name__}: {err.strerror or err}"
+    return None if stat.S_ISREG(mode) else "not a regular file (a folder, FIFO, socket or device)"
+
+
 def _decode(path: str) -> np.ndarray | str:
     """(H, W) grey or (H, W, 3) RGB uint8, or why the file cannot be read."""
+    problem = _not_a_file(path)
+    if problem:
+        return problem
     try:
         with Image.open(path) as image:
             image.load()
