@@ -12,6 +12,7 @@ A leaf module: no Ray, and torch only where a checkpoint's weights are read.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
@@ -108,30 +109,17 @@ def is_final(history: list[dict[str, Any]]) -> bool:
 
 
 def _reached_epoch(trial_dir: Path) -> int:
-    history = newest_history(trial_dir)
-    return max((int(row.get("epoch", -1)) for row in history), default=-1)
+    epochs = [row.get("epoch") for row in newest_history(trial_dir)]
+    return int(max((e for e in epochs if isinstance(e, (int, float))), default=-1))
 
 
-def trial_folders(experiment_dir: Path, arm_id: str) -> list[Path]:
-    """The Tune trial folders of one arm (``<arm_id>_<trial id>`` holding params.json): one per run
-    of the arm, a second after ``--resume``. Exact names only: an arm id that prefixes another's is no
-    match."""
-    pattern = re.compile(re.escape(arm_id) + r"_[0-9a-f]+_\d+")
-    try:
-        entries = list(Path(experiment_dir).iterdir())
-    except OSError:
-        return []
-    return [p for p in entries if pattern.fullmatch(p.name) and (p / "params.json").is_file()]
-
-
-def trial_folder(experiment_dir: Path, arm_id: str) -> Path | None:
-    """The arm's trial folder that got furthest (the highest epoch in an intact checkpoint), the
-    newest on a tie: after ``--resume`` the continuing folder carries the whole history in its checkpoints."""
-    def progress(folder: Path) -> tuple[int, float]:
-        try:
-            mtime = folder.stat().st_mtime
-        except OSError:
-            mtime = 0.0
-        return _reached_epoch(folder), mtime
-
-    return max(trial_folders(experiment_dir, arm_id), key=progress, default=None)
+def trial_folder(experiment_dir: Path, arm_id: str, arm_ids: list[str]) -> Path | None:
+    """The arm's Tune folder ``<arm_id>_<trial id>`` (with ``params.json``). After ``--resume`` an arm
+    has two, the newer continuing from the older's checkpoint: the one whose intact checkpoints reach
+    the furthest epoch is the arm's, then the newest. A folder of a longer arm id that starts with
+    ``<arm_id>_`` (a backbone ``timm:x`` beside ``timm:x_random_baseline_s0_y``) is not this arm's;
+    ``arm_ids`` is every arm of the grid."""
+    longer = [f"{other}_" for other in arm_ids if other.startswith(f"{arm_id}_")]
+    candidates = [p for p in Path(experiment_dir).glob(f"{glob.escape(arm_id)}_*")
+                  if (p / "params.json").is_file() and not any(p.name.startswith(prefix) for prefix in longer)]
+    return max(candidates, key=lambda p: (_reached_epoch(p), p.stat().st_mtime), default=None)

@@ -243,6 +243,8 @@ def run_study(
             raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
         spec = read_stored_spec(experiment_dir)
         remote = remote_storage(spec)
+        if remote is None:  # where the experiment is now (it may have been moved to a roomier disk)
+            spec.run.storage = str(Path(experiment_dir).resolve().parent)
     else:
         remote = remote_storage(spec)
         name = spec.run.name or default_experiment_name(spec)
@@ -316,9 +318,9 @@ def resume_plan(experiment_dir: Path, arms: list[dict]) -> list[dict]:
     whatever code someone with write access to it put there. An arm whose newest intact checkpoint ends
     its trial (finished, or stopped for good) is not trained again.
     """
-    plan = []
+    plan, arm_ids = [], [arm["arm_id"] for arm in read_json(experiment_paths(experiment_dir)["grid"])]
     for arm in arms:
-        folder = trial_folder(experiment_dir, arm["arm_id"])
+        folder = trial_folder(experiment_dir, arm["arm_id"], arm_ids)
         if folder is None:
             plan.append(arm)
         elif not is_final(newest_history(folder)):

@@ -27,7 +27,6 @@ from harness import pseudo_label as pl
 from harness.pseudo_label_rounds import ROUND_POOL_FILE, ROUNDS_FILE, end_round, headline_metrics  # noqa: F401 (artifact names)
 from harness.atomic import atomic_write_bytes
 from harness.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
-from harness.checkpoints import HISTORY_FILE  # noqa: F401 (read by reports.collect)
 from harness.augment import InputAdapter
 from harness.balanced import balanced_epoch_indices, class_weights
 from harness.inference_speed import measure_inference

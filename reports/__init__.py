@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.atomic import atomic_write_text
-from harness.experiment import experiment_paths, read_json
-from reports.collect import collect, collect_per_class, trial_statuses
+from harness.experiment import experiment_paths
+from reports.collect import collect, collect_per_class, read_manifest, relative, trial_statuses
 from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from reports.derived import fold_test_train_ratio
 from reports.html import write_html_report
-from reports.markdown import render_markdown
+from reports.markdown import md_cell, render_markdown
 from reports.recommendation import render_recommendation
 from reports.pseudo_label_section import pseudo_label_section
-from reports.sample_predictions import SAMPLES_SECTION, collect_sample_probabilities, plot_sample_predictions
+from reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
 
 __all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
 
@@ -32,12 +32,14 @@ def build_comparison_report(experiment_dirs: list[Path], out_dir: Path) -> Path:
 
 def build_report(experiment_dir: str | Path) -> Path:
     """Write ``report/report.md``, ``report/tables/`` (CSV and Parquet) and ``report/figures/``;
-    returns the report folder. Works on running, interrupted and finished experiments alike."""
+    returns the report folder. Works on running, interrupted and finished experiments alike, and on
+    damaged ones: a trial file that cannot be read is named (``damaged: FILE``) where its arm would be,
+    and only a damaged ``manifest.json`` or ``grid.json`` stops the report (one ValueError naming it)."""
     experiment_dir = Path(experiment_dir)
     paths = experiment_paths(experiment_dir)
     if not paths["grid"].is_file():
         raise FileNotFoundError(f"{experiment_dir} is not a FERBench experiment (no {paths['grid'].relative_to(experiment_dir)})")
-    manifest = read_json(paths["manifest"])
+    manifest = read_manifest(experiment_dir)
     spec = manifest["spec"]
     window = spec.get("report", {}).get("window", 5)
     epochs, trials = collect(experiment_dir)
@@ -54,15 +56,23 @@ def build_report(experiment_dir: str | Path) -> Path:
     plot_sample_predictions(samples, sample_predictions, paths["report"] / "figures" / "sample_predictions.png")
     sections = [
         render_comparison(comparison, per_class, window),
-        SAMPLES_SECTION,
+        samples_section(experiment_dir, trials),
         pseudo_label_section(experiment_dir, epochs, window, paths["report"], trials, ratio),
         render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio),
     ]
-    data_section = None
-    if "data_summary" in manifest:  # experiments of earlier versions have split_class_counts only
-        from reports.data_section import render_data_section
-
-        data_section = render_data_section(manifest["data_summary"], paths["report"] / "figures")
+    data_section = _data_section(manifest, experiment_dir) if "data_summary" in manifest else None  # earlier versions
     atomic_write_text(paths["report"] / "report.md", render_markdown(manifest, trials, data_section, sections))
     write_html_report(paths["report"])
     return paths["report"]
+
+
+def _data_section(manifest: dict, experiment_dir: Path) -> str:
+    """The "## Data" section, or a note naming the manifest when its ``data_summary`` is unusable."""
+    from reports.data_section import render_data_section
+
+    figures = experiment_paths(experiment_dir)["report"] / "figures"
+    try:
+        return render_data_section(manifest["data_summary"], figures)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:  # hand-edited or cut: the rest stands
+        path = relative(experiment_paths(experiment_dir)["manifest"], experiment_dir)
+        return f"## Data\n\n- damaged: {md_cell(path)} (its data_summary cannot be read: {md_cell(repr(err))})\n"

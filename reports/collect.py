@@ -3,19 +3,35 @@
 Every grid arm appears, whatever happened to it: ``completed``, ``failed`` (with its error),
 ``unavailable`` (found in preflight, e.g. weights missing offline) or ``incomplete``
 (interrupted; ``--resume`` finishes it).
+
+Nothing lost, nothing fatal: a trial file that cannot be read (cut by a full disk, truncated, not
+the format it claims) leaves that one arm's part out and names the file in the arm's ``damaged``
+column (relative to the experiment folder), so one bad file never takes the whole report down. Only
+``ferbench/manifest.json`` and ``ferbench/grid.json`` are essential: without them there is no report,
+and the error names the file.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from harness.experiment import experiment_paths, read_json
-from harness.trainable import HISTORY_FILE, TEST_PER_CLASS_FILE
+from harness.checkpoints import HISTORY_FILE, TRIAL_FAILED, checkpoint_dirs, newest_history, trial_folder
+from harness.experiment import experiment_paths
+from harness.trainable import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE
 
+T = TypeVar("T")
+# What reading a damaged file raises: bad JSON or bad contents (ValueError, JSONDecodeError, UnicodeDecodeError,
+# np.load refusing a pickle), an unreadable or cut file (OSError, EOFError, zip and zlib errors), a missing array.
+READ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+PER_CLASS_KEYS = ("precision", "recall", "f1", "support")
 ARM_COLUMNS = ["trial_id", "arm_id", "backbone", "init", "variant", "seed"]
 # round / round_epoch place a row in a pseudo-labelling round (0: the teacher, and every other arm).
 ROUND_COLUMNS = ["round", "round_epoch", "train_size"]
@@ -31,31 +47,192 @@ PSEUDO_LABEL_SUMMARY = ["pl_rounds", "pl_stop_reason"]  # student rounds trained
 PSEUDO_LABEL_ROUNDS = ["pl_selected_round", "pl_last_round", "last_round_test_acc", "last_round_test_macro_f1"]
 
 
-def _trial_dir(experiment_dir: Path, arm_id: str) -> Path | None:
-    candidates = [p for p in experiment_dir.glob(f"{arm_id}_*") if (p / "params.json").is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+# --------------------------------------------------------------------------- reading one file
 
 
-def _json_lines(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # blank, or a line cut by a crash mid-write
-            continue
-    return rows
+def relative(path: Path, experiment_dir: Path) -> str:
+    """``path`` as the report names it: relative to the experiment folder, with ``/``."""
+    try:
+        return Path(path).relative_to(experiment_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def try_read(path: Path, reader: Callable[[Path], T]) -> tuple[T | None, str]:
+    """(``reader(path)``, "") or (None, why not): the one place that decides what a damaged file is."""
+    try:
+        return reader(Path(path)), ""
+    except KeyError as err:
+        return None, f"missing {err}"
+    except READ_ERRORS as err:
+        return None, str(err) or type(err).__name__
+
+
+def _field(mapping: Any, key: str) -> Any:
+    if not isinstance(mapping, dict):
+        raise ValueError(f"expected a JSON object holding {key!r}")
+    return mapping[key]
+
+
+def _numbers(values: Any, n: int, what: str) -> list:
+    if not isinstance(values, list) or len(values) != n or not all(isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"{what}: expected {n} numbers")
+    return values
+
+
+def _class_scores(scores: Any, n: int, what: str) -> None:
+    for key in PER_CLASS_KEYS:
+        _numbers(_field(scores, key), n, f"{what}{key}")
+
+
+def _matrix(matrix: Any, n: int, what: str) -> None:
+    if not isinstance(matrix, list) or len(matrix) != n:
+        raise ValueError(f"{what}: expected {n} rows")
+    for row in matrix:
+        _numbers(row, n, what)
+
+
+def _class_names(stored: Any) -> list[str]:
+    names = _field(stored, "class_names")
+    if not isinstance(names, list) or not names:
+        raise ValueError("class_names: expected a list of names")
+    return names
+
+
+def read_per_class(path: Path) -> dict:
+    """``test_per_class.json``, checked: per class precision / recall / F1 / support, and a square confusion matrix."""
+    scores = json.loads(Path(path).read_text())
+    n = len(_class_names(scores))
+    _class_scores(scores, n, "")
+    _matrix(_field(scores, "confusion_matrix"), n, "confusion_matrix")
+    return scores
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """``test_predictions.npz``'s test indices and probabilities (never unpickled), one row per index."""
+    stored = np.load(path, allow_pickle=False)
+    if not isinstance(stored, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive")
+    with stored:
+        arrays = {name: stored[name] for name in ("indices", "probabilities")}
+    if arrays["probabilities"].ndim != 2 or len(arrays["indices"]) != len(arrays["probabilities"]):
+        raise ValueError("indices and probabilities do not match")
+    return arrays
+
+
+def read_rounds(path: Path) -> dict:
+    """``pseudo_label_rounds.json``, checked for every field the report's pseudo-labelling section reads."""
+    stored = json.loads(Path(path).read_text())
+    n = len(_class_names(stored))
+    for key in ("pool_size", "finished", "stop_reason"):
+        _field(stored, key)
+    _field(_field(stored, "settings"), "threshold")
+    rounds = _field(stored, "rounds")
+    if not isinstance(rounds, list):
+        raise ValueError("rounds: expected a list")
+    for record in rounds:
+        what = f"round {_field(record, 'round')} "
+        for key in ("added_per_class", "pseudo_per_class", "pseudo_precision_per_class"):
+            _numbers(_field(record, key), n, what + key)
+        _class_scores(_field(record, "test_per_class"), n, what + "test_per_class ")
+        _matrix(_field(record, "test_confusion_matrix"), n, what + "test_confusion_matrix")
+    return stored
+
+
+# The trial files the report reads besides its metric rows, each with the reader that checks it.
+ARTIFACTS: dict[str, Callable[[Path], Any]] = {
+    TEST_PER_CLASS_FILE: read_per_class, TEST_PREDICTIONS_FILE: read_predictions, ROUNDS_FILE: read_rounds,
+}
+
+
+def artifact_damage(trial_dir: Path) -> list[Path]:
+    """The trial's artifacts (``ARTIFACTS``) that exist but cannot be read."""
+    return [trial_dir / name for name, reader in ARTIFACTS.items()
+            if (trial_dir / name).exists() and try_read(trial_dir / name, reader)[0] is None]
+
+
+def _essential(path: Path, check: Callable[[Any], None]) -> Any:
+    """A file without which there is no report: damaged, it is one error naming it (the CLI prints one line)."""
+    try:
+        value = json.loads(Path(path).read_text())
+        check(value)
+    except FileNotFoundError:
+        raise
+    except (KeyError, ValueError, OSError) as err:
+        reason = f"missing {err}" if isinstance(err, KeyError) else str(err)
+        raise ValueError(f"{path}: damaged ({reason}); the report cannot be built without it: restore it from a "
+                         "backup or the remote storage, or run the study again") from None
+    return value
+
+
+def _check_manifest(manifest: Any) -> None:
+    for key in ("study", "experiment", "created", "dataset", "versions", "hardware"):
+        _field(manifest, key)
+    for key in ("train", "split", "grid", "resources"):
+        _field(_field(manifest, "spec"), key)
+    _field(manifest["spec"]["train"], "epochs")
+
+
+def _check_grid(grid: Any) -> None:
+    if not isinstance(grid, list):
+        raise ValueError("expected a JSON list of arms")
+    for arm in grid:
+        for key in ("arm_id", "status"):
+            _field(arm, key)
+
+
+def read_manifest(experiment_dir: Path) -> dict:
+    """``ferbench/manifest.json``, checked for the fields every report reads."""
+    return _essential(experiment_paths(experiment_dir)["manifest"], _check_manifest)
+
+
+def read_grid(experiment_dir: Path) -> list[dict]:
+    """``ferbench/grid.json``: every arm of the grid, each with its id and preflight status."""
+    return _essential(experiment_paths(experiment_dir)["grid"], _check_grid)
+
+
+# --------------------------------------------------------------------------- a trial's folder and metric rows
 
 
 def _checkpoint_history(trial_dir: Path) -> list[dict]:
-    """The metric history stored in the trial's newest checkpoint (see harness.trainable)."""
-    checkpoints = sorted(trial_dir.glob(f"checkpoint_*/{HISTORY_FILE}"))
-    return json.loads(checkpoints[-1].read_text()) if checkpoints else []
+    """The metric history of the trial's newest intact checkpoint ([] when none is). A checkpoint cut
+    by a crash or a full disk (seal missing or not matching, ``history.json`` empty or truncated) is
+    passed over: the one before it holds the history up to its own epoch."""
+    return newest_history(trial_dir)
 
 
-def read_epochs(trial_dir: Path) -> pd.DataFrame:
+def _trial_dir(experiment_dir: Path, arm_id: str, arm_ids: list[str] | None = None) -> Path | None:
+    """The arm's trial folder (``harness.checkpoints.trial_folder``); ``arm_ids`` from ``grid.json`` when not given."""
+    arm_ids = [arm["arm_id"] for arm in read_grid(experiment_dir)] if arm_ids is None else arm_ids
+    return trial_folder(Path(experiment_dir), arm_id, arm_ids)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    """Tune's ``result.json`` rows; a blank line or one cut by a crash mid-write is skipped."""
+    rows = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_epochs(trial_dir: Path, damaged: list[Path] | None = None) -> pd.DataFrame:
     """One row per epoch: Tune's result.json merged with the checkpoint's own history (which
-    survives a crash right after a report); a restored trial may replay an epoch, the last wins."""
-    frame = pd.DataFrame(_checkpoint_history(trial_dir) + _json_lines(trial_dir / "result.json"))
+    survives a crash right after a report); a restored trial may replay an epoch, the last wins.
+    Files that cannot be read are appended to ``damaged``."""
+    damaged = [] if damaged is None else damaged
+    history = _checkpoint_history(trial_dir)
+    checkpoints = checkpoint_dirs(trial_dir)
+    if not history and checkpoints:  # none intact: name the newest (an older intact one is normal after a crash)
+        damaged.append(checkpoints[0] / HISTORY_FILE)
+    rows, problem = try_read(trial_dir / "result.json", _json_lines)
+    if problem:
+        damaged.append(trial_dir / "result.json")
+    frame = pd.DataFrame(history + (rows or []))
     if frame.empty or "epoch" not in frame:
         return pd.DataFrame(columns=["epoch"])
     frame = frame.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
@@ -66,15 +243,19 @@ def read_epochs(trial_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def _error_text(trial_dir: Path) -> str:
+def _error_text(trial_dir: Path, damaged: list[Path]) -> str:
     error_file = trial_dir / "error.txt"
     if not error_file.is_file():
         return ""
-    lines = [line for line in error_file.read_text(errors="replace").splitlines() if line.strip()]
+    text, problem = try_read(error_file, lambda path: path.read_text(errors="replace"))
+    if problem:
+        damaged.append(error_file)
+        return "unknown error (error.txt unreadable)"
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "unknown error"
 
 
-def _arm_status(epochs: pd.DataFrame, trial_dir: Path | None, total_epochs: int) -> tuple[str, str]:
+def _arm_status(epochs: pd.DataFrame, trial_dir: Path | None, total_epochs: int, damaged: list[Path]) -> tuple[str, str]:
     if trial_dir is None:
         return "incomplete", ""
     if "trial_finished" in epochs:  # a pseudo_label trial has test metrics after every round
@@ -84,34 +265,41 @@ def _arm_status(epochs: pd.DataFrame, trial_dir: Path | None, total_epochs: int)
         finished = finished and pd.notna(epochs["test_acc"].iloc[-1])
     if finished:
         return "completed", ""
-    error = _error_text(trial_dir)
+    if TRIAL_FAILED in epochs and epochs[TRIAL_FAILED].notna().any():  # stopped for good (a NaN loss), no error.txt
+        return "failed", str(epochs[TRIAL_FAILED].dropna().iloc[-1])
+    error = _error_text(trial_dir, damaged)
     return ("failed", error) if error else ("incomplete", "")
 
 
 def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(epochs, trials) tables as specified in DESIGN.md."""
+    """(epochs, trials) tables as specified in DESIGN.md; ``trials.damaged`` names (``; ``-joined,
+    relative to the experiment folder) the files of an arm that could not be read."""
     experiment_dir = Path(experiment_dir)
-    paths = experiment_paths(experiment_dir)
-    total_epochs = read_json(paths["manifest"])["spec"]["train"]["epochs"]
+    total_epochs = read_manifest(experiment_dir)["spec"]["train"]["epochs"]
     epoch_frames, trial_rows = [], []
-    arms = read_json(paths["grid"])
+    arms = read_grid(experiment_dir)
+    arm_ids = [arm["arm_id"] for arm in arms]
     arm_columns = ARM_COLUMNS + (["fold"] if any("fold" in arm for arm in arms) else [])  # k-fold studies
     for arm in arms:
         arm_fields = {k: arm[k] for k in arm_columns[1:]}
         source = {"weights_source": arm.get("weights_source", "")}
         if arm["status"] == "unavailable":
-            trial_rows.append({"trial_id": "", **arm_fields, **source, "status": "unavailable", "error": arm["reason"]})
+            trial_rows.append({"trial_id": "", **arm_fields, **source, "status": "unavailable", "error": arm["reason"],
+                               "damaged": ""})
             continue
-        trial_dir = _trial_dir(experiment_dir, arm["arm_id"])
-        epochs = read_epochs(trial_dir) if trial_dir else pd.DataFrame(columns=["epoch"])
-        status, error = _arm_status(epochs, trial_dir, total_epochs)
+        damaged: list[Path] = []
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids)
+        epochs = read_epochs(trial_dir, damaged) if trial_dir else pd.DataFrame(columns=["epoch"])
+        status, error = _arm_status(epochs, trial_dir, total_epochs, damaged)
+        if TRIAL_FAILED in epochs:  # the row that says why a trial stopped holds no metrics
+            epochs = epochs[epochs[TRIAL_FAILED].isna()].reset_index(drop=True)
+        damaged += artifact_damage(trial_dir) if trial_dir else []
         trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
         if not epochs.empty:
             frame = epochs.reindex(columns=["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
             epoch_frames.append(frame[arm_columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]])
-        trial_rows.append(
-            {"trial_id": trial_id, **arm_fields, **source, "status": status, "error": error, **_trial_summary(epochs)}
-        )
+        trial_rows.append({"trial_id": trial_id, **arm_fields, **source, "status": status, "error": error,
+                           "damaged": "; ".join(relative(p, experiment_dir) for p in damaged), **_trial_summary(epochs)})
     trials_table = pd.DataFrame(trial_rows)
     for column in INTEGER_COLUMNS.intersection(trials_table.columns):
         trials_table[column] = trials_table[column].astype("Int64")  # stays integer beside missing values
@@ -153,16 +341,18 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
 
 def collect_per_class(experiment_dir: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
     """(per_class, confusion): one row per arm × class of the test split (precision, recall, F1,
-    support), and each arm's confusion matrix (rows true, columns predicted) with its class names."""
+    support), and each arm's confusion matrix (rows true, columns predicted) with its class names.
+    A damaged ``test_per_class.json`` leaves its arm out."""
     experiment_dir = Path(experiment_dir)
     rows, confusion = [], {}
-    arms = read_json(experiment_paths(experiment_dir)["grid"])
+    arms = read_grid(experiment_dir)
+    arm_ids = [arm["arm_id"] for arm in arms]
     for arm in arms:
-        trial_dir = _trial_dir(experiment_dir, arm["arm_id"]) if arm["status"] != "unavailable" else None
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids) if arm["status"] != "unavailable" else None
         path = trial_dir / TEST_PER_CLASS_FILE if trial_dir else None
-        if path is None or not path.is_file():
+        scores = try_read(path, read_per_class)[0] if path is not None and path.is_file() else None
+        if scores is None:  # not tested yet, or damaged (collect's ``damaged`` names it)
             continue
-        scores = read_json(path)
         fields = {k: arm[k] for k in ARM_COLUMNS[1:] + (["fold"] if "fold" in arm else [])}
         for i, name in enumerate(scores["class_names"]):
             rows.append({**fields, "class": name, **{k: scores[k][i] for k in ("precision", "recall", "f1", "support")}})

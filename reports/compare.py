@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from harness.atomic import atomic_write_text
-from harness.experiment import experiment_paths, read_json
-from reports.collect import collect
+from reports.collect import collect, read_manifest
 from reports.comparison import comparison_tables, write_table
 from reports.derived import fold_test_train_ratio
+from reports.escaping import md_code, md_text
 from reports.markdown import markdown_table, split_text
 from reports.stats import welch_interval
 
@@ -28,9 +28,9 @@ COMPARED_METRICS = {  # trial-level metric → label
 }
 
 
-def _experiment_summary(experiment_dir: Path) -> tuple[dict, pd.DataFrame, pd.Series]:
-    """(manifest, per-model summary rows of the compared metrics, arm status counts)."""
-    manifest = read_json(experiment_paths(experiment_dir)["manifest"])
+def _experiment_summary(experiment_dir: Path) -> tuple[dict, pd.DataFrame, pd.Series, int]:
+    """(manifest, per-model summary rows of the compared metrics, arm status counts, arms with damaged files)."""
+    manifest = read_manifest(experiment_dir)
     spec = manifest["spec"]
     epochs, trials = collect(experiment_dir)
     tables = comparison_tables(epochs, trials, spec.get("report", {}).get("window", 5), spec["train"]["epochs"],
@@ -38,7 +38,7 @@ def _experiment_summary(experiment_dir: Path) -> tuple[dict, pd.DataFrame, pd.Se
     summary = tables["summary"]
     summary = summary[summary["metric"].isin(COMPARED_METRICS)].copy()
     summary["model"] = summary["backbone"] + "_" + summary["init"] + "_" + summary["variant"]
-    return manifest, summary, trials["status"].value_counts()
+    return manifest, summary, trials["status"].value_counts(), int(trials["damaged"].astype(bool).sum())
 
 
 def comparison_table(names: list[str], summaries: list[pd.DataFrame]) -> pd.DataFrame:
@@ -89,13 +89,16 @@ def _metric_table(table: pd.DataFrame, metric: str, names: list[str]) -> pd.Data
     return wide.reindex(index=models, columns=names).fillna("not in this experiment").reset_index()
 
 
-def _header(names: list[str], manifests: list[dict], statuses: list[pd.Series]) -> list[str]:
-    lines = ["| experiment | study | dataset | images | split | epochs | arms |", "|---|---|---|---|---|---|---|"]
-    for name, manifest, counts in zip(names, manifests, statuses):
+def _header(names: list[str], manifests: list[dict], statuses: list[pd.Series], damaged: list[int]) -> list[str]:
+    rows = []
+    for name, manifest, counts, n_damaged in zip(names, manifests, statuses, damaged):
         dataset, spec = manifest["dataset"], manifest["spec"]
         arms = ", ".join(f"{n} {s}" for s, n in counts.items())
-        lines.append(f"| `{name}` | {manifest['study']} | {dataset['name']} (`{dataset['fingerprint_sha256'][:12]}`) | "
-                     f"{dataset['images']} | {split_text(spec['split'])} | {spec['train']['epochs']} | {arms} |")
+        arms += f"; {n_damaged} with damaged files (see its report)" if n_damaged else ""
+        rows.append({"experiment": name, "study": manifest["study"],
+                     "dataset": f"{dataset['name']} ({dataset['fingerprint_sha256'][:12]})", "images": dataset["images"],
+                     "split": split_text(spec["split"]), "epochs": spec["train"]["epochs"], "arms": arms})
+    lines = [markdown_table(pd.DataFrame(rows)).rstrip("\n")]
     notes = [""]
     if len({m["dataset"]["fingerprint_sha256"] for m in manifests}) > 1:
         notes.append("**The experiments use different data** (dataset fingerprints differ): a difference mixes "
@@ -112,15 +115,17 @@ def build_comparison(experiment_dirs: list[Path], out_dir: Path) -> Path:
     if len(set(names)) != len(names):
         names = [str(d) for d in experiment_dirs]
     loaded = [_experiment_summary(Path(d)) for d in experiment_dirs]
-    manifests, summaries, statuses = (list(x) for x in zip(*loaded))
+    manifests, summaries, statuses, damaged = (list(x) for x in zip(*loaded))
     table = comparison_table(names, summaries)
     write_table(out_dir / "tables", "comparison", table)
-    lines = [f"# FERBench comparison — {' vs '.join(names)}", "", *_header(names, manifests, statuses), "",
-             f"Per model: mean over completed seeds [95% t interval] (n seeds); for `{names[0]}`'s followers, "
-             f"Δ = their mean − `{names[0]}`'s with a Welch 95% interval (the experiments are independent, not "
+    lines = [f"# FERBench comparison — {' vs '.join(md_text(n) for n in names)}", "",
+             *_header(names, manifests, statuses, damaged), "",
+             f"Per model: mean over completed seeds [95% t interval] (n seeds); for {md_code(names[0])}'s followers, "
+             f"Δ = their mean − {md_code(names[0])}'s with a Welch 95% interval (the experiments are independent, not "
              "paired by seed); a difference is claimed only where the interval excludes 0.", ""]
     for metric, label in COMPARED_METRICS.items():
         if (table["metric"] == metric).any():
-            lines += [f"## {label[0].upper()}{label[1:]}", "", markdown_table(_metric_table(table, metric, names))]
+            cells = markdown_table(_metric_table(table, metric, names), formatted=names)  # the cells: ``_cell``'s numbers
+            lines += [f"## {label[0].upper()}{label[1:]}", "", cells]
     atomic_write_text(out_dir / "report.md", "\n".join(lines))
     return out_dir

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
-from reports.markdown import markdown_table
+from harness.trainable import TEST_PER_CLASS_FILE
+from reports.markdown import damaged_arms, damaged_lines, markdown_table
 
 SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table
     "test_acc": "test acc", "test_macro_f1": "test macro F1", "test_weighted_f1": "test weighted F1",
@@ -19,6 +20,7 @@ SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed 
     "infer_latency_ms": "latency ms (batch 1)", "infer_images_per_s": "infer img/s", "wall_time_s": "wall s",
 }
 DIFFERENCE_METRICS = ("test_acc", "test_macro_f1", "initial_acc")
+DIFFERENCE_CELLS = ("mean difference", "95% CI", "p (t; sign-flip)", "verdict")  # written here, numbers and bold only
 WHOLE_NUMBERS = {"params_trainable", "train_images_per_s", "train_time_s", "infer_images_per_s", "wall_time_s"}
 
 
@@ -130,7 +132,7 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
         "narrow. These intervals describe each mean; whether two models differ is read from their paired "
         "difference (below and in the Recommendation), not from whether these intervals overlap. "
         "All metrics are in `tables/summary.csv`.", "",
-        markdown_table(_seed_table(tables["summary"])),
+        markdown_table(_seed_table(tables["summary"]), formatted=SUMMARY_METRICS.values()),
         "![Test accuracy vs trainable parameters, Pareto front](figures/accuracy_vs_params.png)", "",
         "![Test accuracy vs training throughput, Pareto front](figures/accuracy_vs_throughput.png)", "",
     ]
@@ -142,13 +144,14 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
             "Bengio, since folds share training data) and, for up to 10 pairs, the exact sign-flip permutation p. "
             "A difference is claimed only with at least 3 pairs and an interval that excludes 0; the verdict says "
             "why not otherwise, and how many seeds a difference of the size seen would need.", "",
-            markdown_table(_differences_table(tables["differences"])),
+            markdown_table(_differences_table(tables["differences"]), formatted=DIFFERENCE_CELLS),
         ]
-    if not per_class.empty:
+    damaged = damaged_lines(damaged_arms(tables["trials"], TEST_PER_CLASS_FILE))
+    if not per_class.empty or damaged:
         lines += ["## Per-class F1 on the test split", "",
-                  "Mean over seeds; precision, recall, support and every arm are in `tables/per_class.csv`.", "",
-                  markdown_table(_per_class_table(per_class)),
-                  "![Normalised confusion matrices](figures/confusion.png)", ""]
+                  "Mean over seeds; precision, recall, support and every arm are in `tables/per_class.csv`.", ""]
+        lines += [markdown_table(_per_class_table(per_class))] if not per_class.empty else []
+        lines += [*damaged, *([""] if damaged else []), "![Normalised confusion matrices](figures/confusion.png)", ""]
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ RATE_METRICS = {"accuracy": ("train_acc", "val_acc"), "loss": ("train_loss", "va
 RATE_KINDS = ("MCR", "MOFR")
 # Columns that can read back from CSV as numbers (an all-empty text column is float NaN) but are
 # identifiers, settings or text, not metrics to average.
-NOT_METRICS = {"trial_id", "arm_id", "seed", "fold", "weights_source", "status", "error", "epochs_done",
+NOT_METRICS = {"trial_id", "arm_id", "seed", "fold", "weights_source", "status", "error", "damaged", "epochs_done",
                "input_size", "resumed_at_epochs"}
 INIT_ORDER = ("pretrained", "random")
 DIFFERENCE_COLUMNS = ["comparison", "backbone", "variant", "init", "metric", "n_pairs", "n_unpaired", "mean_diff",

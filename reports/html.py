@@ -2,6 +2,10 @@
 
 Figures are embedded as ``data:`` URIs and the page carries its own CSS and sorting script, so the file
 can be mailed, archived or opened offline without the ``figures/`` folder next to it.
+
+The page must never run anything but its own script, whatever names the study, its files or its errors
+carry: report.md escapes them (``reports.escaping``), and as a second line of defence the rendering
+passes no raw HTML through and keeps only links that cannot run script (``_SafeLinks``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import markdown
 from markdown.treeprocessors import Treeprocessor
+from markdown.util import AMP_SUBSTITUTE
 
 from harness.atomic import atomic_write_text
 
@@ -116,8 +121,63 @@ SCRIPT = """
 """
 
 
+# Python-Markdown's placeholder for a backslash-escaped character until its "unescape" step.
+_ESCAPED = re.compile("\x02(\\d+)\x03")
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):", re.I)
+_URL_IGNORED = re.compile(r"[\x00-\x20\x7f-\x9f\s]+")  # what a browser drops from a URL before reading its scheme
+SAFE_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp)[;,]", re.I)
+URL_ATTRIBUTES = {"href", "src", "srcset", "action", "formaction", "xlink:href", "background", "poster", "data", "ping"}
+CHECKED_URLS = {("a", "href"), ("img", "src")}  # the only URL attributes kept, each when its check passes
+ALLOWED_TAGS = {"div", "p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "a", "img", "code", "pre", "em",
+                "strong", "blockquote", "hr", "br", "table", "thead", "tbody", "tr", "th", "td", "span", "figure",
+                "figcaption", "header", "nav", "main", "dl", "dt", "dd"}
+
+
 def _text(element: etree.Element) -> str:
-    return "".join(element.itertext()).strip()
+    return _ESCAPED.sub(lambda m: chr(int(m.group(1))), "".join(element.itertext())).strip()
+
+
+def _url(value: str) -> str:
+    """The URL a browser would follow: entities decoded (also nested ones), blanks and controls dropped."""
+    value, previous = value.replace(AMP_SUBSTITUTE, "&"), None
+    while value != previous:
+        previous, value = value, html.unescape(value)
+    return _URL_IGNORED.sub("", _ESCAPED.sub(lambda m: chr(int(m.group(1))), value))
+
+
+def safe_href(value: str) -> bool:
+    """http(s), a relative link or an in-page ``#anchor``: nothing that runs script (``javascript:``,
+    ``vbscript:``, ``data:text/html``, ``file:``, …)."""
+    scheme = _SCHEME.match(_url(value))
+    return scheme is None or scheme.group(1).lower() in ("http", "https")
+
+
+def safe_src(value: str) -> bool:
+    """A relative file (embedded later) or an embedded raster image; no remote or scripted source."""
+    url = _url(value)
+    return bool(SAFE_IMAGE.match(url)) or (_SCHEME.match(url) is None and not url.startswith(("//", "\\")))
+
+
+class _SafeLinks(Treeprocessor):
+    """The last step: a link that could run script becomes its text, such an image its alt text, and no
+    element keeps an event handler or a tag Markdown does not write (raw HTML is off, so none should)."""
+
+    def run(self, root: etree.Element) -> None:
+        for element in root.iter():
+            if element.tag not in ALLOWED_TAGS:
+                element.tag = "span"
+            for name in list(element.attrib):
+                lowered = name.lower()
+                if lowered.startswith("on") or (lowered in URL_ATTRIBUTES and (element.tag, lowered) not in CHECKED_URLS):
+                    del element.attrib[name]
+            if element.tag == "a" and not safe_href(element.get("href", "")):
+                element.tag = "span"
+                element.attrib.clear()
+            elif element.tag == "img" and not safe_src(element.get("src", "")):
+                alt = element.get("alt", "")
+                element.tag = "span"
+                element.attrib.clear()
+                element.text = alt
 
 
 def _data_uri(path: Path) -> str:
@@ -214,7 +274,8 @@ def _copy(element: etree.Element) -> etree.Element:
 def render_html(markdown_text: str, report_dir: Path) -> str:
     """The page for ``markdown_text``, images resolved relative to ``report_dir`` and embedded.
 
-    Raw HTML in the Markdown is shown as text, never interpreted: trial errors may contain ``<…>``.
+    Raw HTML in the Markdown is shown as text, never interpreted: trial errors may contain ``<…>``;
+    links and images that could run script are dropped (``_SafeLinks``).
     """
     md = markdown.Markdown(extensions=["tables"], output_format="html")
     md.preprocessors.deregister("html_block")
@@ -222,6 +283,7 @@ def render_html(markdown_text: str, report_dir: Path) -> str:
     md.inlinePatterns.deregister("entity")
     tree = _ReportTree(md, Path(report_dir))
     md.treeprocessors.register(tree, "ferbench_report", 15)  # after inline markup, before prettify
+    md.treeprocessors.register(_SafeLinks(md), "ferbench_safe_links", -10)  # last: sees the final attributes
     body = md.convert(markdown_text)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

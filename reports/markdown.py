@@ -1,10 +1,19 @@
-"""Render the study report as Markdown: grid, arm statuses, final metrics, split class counts."""
+"""Render the study report as Markdown: grid, arm statuses, final metrics, split class counts.
+
+Every string that comes from a user (study and run names, backbone and class names, file paths, error
+messages, the dataset's name) goes through ``reports.escaping`` or ``md_cell``: report.md is also
+rendered to report.html, where a name such as ``[r](javascript:alert(1))`` must stay text.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 
 import pandas as pd
+
+from reports.escaping import md_code, md_text
 
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
@@ -47,21 +56,55 @@ def _model_options(model: dict) -> str:
     return "".join(f", {part}" for part in parts)
 
 
-def _fmt(value, digits: int = 3) -> str:
+# What starts inline markup inside a line: code, emphasis (``_`` only at a word's edge), links and
+# images (``[``), a table's cell border; ``<`` and ``&`` (raw HTML, autolinks, entities) become entities.
+_CELL_SPECIALS = re.compile(r"[\\`*\[\]|]|(?<!\w)_|_(?!\w)")
+
+
+def md_cell(value: object) -> str:
+    """``value`` as literal text anywhere but at the start of a line (a table cell, after a label).
+
+    Why not ``md_text``: it escapes every character Markdown reads at a line's start too (``-``, ``.``,
+    ``(``, ``#``), so ``6 (14.3%)`` or ``small_cnn_s0`` would read ``6 \\(14\\.3%\\)``, ``small\\_cnn\\_s0``
+    in report.md; inside a line only the characters that open inline markup matter.
+    """
+    text = " ".join(str(value).splitlines()).replace("&", "&amp;").replace("<", "&lt;")
+    return _CELL_SPECIALS.sub(lambda match: "\\" + match.group(), text)
+
+
+def _fmt(value, digits: int = 3, formatted: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "–"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return str(value)
+    return str(value).replace("|", "\\|") if formatted else md_cell(value)
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+def markdown_table(frame: pd.DataFrame, digits: int = 3, formatted: Iterable[str] = ()) -> str:
+    """A pipe table of ``frame``: floats to ``digits`` places, missing values as "–", headers and text
+    cells escaped (``md_cell``: names come from users). ``formatted``: columns whose text this package
+    wrote as Markdown (numbers with intervals, bold verdicts) and that hold no user text; kept as written."""
     if frame.empty:
         return "_none_\n"
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    keep = [column in set(formatted) for column in frame.columns]
+    header = "| " + " | ".join(md_cell(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = ["| " + " | ".join(_fmt(v, digits).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
+    rows = ["| " + " | ".join(_fmt(v, digits, k) for v, k in zip(row, keep)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows]) + "\n"
+
+
+def damaged_arms(trials: pd.DataFrame, file_name: str) -> list[tuple[str, str]]:
+    """(arm_id, path) of every arm whose ``file_name`` could not be read (``trials.damaged``, see
+    ``reports.collect``), for the one-line note a section shows where that arm would be."""
+    if trials is None or "damaged" not in trials:
+        return []
+    return [(arm, path) for arm, listed in zip(trials["arm_id"], trials["damaged"].fillna(""))
+            for path in str(listed).split("; ") if path and path.rsplit("/", 1)[-1] == file_name]
+
+
+def damaged_lines(entries: list[tuple[str, str]]) -> list[str]:
+    """The notes of ``damaged_arms``: ``- `arm`: damaged: PATH`` (the rest of the section is intact)."""
+    return [f"- {md_code(arm)}: damaged: {md_cell(path)}" for arm, path in entries]
 
 
 def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -74,6 +117,9 @@ def _arms_table(trials: pd.DataFrame) -> pd.DataFrame:
     table = trials.reindex(columns=list(columns))
     for column in ("train_images_per_s", "train_time_s"):
         table[column] = table[column].round(0).astype("Int64")
+    damaged = trials["damaged"].fillna("") if "damaged" in trials else pd.Series("", index=trials.index)
+    if damaged.astype(bool).any():  # an arm with a file that could not be read: the rest of it is shown
+        table["notes"] = ["damaged: " + d if d else "" for d in damaged]
     return table.rename(columns=columns)
 
 
@@ -82,8 +128,9 @@ def _partial_banner(manifest: dict, counts: pd.Series) -> list[str]:
     unfinished = int(counts.get("incomplete", 0))
     if not unfinished:
         return []
+    resume = md_code(f"ferbench run {manifest['study']} --resume")
     return [f"> **Partial results**: {unfinished} of {int(counts.sum())} arms have not finished (still running, "
-            f"or interrupted: `ferbench run {manifest['study']} --resume` continues it). Tables and figures show "
+            f"or interrupted: {resume} continues it). Tables and figures show "
             "only the epochs recorded so far; statistics count completed arms only.", ""]
 
 
@@ -93,22 +140,24 @@ def render_markdown(
     spec = manifest["spec"]
     dataset = manifest["dataset"]
     grid = spec["grid"]
+    hardware = manifest["hardware"]
     counts = trials["status"].value_counts()
     status_line = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts)
     lines = [
-        f"# FERBench report — {manifest['study']} ({manifest['experiment']})",
+        f"# FERBench report — {md_text(manifest['study'])} ({md_text(manifest['experiment'])})",
         "",
-        f"Created {manifest['created']}. {len(trials)} arms: {status_line}.",
+        f"Created {md_cell(manifest['created'])}. {len(trials)} arms: {status_line}.",
         "",
         *_partial_banner(manifest, counts),
         "## Study",
         "",
-        f"- Dataset: **{dataset['name']}**, {dataset['images']} images "
+        f"- Dataset: **{md_text(dataset['name'])}**, {dataset['images']} images "
         f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
-        f"classes {', '.join(dataset['class_names'])}",
+        f"classes {', '.join(md_text(name) for name in dataset['class_names'])}",
         f"- Split: {split_text(spec['split'])}",
-        f"- Grid: backbone {grid['backbone']} × init {grid['init']} × variant {grid['variant']} × seed {grid['seed']}"
-        + (f", excluding {grid['exclude']}" if grid["exclude"] else ""),
+        f"- Grid: backbone {md_cell(grid['backbone'])} × init {md_cell(grid['init'])} × variant "
+        f"{md_cell(grid['variant'])} × seed {md_cell(grid['seed'])}"
+        + (f", excluding {md_cell(grid['exclude'])}" if grid["exclude"] else ""),
         f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "
         f"batch {spec['train']['batch_size']}, input size {spec['train']['input_size']}, "
         f"augmentation {'on' if spec['train']['augment']['enabled'] else 'off'}, "
@@ -132,9 +181,9 @@ def render_markdown(
         reasons: dict[tuple[str, str], list[str]] = {}  # (status, reason) → arms
         for row in problems.itertuples(index=False):
             reason = row.error or ("interrupted; run again with --resume to finish it" if row.status == "incomplete" else "")
-            reasons.setdefault((row.status, reason), []).append(f"`{row.arm_id}`")
+            reasons.setdefault((row.status, reason), []).append(md_code(row.arm_id))
         for (status, reason), arms in reasons.items():
-            lines.append(f"- {', '.join(arms)} — **{status}**: {reason}")
+            lines.append(f"- {', '.join(arms)} — **{status}**: {md_text(reason)}")
         lines.append("")
     lines += [section.rstrip() + "\n" for section in sections or []]
     if data_section is not None:
@@ -154,11 +203,11 @@ def render_markdown(
         "",
         "## Reproducibility",
         "",
-        f"- Dataset fingerprint (SHA-256 of pixels and labels): `{dataset['fingerprint_sha256']}`",
-        f"- Git commit: `{manifest.get('git_commit') or 'unknown'}`",
-        f"- Versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
-        f"- Hardware: {manifest['hardware'].get('processor')}, {manifest['hardware'].get('cpu_count')} CPUs, "
-        f"{manifest['hardware'].get('memory_gb', '?')} GiB, GPUs: {manifest['hardware'].get('cuda_devices') or 'none'}",
+        f"- Dataset fingerprint (SHA-256 of pixels and labels): {md_code(dataset['fingerprint_sha256'])}",
+        f"- Git commit: {md_code(manifest.get('git_commit') or 'unknown')}",
+        "- Versions: " + ", ".join(f"{md_cell(k)} {md_cell(v)}" for k, v in manifest["versions"].items()),
+        f"- Hardware: {md_cell(hardware.get('processor'))}, {md_cell(hardware.get('cpu_count'))} CPUs, "
+        f"{md_cell(hardware.get('memory_gb', '?'))} GiB, GPUs: {md_cell(hardware.get('cuda_devices') or 'none')}",
         "- Tables (CSV and Parquet): `tables/epochs.csv` (one row per trial × epoch), `tables/trials.csv` (one row "
         "per arm), `tables/mcr_mofr.csv`, `tables/summary.csv` (per model and metric across seeds), "
         "`tables/differences.csv` (paired comparisons), `tables/per_class.csv`.",

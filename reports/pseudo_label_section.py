@@ -13,30 +13,37 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.experiment import experiment_paths, read_json
 from harness.selection import ROUND_RULE
 from harness.spec import uses_pseudo_label
 from harness.trainable import ROUNDS_FILE
-from reports.collect import ARM_COLUMNS, _trial_dir, collect
+from reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_manifest, read_rounds, try_read
 from reports.comparison import write_table
 from reports.derived import mcr_mofr
-from reports.markdown import markdown_table
+from reports.escaping import md_code, md_text
+from reports.markdown import damaged_arms, damaged_lines, markdown_table
 from reports.stats import compare_paired, format_difference
 
 ROUND_COLUMNS = ["round", "epoch", "selected_epoch", "train_size", "candidates", "confident", "images_added", "pseudo_labelled",
                  "added_precision", "pseudo_precision", "val_acc", "val_macro_f1", "test_acc", "test_macro_f1",
                  "test_weighted_f1"]
 VERSUS_METRICS = {"test_acc": "test acc", "test_macro_f1": "test macro F1"}  # round − baseline, paired
+SECTION_TITLE = "## Pseudo-labelling (Arsirii & Petrosiuk 2023)"
 SELECTED = "selected"  # the round label of each seed's selected round in the vs-baseline table
 
 
 def _stored_rounds(experiment_dir: Path):
-    """(arm, its trial's pseudo_label_rounds.json) for every pseudo_label arm that wrote one."""
-    for arm in read_json(experiment_paths(experiment_dir)["grid"]):
-        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"]) if arm["status"] != "unavailable" else None
+    """(arm, its trial's pseudo_label_rounds.json) for every pseudo_label arm that wrote a readable one
+    (a damaged one is named by ``reports.collect.collect``'s ``damaged`` column)."""
+    arms = read_grid(experiment_dir)
+    arm_ids = [arm["arm_id"] for arm in arms]
+    for arm in arms:
+        if arm["status"] == "unavailable" or not uses_pseudo_label(arm["variant"]):
+            continue
+        trial_dir = _trial_dir(Path(experiment_dir), arm["arm_id"], arm_ids)
         path = trial_dir / ROUNDS_FILE if trial_dir else None
-        if uses_pseudo_label(arm["variant"]) and path is not None and path.is_file():
-            yield arm, read_json(path)
+        stored = try_read(path, read_rounds)[0] if path is not None and path.is_file() else None
+        if stored is not None:
+            yield arm, stored
 
 
 def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -120,10 +127,10 @@ def _versus_table(versus: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tested_text(experiment_dir: Path) -> str:
-    train = read_json(experiment_paths(experiment_dir)["manifest"])["spec"]["train"]
+    train = read_manifest(experiment_dir)["spec"]["train"]
     if train.get("select", "last") == "last":
         return "its last epoch, `train.select: last`"
-    return (f"its epoch with the best {train.get('select_metric', 'val_acc')}, `train.select: best_val`; the epoch is "
+    return (f"its epoch with the best {md_text(train.get('select_metric', 'val_acc'))}, `train.select: best_val`; the epoch is "
             "`selected_epoch` in `tables/pseudo_label_rounds.csv`")
 
 
@@ -201,7 +208,7 @@ def _pool_text(rounds: pd.DataFrame) -> str:
     pools = rounds.drop_duplicates("pool")
     if pools["pool"].tolist() == ["held-out share of train"]:
         return "a held-out share of train whose labels are hidden"
-    described = [f"{int(row.pool_size):,} images from `{row.pool}`" for row in pools.itertuples() if row.pool != "held-out share of train"]
+    described = [f"{int(row.pool_size):,} images from {md_code(row.pool)}" for row in pools.itertuples() if row.pool != "held-out share of train"]
     return f"external, without labels: {'; '.join(described)}"
 
 
@@ -211,9 +218,10 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
     ``pseudo_label_vs_baseline`` and the figures; return the Markdown section ("" without pseudo_label
     arms). ``trials`` (collected again when not given) holds the baseline arms' test metrics."""
     rounds, per_class = collect_rounds(experiment_dir)
-    if rounds.empty:
-        return ""
     trials = collect(experiment_dir)[1] if trials is None else trials
+    damaged = damaged_lines(damaged_arms(trials, ROUNDS_FILE))
+    if rounds.empty:  # no pseudo_label arm, none has finished a round, or every one's record is damaged
+        return "\n".join([SECTION_TITLE, "", *damaged, ""]) if damaged else ""
     versus = rounds_vs_baseline(rounds, trials, test_train_ratio)
     tables = report_dir / "tables"
     write_table(tables, "pseudo_label_rounds", rounds)
@@ -231,7 +239,7 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
     threshold = rounds["threshold"].iloc[0]
     stops = rounds[rounds["stop_reason"].astype(bool)]
     lines = [
-        "## Pseudo-labelling (Arsirii & Petrosiuk 2023)", "",
+        SECTION_TITLE, "",
         f"Round 0 is the teacher, trained on the labelled part of train. After each round the model predicts the "
         f"unlabeled pool ({_pool_text(rounds)}); every image predicted with probability "
         f"above {threshold} joins the training set with its predicted label, and the next round trains a student on the "
@@ -246,16 +254,16 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         "(over each round's own epochs), each round's test confusion matrix in each trial's `pseudo_label_rounds.json` "
         "and below; "
         "the paired differences of the selected rounds are in the *variant vs baseline* table above.", "",
-        markdown_table(_round_table(rounds)),
+        markdown_table(_round_table(rounds)), *damaged, *([""] if damaged else []),
         "![Test macro F1, pseudo-labelled images and their precision per round](figures/pseudo_label_rounds.png)", "",
     ]
     for arm, (student_rounds, reason) in zip(stops["arm_id"], zip(stops["round"], stops["stop_reason"])):
-        lines.append(f"- {arm}: {int(student_rounds)} student round(s); stopped: {reason}.")
+        lines.append(f"- {md_code(arm)}: {int(student_rounds)} student round(s); stopped: {md_text(reason)}.")
     if not versus.empty:
         lines += ["", "Every round against the baseline arm of the same backbone, init, seed (and fold): the paired "
                   "difference round − baseline of the test metrics, with its 95% interval; the *selected* row pairs each "
                   "seed's selected round, as the *variant vs baseline* table does. `tables/pseudo_label_vs_baseline.csv`.", "",
-                  markdown_table(_versus_table(versus))]
+                  markdown_table(_versus_table(versus), formatted=[f"{label} − baseline" for label in VERSUS_METRICS.values()])]
     if not per_class.empty:  # the paper's Fig. 7: teacher (round 0) vs students, per class
         frame = per_class.assign(model=_model(per_class))
         f1 = frame.pivot_table(index=["model", "round"], columns="class", values="test_f1", aggfunc="mean", sort=False)

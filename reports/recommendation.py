@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from reports.derived import GROUP_KEYS, unit_pairs
+from reports.escaping import md_code, md_text
 from reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
 
 CRITERIA = [  # (metric in summary, label, higher is better)
@@ -66,7 +67,7 @@ def _value(metric: str, value: float) -> str:
 
 def _cell(metric: str, row, unit: str = "") -> str:
     """`model` mean [low, high] (the interval only with two or more seeds)."""
-    text = f"`{row.model}` {_value(metric, row.mean)}{unit}"
+    text = f"{md_code(row.model)} {_value(metric, row.mean)}{unit}"
     if row.n >= 2 and not pd.isna(row.ci95_low):
         text += f" [95% CI {_value(metric, row.ci95_low)}, {_value(metric, row.ci95_high)}; {row.n} seeds]"
     else:
@@ -201,8 +202,8 @@ def _verdict(rank: dict, metric: str, only: str = "(the only model with a value)
         return only
     if rank["exact"]:
         if rank["tied"]:
-            return "tied with " + ", ".join(f"`{o.model}`" for o in rank["tied"]) + " (same value)"
-        return f"ahead of the runner-up `{others[0].model}` ({_value(metric, others[0].mean)}; an exact count, the same for every seed)"
+            return "tied with " + ", ".join(md_code(o.model) for o in rank["tied"]) + " (same value)"
+        return f"ahead of the runner-up {md_code(others[0].model)} ({_value(metric, others[0].mean)}; an exact count, the same for every seed)"
     parts = []
     if rank["tied"]:
         parts.append("tied (paired 95% CI of the difference includes 0) with " + ", ".join(
@@ -210,7 +211,7 @@ def _verdict(rank: dict, metric: str, only: str = "(the only model with a value)
     if rank["open"]:
         n = max(rank["diffs"][o.model].n for o in rank["open"])
         parts.append(f"too few seeds (n = {n}): no difference is established from "
-                     + ", ".join(f"`{o.model}`" for o in rank["open"])
+                     + ", ".join(md_code(o.model) for o in rank["open"])
                      + f" (a claim needs at least {MIN_PAIRS} seed pairs; runner-up {_cell(metric, others[0])})")
     if not parts:
         runner = others[0]
@@ -268,13 +269,13 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
         treated = str(comparison).split(" − ")[0]
         is_init = comparison == "pretrained − random"
         title = "Pretrained vs random" if is_init else f"{treated} vs baseline"
-        actor = "pretraining" if is_init else f"`{treated}`"
+        actor = "pretraining" if is_init else md_code(treated)
         items = []
         for row in block.itertuples(index=False):
             if is_init:
-                subject = f"`{row.backbone}`" + (f" ({row.variant})" if multi_variant and not pd.isna(row.variant) else "")
+                subject = md_code(row.backbone) + (f" ({md_text(row.variant)})" if multi_variant and not pd.isna(row.variant) else "")
             else:
-                subject = f"`{row.backbone}_{row.init}`"
+                subject = md_code(f"{row.backbone}_{row.init}")
             label = METRIC_LABELS.get(row.metric, row.metric)
             diff = "–" if pd.isna(row.mean_diff) else f"{row.mean_diff:+.3f}"
             interval = "no interval" if pd.isna(row.ci_low) else f"95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
@@ -311,11 +312,11 @@ def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr:
         f"otherwise it is *tied*, or, with fewer pairs, no difference is established.", "",
     ]
     if left_out:
-        lines += ["Left out (no completed trials): " + ", ".join(f"`{m}`" for m in left_out) + ".", ""]
+        lines += ["Left out (no completed trials): " + ", ".join(md_code(m) for m in left_out) + ".", ""]
     flat = _flat_models(trials, multi, models)
     if flat:
         lines += ["Did not learn (training accuracy flat over every epoch, in every completed seed; its MCR and MOFR "
-                  "are 0 for that reason): " + ", ".join(f"`{m}`" for m in flat) + ". Left out of the rankings below.", ""]
+                  "are 0 for that reason): " + ", ".join(md_code(m) for m in flat) + ". Left out of the rankings below.", ""]
         models = [m for m in models if m not in flat]
     if not models:
         return "\n".join(lines + ["No model has a completed trial, so there is nothing to recommend.", ""])
@@ -342,7 +343,7 @@ def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr:
         lines.append("- **Pareto-optimal (test accuracy vs trainable parameters)**: not available.")
     else:
         lines.append("- **Pareto-optimal (test accuracy vs trainable parameters)**: " + ", ".join(
-            f"`{p.model}` ({p.acc:.3f}, {p.params:,.0f} params)" for p in pareto.itertuples(index=False))
+            f"{md_code(p.model)} ({p.acc:.3f}, {p.params:,.0f} params)" for p in pareto.itertuples(index=False))
             + " (no other model is at least as accurate with as few parameters; means, so a point on the "
               "front need not differ from its neighbours beyond the seed noise).")
     lines += _difference_lines(differences, multi)
@@ -369,7 +370,7 @@ def _decision_rule(ranker: Ranker, stats: dict[str, pd.DataFrame], pareto: pd.Da
     speed = stats["train_images_per_s"]
     speed = speed[speed["model"].isin(contenders)]
     fast = ranker.rank(speed, "train_images_per_s", higher=True)
-    within = ", ".join(f"`{m}`" for m in contenders)
+    within = ", ".join(md_code(m) for m in contenders)
     if fast is None:
         speed_text = f"no throughput recorded for the models not established to be less accurate than the best ({within})"
     else:
@@ -387,7 +388,7 @@ def _decision_rule(ranker: Ranker, stats: dict[str, pd.DataFrame], pareto: pd.Da
         smaller = [o for o in [*quality["tied"], *quality["open"]] if params[o.model] < params[best.model]]
         note = ""
         if smaller:
-            note = ("; the smaller " + ", ".join(f"`{o.model}` ({params[o.model]:,.0f} params)" for o in smaller)
+            note = ("; the smaller " + ", ".join(f"{md_code(o.model)} ({params[o.model]:,.0f} params)" for o in smaller)
                     + " is not established to be less accurate")
         text.append(f"- If quality matters and resources are limited: {_cell('test_acc', best)} test acc, "
                     f"{params[best.model]:,.0f} trainable params — most accurate among the Pareto set; "

@@ -14,11 +14,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from harness.experiment import experiment_paths, read_json
+from harness.experiment import experiment_paths
 from harness.samples import Samples, load_samples
 from harness.trainable import TEST_PREDICTIONS_FILE
-from reports.collect import _trial_dir
+from reports.collect import _trial_dir, read_grid, read_predictions, relative, try_read
 from reports.figures import GROUP_KEYS, _light, _order, _save, _style, backbone_palette, placeholder
+from reports.markdown import damaged_arms, damaged_lines, md_cell
 
 TITLE = "Sample test images and predicted probabilities"
 COLUMNS = ["sample", "index", "true_class", "model", *GROUP_KEYS, "class", "probability", "n_trials"]
@@ -27,13 +28,23 @@ TRUE_BAND = "#fff3b0"
 
 
 def _trial_probabilities(path: Path, indices: np.ndarray, n_classes: int) -> dict[int, np.ndarray]:
-    """Sample position → probability row, for the samples in this trial's test split."""
-    with np.load(path) as stored:
-        tested, probabilities = stored["indices"], stored["probabilities"]
-    if probabilities.ndim != 2 or probabilities.shape[1] != n_classes:
+    """Sample position → probability row, for the samples in this trial's test split ({} when the file
+    is damaged: ``reports.collect.collect`` names it)."""
+    stored = try_read(path, read_predictions)[0]
+    if stored is None or stored["probabilities"].shape[1] != n_classes:
         return {}
+    tested, probabilities = stored["indices"], stored["probabilities"]
     row_of = {int(index): row for row, index in enumerate(tested)}
     return {i: probabilities[row_of[int(index)]] for i, index in enumerate(indices) if int(index) in row_of}
+
+
+def read_samples(path: Path) -> Samples | None:
+    """``ferbench/samples.npz`` (None when the experiment has none), with every array the report reads."""
+    samples = load_samples(path)
+    missing = [key for key in ("images", "indices", "labels", "class_names") if samples is not None and key not in samples]
+    if missing:
+        raise KeyError(missing[0])
+    return samples
 
 
 def collect_sample_probabilities(experiment_dir: Path) -> tuple[Samples | None, pd.DataFrame]:
@@ -41,14 +52,15 @@ def collect_sample_probabilities(experiment_dir: Path) -> tuple[Samples | None, 
     probability over the trials that tested the sample (a k-fold trial whose test part lacks it
     is left out). A trial counts once it has written its test predictions."""
     experiment_dir = Path(experiment_dir)
-    paths = experiment_paths(experiment_dir)
-    samples = load_samples(paths["samples"])
+    samples = try_read(experiment_paths(experiment_dir)["samples"], read_samples)[0]  # damaged: as if none
     if samples is None or not len(samples["indices"]):
         return samples, pd.DataFrame(columns=COLUMNS)
     class_names = [str(c) for c in samples["class_names"]]
     stacks: dict[tuple, dict[int, list[np.ndarray]]] = {}
-    for arm in read_json(paths["grid"]):
-        trial_dir = _trial_dir(experiment_dir, arm["arm_id"]) if arm["status"] != "unavailable" else None
+    arms = read_grid(experiment_dir)
+    arm_ids = [arm["arm_id"] for arm in arms]
+    for arm in arms:
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids) if arm["status"] != "unavailable" else None
         if trial_dir is None or not (trial_dir / TEST_PREDICTIONS_FILE).is_file():
             continue
         found = _trial_probabilities(trial_dir / TEST_PREDICTIONS_FILE, samples["indices"], len(class_names))
@@ -155,6 +167,16 @@ def plot_sample_predictions(samples: Samples | None, probs: pd.DataFrame, path: 
         return _save(figure, path)
     reason = "no sample images stored" if samples is None or not len(samples["indices"]) else "no completed trial"
     return placeholder(path, TITLE, reason)
+
+
+def samples_section(experiment_dir: Path, trials: pd.DataFrame) -> str:
+    """``SAMPLES_SECTION``, with a ``damaged: FILE`` line for a damaged ``ferbench/samples.npz`` and for
+    every arm whose ``test_predictions.npz`` is damaged (the figure shows the others)."""
+    path = experiment_paths(experiment_dir)["samples"]
+    notes = damaged_lines(damaged_arms(trials, TEST_PREDICTIONS_FILE))
+    if path.exists() and try_read(path, read_samples)[1]:
+        notes.insert(0, f"- damaged: {md_cell(relative(path, Path(experiment_dir)))} (no sample images to show)")
+    return SAMPLES_SECTION + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 SAMPLES_SECTION = (

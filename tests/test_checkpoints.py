@@ -10,7 +10,7 @@ import torch
 
 from harness.checkpoints import (
     CHECKPOINT_FILE, HISTORY_FILE, SEAL_FILE, newest_history, read_checkpoint, read_history, trial_folder,
-    trial_folders, write_checkpoint_files,
+    write_checkpoint_files,
 )
 
 
@@ -68,7 +68,7 @@ def test_readers_fall_back_to_the_newest_intact_checkpoint(tmp_path):
     assert newest_history(tmp_path / "absent") == []
 
 
-def test_the_arm_folder_that_got_furthest_is_chosen_and_names_match_exactly(tmp_path):
+def test_the_arm_folder_that_got_furthest_is_chosen_and_a_longer_arm_id_is_no_match(tmp_path):
     def trial(name: str, epochs: int | None, age: int):
         folder = tmp_path / name
         folder.mkdir()
@@ -78,12 +78,13 @@ def test_the_arm_folder_that_got_furthest_is_chosen_and_names_match_exactly(tmp_
         os.utime(folder, (1_000_000 + age, 1_000_000 + age))
         return folder
 
-    old = trial("small_cnn_random_baseline_s0_ab12c_00000", 3, age=0)
-    trial("small_cnn_random_baseline_s0_de34f_00000", None, age=10)  # resumed, cut before its first checkpoint
-    trial("small_cnn_random_baseline_s0_f1_ab12c_00001", 9, age=20)  # another arm (fold 1) sharing the prefix
-    (tmp_path / "small_cnn_random_baseline_s0_99999_00002").mkdir()  # no params.json: not a trial folder
-    assert len(trial_folders(tmp_path, "small_cnn_random_baseline_s0")) == 2
-    assert trial_folder(tmp_path, "small_cnn_random_baseline_s0") == old
-    newer = trial("small_cnn_random_baseline_s0_0aa0a_00000", 5, age=30)
-    assert trial_folder(tmp_path, "small_cnn_random_baseline_s0") == newer
-    assert trial_folder(tmp_path, "vgg_face_pretrained_baseline_s0") is None
+    arm, longer = "timm:x_random_baseline_s0", "timm:x_random_baseline_s0_y_random_baseline_s0"
+    old = trial(f"{arm}_ab12c_00000", 3, age=0)
+    trial(f"{arm}_de34f_00000", None, age=10)  # resumed, cut before its first checkpoint
+    trial(f"{longer}_ab12c_00001", 9, age=20)  # another arm whose id starts with this one's
+    (tmp_path / f"{arm}_99999_00002").mkdir()  # no params.json: not a trial folder
+    assert trial_folder(tmp_path, arm, [arm, longer]) == old
+    newer = trial(f"{arm}_0aa0a_00000", 5, age=30)
+    assert trial_folder(tmp_path, arm, [arm, longer]) == newer
+    assert trial_folder(tmp_path, longer, [arm, longer]).name == f"{longer}_ab12c_00001"
+    assert trial_folder(tmp_path, "vgg_face_pretrained_baseline_s0", [arm]) is None

@@ -5,6 +5,7 @@ fits the window and its sorting script orders rows as intended."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -231,13 +232,13 @@ TINY = [
 ]
 
 def markdown_tables(text: str) -> list[list[list[str]]]:
-    """The pipe tables of report.md as cell texts (inline code and bold marks dropped)."""
+    """The pipe tables of report.md as cell texts (inline code and bold marks dropped, escapes read)."""
     tables, rows = [], []
     for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
             if not re.fullmatch(r"\|(-+\|)+", line):
                 cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
-                rows.append([re.sub(r"`|\*\*", "", c).replace("\\|", "|").strip() for c in cells])
+                rows.append([html.unescape(re.sub(r"\\(.)", r"\1", re.sub(r"(?<!\\)`|\*\*", "", c))).strip() for c in cells])
         elif rows:
             tables.append(rows)
             rows = []

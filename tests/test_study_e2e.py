@@ -273,3 +273,20 @@ def test_every_figure_the_report_links_exists(baseline_run):
     for link in linked:
         with Image.open(baseline_run.report_dir / link) as image:
             assert image.width > 400 and image.height > 200, link
+
+
+def test_a_loss_that_becomes_nan_stops_the_trial_for_good_and_resume_leaves_it(tmp_path, capsys):
+    """lr 1e30 with SGD: epoch 1 diverges. The arm is failed with the epoch and batch, the epoch before
+    it stays, no retry repeats it (run.max_failures=2), and --resume does not train it again."""
+    spec = tiny_spec(tmp_path, "diverges", "grid.seed=[0]", "grid.init=[random]", "train.optimizer=sgd", "train.lr=1e30",
+                     "run.max_failures=2")
+    outcome = run_study(spec)
+    assert outcome.statuses == {"small_cnn_random_baseline_s0": "failed"}
+    epochs, trials = read_tables(outcome)
+    failed = trials.set_index("arm_id").loc["small_cnn_random_baseline_s0"]
+    assert failed["error"].startswith("loss became ") and " at epoch 1, batch " in failed["error"], failed["error"]
+    assert epochs["epoch"].tolist() == [0] and failed["resumed_at_epochs"] != failed["resumed_at_epochs"]  # no retry
+    assert "retrying" not in capsys.readouterr().out
+    resumed = run_study(spec, experiment_dir=outcome.experiment_dir, resume=True)
+    assert resumed.statuses == outcome.statuses
+    assert len(list(outcome.experiment_dir.glob("small_cnn_random_baseline_s0_*"))) == 1  # nothing started again
