@@ -141,8 +141,8 @@ def _restore(config: dict) -> tuple[dict | None, list[dict]]:
     storage = tune.get_context().get_storage()
     fs = storage.storage_filesystem
     folders = [storage.trial_fs_path]
-    if config.get("resume_from"):
-        folders.append(f"{storage.experiment_fs_path}/{config['resume_from']}")
+    if config["arm"].get("resume_from"):
+        folders.append(f"{storage.experiment_fs_path}/{config['arm']['resume_from']}")
     for folder in folders:
         for path in _checkpoint_paths(fs, folder):
             with _local_view(fs, path) as local:

@@ -16,12 +16,34 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.checkpoints import checkpoint_dirs, read_checkpoint
+
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 STUDY = [
     "--set", "data.num_images=240", "--set", "data.image_size=24", "--set", "train.epochs=3",
     "--set", "grid.backbone=[small_cnn]", "--set", "grid.init=[random]", "--set", "grid.seed=[0,1]",
     "--set", "run.name=full",
 ]
+
+
+def resume_points(experiment: Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    """arm → the epoch ``--resume`` must continue at: one after its newest checkpoint whose weights and
+    history are both intact (what the trial restores; a cut one is passed over)."""
+    points = {}
+    for folder in experiment.glob("small_cnn_*"):
+        arm = folder.name.rsplit("_", 2)[0]
+        restored = next(filter(None, map(read_checkpoint, checkpoint_dirs(folder))), None)
+        if restored is not None and arm not in skip:
+            points[arm] = restored[0]["epoch"] + 1
+    return points
+
+
+def assert_continued(trials: pd.DataFrame, points: dict[str, int]) -> None:
+    """Each arm in ``points`` continued at its epoch (``resumed_at_epochs``), not from scratch."""
+    resumed = {arm: {int(float(e)) for e in str(value).split() if e != "nan"}
+               for arm, value in zip(trials.arm_id, trials.resumed_at_epochs)}
+    for arm, epoch in points.items():
+        assert epoch in resumed[arm], (arm, epoch, resumed)
 
 
 def _run_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -77,7 +99,8 @@ def test_a_full_disk_ends_in_one_line_and_resume_on_a_roomier_disk_finishes(smal
 
     roomy = tmp_path / "roomy"
     shutil.copytree(storage, roomy)  # what a researcher does: copy the study to a bigger disk
-    cut = [p for p in roomy.glob("full/*/checkpoint_*/history.json") if p.stat().st_size == 0]
+    continues_at = resume_points(roomy / "full")
+    assert continues_at, "no intact checkpoint was written before the disk filled; enlarge the disk"
     marker = tmp_path / "pickle-was-loaded"
     _plant_pickles(roomy / "full", marker)
 
@@ -93,4 +116,4 @@ def test_a_full_disk_ends_in_one_line_and_resume_on_a_roomier_disk_finishes(smal
     assert trials.status.tolist() == ["completed", "completed"], trials
     epochs = pd.read_csv(tables / "epochs.csv")
     assert len(epochs) == 2 * 4 and not epochs.duplicated(["arm_id", "epoch"]).any()
-    assert cut or any(trials.resumed_at_epochs.notna()), "the disk filled before any checkpoint was cut; enlarge STUDY"
+    assert_continued(trials, continues_at)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tests.test_full_disk import assert_continued, resume_points
+
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 STUDY = [
     "--set", "data.num_images=240", "--set", "data.image_size=24", "--set", "train.epochs=3",
@@ -57,6 +59,7 @@ def test_sigterm_then_the_printed_resume_command_finishes_without_rerunning(tmp_
     assert len(done) >= 1 and "incomplete" in trials.status.tolist(), trials
     done_dirs = {arm: next(experiment.glob(f"{arm}_*")) for arm in done}
     rows_before = {arm: _result_rows(d) for arm, d in done_dirs.items()}
+    continues_at = resume_points(experiment, skip=tuple(done))  # not from scratch
     # A newer experiment of the same study: "--resume" alone would take it; the printed command must not.
     decoy = storage / "quick-20991231-235959"
     shutil.copytree(experiment / "ferbench", decoy / "ferbench")
@@ -74,6 +77,7 @@ def test_sigterm_then_the_printed_resume_command_finishes_without_rerunning(tmp_
 
     trials = pd.read_csv(experiment / "report" / "tables" / "trials.csv")
     assert trials.status.tolist() == ["completed"] * 3
+    assert_continued(trials, continues_at)
     epochs = pd.read_csv(experiment / "report" / "tables" / "epochs.csv")
     assert len(epochs) == 3 * 4  # exactly one row per trial × epoch (0..3)
     assert not epochs.duplicated(["arm_id", "epoch"]).any()
