@@ -10,6 +10,8 @@ if "FERBENCH_CACHE_DIR" not in os.environ:  # dataset and synth-identity caches:
     os.environ["FERBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="ferbench-test-cache-")
     atexit.register(shutil.rmtree, os.environ["FERBENCH_CACHE_DIR"], True)
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -32,3 +34,29 @@ def isolated_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
     return weights_dir, hub_cache
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(name, options)``: a tmpfs (e.g. ``"size=3m"``, ``"ro,size=1m"``) mounted at
+    ``tmp_path / name``, unmounted after the test. Mounting needs root or CAP_SYS_ADMIN: elsewhere the
+    test skips, never under ``CI=true``."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = f"mounting a tmpfs needs root or CAP_SYS_ADMIN (run the tests as root): {done.stderr.strip()}"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

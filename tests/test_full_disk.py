@@ -52,17 +52,9 @@ def _run_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(mount_tmpfs):
     """A 3 MB filesystem: room for the study's inputs and a few checkpoints, not for the study."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a small tmpfs under CI: {mounted.stderr.strip()}")
-        pytest.skip(f"mounting a tmpfs needs root (or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    return mount_tmpfs("small", "size=3m")
 
 
 class _WritesMarker:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -87,18 +86,9 @@ def test_storage_below_a_file_is_one_line_before_ray(tmp_path, capsys):
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
+def read_only_folder(mount_tmpfs):
     """A read-only tmpfs mount: the one place root cannot write."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        reason = f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    return mount_tmpfs("read-only", "ro,size=1m")
 
 
 def test_read_only_storage_is_one_line_before_ray(read_only_folder, capsys):
