@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.checkpoints import checkpoint_dirs, read_checkpoint
+from conftest import assert_continued, resume_points
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 STUDY = [
@@ -24,26 +24,6 @@ STUDY = [
     "--set", "grid.backbone=[small_cnn]", "--set", "grid.init=[random]", "--set", "grid.seed=[0,1]",
     "--set", "run.name=full",
 ]
-
-
-def resume_points(experiment: Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
-    """arm → the epoch ``--resume`` must continue at: one after its newest checkpoint whose weights and
-    history are both intact (what the trial restores; a cut one is passed over)."""
-    points = {}
-    for folder in experiment.glob("small_cnn_*"):
-        arm = folder.name.rsplit("_", 2)[0]
-        restored = next(filter(None, map(read_checkpoint, checkpoint_dirs(folder))), None)
-        if restored is not None and arm not in skip:
-            points[arm] = restored[0]["epoch"] + 1
-    return points
-
-
-def assert_continued(trials: pd.DataFrame, points: dict[str, int]) -> None:
-    """Each arm in ``points`` continued at its epoch (``resumed_at_epochs``), not from scratch."""
-    resumed = {arm: {int(float(e)) for e in str(value).split() if e != "nan"}
-               for arm, value in zip(trials.arm_id, trials.resumed_at_epochs)}
-    for arm, epoch in points.items():
-        assert epoch in resumed[arm], (arm, epoch, resumed)
 
 
 def _run_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

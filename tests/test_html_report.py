@@ -8,9 +8,6 @@ import base64
 import html
 import json
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib
@@ -19,60 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import Page, run_chromium  # noqa: E402
 from reports.html import render_html, write_html_report  # noqa: E402
 
-CHROMIUM_TIMEOUT_S = 60
-
-
-class Page(HTMLParser):
-    """What the tests look at in a page: images, tables (cell texts per row), links, headings, attributes."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[dict] = []
-        self.tables: list[list[list[str]]] = []
-        self.links: list[str] = []
-        self.ids: list[str] = []
-        self.body: dict = {}
-        self.headers: list[dict] = []  # attributes of every <th>
-        self.dts: list[str] = []
-        self._cell: list[str] | None = None
-        self._dt: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if "id" in attrs:
-            self.ids.append(attrs["id"])
-        if tag == "img":
-            self.images.append(attrs)
-        elif tag == "a" and "href" in attrs:
-            self.links.append(attrs["href"])
-        elif tag == "body":
-            self.body = attrs
-        elif tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-            if tag == "th":
-                self.headers.append(attrs)
-        elif tag == "dt":
-            self._dt = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[-1][-1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "dt" and self._dt is not None:
-            self.dts.append("".join(self._dt).strip())
-            self._dt = None
-
-    def handle_data(self, data):
-        for buffer in (self._cell, self._dt):
-            if buffer is not None:
-                buffer.append(data)
 
 
 def decode_data_uri(uri: str) -> bytes:
@@ -164,22 +110,6 @@ def test_write_html_report_writes_the_rendering_of_report_md(tmp_path):
 
 
 # --------------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        pytest.fail("Chromium is needed to test report.html: apt-get install chromium")
-    return binary
-
-
-def run_chromium(binary: str, page: Path, profile: Path, *args: str) -> str:
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-               f"--user-data-dir={profile}", "--window-size=1280,4000", *args, page.resolve().as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
 
 
 SORT_TABLE = """## Sorting

@@ -24,7 +24,7 @@ from reports.collect import _checkpoint_history, _trial_dir, collect, read_per_c
 from reports.escaping import md_code
 from reports.html import render_html, safe_href, safe_src
 from reports.markdown import markdown_table, md_cell
-from tests.test_html_report import Page, run_chromium
+from conftest import Page, run_chromium
 
 TINY = [
     "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32",
@@ -287,16 +287,6 @@ def test_rendered_markdown_runs_nothing():
 
 
 # --------------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium is needed to test report.html: apt-get update && apt-get install -y chromium")
-        pytest.skip("apt-get update && apt-get install -y chromium")
-    return binary
 
 
 def test_untrusted_names_reach_the_page_as_text_in_chromium(chromium, experiment, tmp_path):

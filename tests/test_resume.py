@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.test_full_disk import assert_continued, resume_points
+from conftest import assert_continued, resume_points
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 STUDY = [
