@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from backbones.cache_dirs import weights_dir
 from backbones.registry import get_backbone_info
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -28,7 +29,7 @@ class WeightStatus:
 
 
 def default_weights_dir() -> Path:
-    return Path(os.environ.get("FERBENCH_WEIGHTS_DIR", Path.home() / ".cache" / "ferbench" / "weights"))
+    return weights_dir()
 
 
 def weight_file_stem(backbone: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from backbones.cache_dirs import cache_dir
 from harness.dataset import FerDataset
 from harness.formats.common import NO_FACE, resolved
 
@@ -33,8 +34,8 @@ META_ARRAY_PREFIX = "meta."
 
 
 def cache_root() -> Path:
-    """``$FERBENCH_CACHE_DIR/datasets`` (default ``~/.cache/ferbench/datasets``)."""
-    return Path(os.environ.get("FERBENCH_CACHE_DIR", Path.home() / ".cache" / "ferbench")) / "datasets"
+    """``$FERBENCH_CACHE_DIR/datasets`` (default ``$XDG_CACHE_HOME/ferbench/datasets``, see ``backbones.cache_dirs``)."""
+    return cache_dir("datasets")
 
 
 def ferbench_version() -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from backbones.cache_dirs import cache_dir
+
 SKIPPED_DOWNLOADS = (".pt", ".pth", ".pkl", ".safetensors")  # model weights: the report never reads them
 
 
@@ -51,8 +53,7 @@ class RemoteStorage:
         return pafs.S3FileSystem(region=region, **options) if region else pafs.S3FileSystem(**options)
 
     def mirror(self, name: str) -> Path:
-        root = Path(os.environ.get("FERBENCH_CACHE_DIR", Path.home() / ".cache" / "ferbench")).expanduser()
-        return (root / "s3" / self.bucket / self.prefix / name).resolve()
+        return cache_dir("s3", self.bucket, self.prefix, name).resolve()
 
     def key(self, name: str, relative: str = "") -> str:
         return "/".join(part for part in (self.tune_path, name, relative) if part)

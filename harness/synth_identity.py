@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from backbones.cache_dirs import cache_dir
 from harness.atomic import atomic_write_bytes
 
 CACHE_VERSION = 1  # bump when the recipe changes, so stale caches are not reused
 
 
 def synth_identity_dir() -> Path:
-    return Path(os.environ.get("FERBENCH_CACHE_DIR", Path.home() / ".cache" / "ferbench")) / "synth-identity"
+    return cache_dir("synth-identity")
 
 
 def _cache_file(backbone: str, input_size: int, recipe: dict) -> Path:

@@ -164,3 +164,20 @@ class Page(HTMLParser):
                 buffer.append(data)
 
 
+
+
+# --------------------------------------------------------------------------- the pseudo-labelling studies' settings
+
+PL_ARM = "small_cnn_random_pseudo_label_s0"
+PL_STUDY = [
+    "data.num_images=600", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "train.augment.enabled=false",
+    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline,pseudo_label]", "grid.exclude=[]",
+    "split.unlabeled_fraction=0.3", "pseudo_label.threshold=0.3", "pseudo_label.max_rounds=2",
+    "pseudo_label.epochs_per_round=1", "train.lr=3e-3", "resources.cpu=1", "run.keep_checkpoints=20",
+]
+
+
+def only_trial_folder(outcome, arm: str) -> Path:
+    """The arm's one trial folder in a study's outcome (a study run once, not resumed)."""
+    (folder,) = [p for p in outcome.experiment_dir.glob(f"{arm}_*") if p.is_dir()]
+    return folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,23 @@ def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, capsys):
     for name, ratio in zip(("train", "val", "test"), (0.7, 0.1, 0.2)):
         counts = np.bincount(cached.labels[split[name]], minlength=7)
         assert np.abs(counts - ratio * np.array(FER2013_COUNTS)).max() <= 1, (name, counts)
+
+
+def test_every_cache_folder_honours_xdg_cache_home_and_the_ferbench_variables(tmp_path, monkeypatch):
+    from backbones.cache_dirs import cache_dir, weights_dir
+    from harness.data_cache import cache_root
+    from harness.storage import RemoteStorage
+    from harness.synth_identity import synth_identity_dir
+
+    for name in ("FERBENCH_CACHE_DIR", "FERBENCH_WEIGHTS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    home = tmp_path / "xdg" / "ferbench"
+    assert (cache_root(), synth_identity_dir(), weights_dir()) == (home / "datasets", home / "synth-identity", home / "weights")
+    assert RemoteStorage("bucket", "prefix").mirror("exp") == home / "s3" / "bucket" / "prefix" / "exp"
+    monkeypatch.setenv("FERBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FERBENCH_WEIGHTS_DIR", str(tmp_path / "weights"))
+    assert (cache_root(), weights_dir()) == (tmp_path / "cache" / "datasets", tmp_path / "weights")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("FERBENCH_CACHE_DIR")
+    assert cache_dir() == Path.home() / ".cache" / "ferbench"

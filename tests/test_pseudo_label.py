@@ -13,19 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 from harness import pseudo_label as pl
 from harness.engine import run_study
 from harness.spec import SpecError, load_spec
 from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV, ROUNDS_FILE, SELECTED_WEIGHTS_FILE
 
-PL_ARM = "small_cnn_random_pseudo_label_s0"
 BASELINE_ARM = "small_cnn_random_baseline_s0"
-STUDY = [
-    "data.num_images=600", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "train.augment.enabled=false",
-    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline,pseudo_label]", "grid.exclude=[]",
-    "split.unlabeled_fraction=0.3", "pseudo_label.threshold=0.3", "pseudo_label.max_rounds=2",
-    "pseudo_label.epochs_per_round=1", "train.lr=3e-3", "resources.cpu=1", "run.keep_checkpoints=20",
-]
 METRICS = ["epoch", "round", "round_epoch", "train_size", "train_acc", "train_loss", "val_acc", "val_loss"]
 # The module's study tests the best-val epoch of every round, and some epochs train on labels that are
 # all class 0, which wrecks the model by construction, so what validation must pick is known: the
@@ -149,11 +143,6 @@ def run_spoiled_study(overrides: list[str]):
 def study(tmp_path_factory):
     storage = tmp_path_factory.mktemp("pl")
     return run_spoiled_study([f"run.storage={storage}", "run.name=plain"])
-
-
-def _trial_dir(outcome, arm: str):
-    (folder,) = [p for p in outcome.experiment_dir.glob(f"{arm}_*") if p.is_dir()]
-    return folder
 
 
 def test_rounds_add_exactly_what_the_teachers_predictions_select(study):

@@ -19,7 +19,7 @@ from harness.spec import load_spec
 from harness.synthfer import generate_synthfer
 from harness.trainable import ROUNDS_FILE
 from harness.unlabeled_pool import load_unlabeled_pool
-from tests.test_pseudo_label import PL_ARM, STUDY, _trial_dir
+from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 
 HAPPY = 3  # FER2013 class order
 
