@@ -84,23 +84,37 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def is_known_backbone(name: str) -> bool:
-    if name in _REGISTRY:
-        return True
-    if name.startswith(TIMM_PREFIX):
-        import timm
+@dataclass(frozen=True)
+class BackboneFamily:
+    """Backbones named ``<prefix><model>`` on demand (``timm:<any timm model>``), registered by the
+    module that builds them, so the registry imports no family's module."""
 
-        return timm.is_model(name[len(TIMM_PREFIX):].split(".")[0])
-    return False
+    prefix: str
+    is_model: Callable[[str], bool]  # the part after the prefix
+    lookup: Callable[[str], tuple[BackboneInfo, Builder]]  # the full name
+
+
+_FAMILIES: list[BackboneFamily] = []
+
+
+def register_family(family: BackboneFamily) -> None:
+    _FAMILIES.append(family)
+
+
+def _family(name: str) -> BackboneFamily | None:
+    return next((f for f in _FAMILIES if name.startswith(f.prefix) and f.is_model(name[len(f.prefix):])), None)
+
+
+def is_known_backbone(name: str) -> bool:
+    return name in _REGISTRY or _family(name) is not None
 
 
 def _lookup(name: str) -> tuple[BackboneInfo, Builder]:
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(TIMM_PREFIX) and is_known_backbone(name):
-        from backbones.timm_backbones import build_timm, timm_info
-
-        return timm_info(name, name[len(TIMM_PREFIX):]), build_timm
+    family = _family(name)
+    if family is not None:
+        return family.lookup(name)
     raise KeyError(f"unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model name>")
 
 

@@ -11,8 +11,8 @@ from typing import Any
 from torch import nn
 
 from backbones.registry import (
-    BackboneInfo, BackboneOptions, describe_mismatch, load_state_dict_file, parse_load_error, register_backbone,
-    state_dict_mismatch,
+    TIMM_PREFIX, BackboneFamily, BackboneInfo, BackboneOptions, describe_mismatch, load_state_dict_file, parse_load_error,
+    register_backbone, register_family, state_dict_mismatch,
 )
 
 
@@ -182,3 +182,13 @@ register_backbone(
     timm_info("mobilenet_v1", "mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet v1 1.0 (timm mobilenetv1_100), ImageNet-1k",
               random_init=EFFICIENTNET_INIT)
 )(build_timm)
+
+
+def _is_timm_model(model: str) -> bool:
+    import timm
+
+    return timm.is_model(model.split(".")[0])
+
+
+# Any timm model as ``timm:<name>`` (a pretrained tag after a dot is allowed: timm:resnet50.a1_in1k).
+register_family(BackboneFamily(TIMM_PREFIX, _is_timm_model, lambda name: (timm_info(name, name[len(TIMM_PREFIX):]), build_timm)))
