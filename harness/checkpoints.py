@@ -7,7 +7,7 @@ A checkpoint is intact when its seal is there and every file it lists matches; r
 newest intact one and never mistake a cut checkpoint for a good one. Checkpoints of earlier versions
 (no seal) count as intact when their files parse.
 
-A leaf module: no Ray, and torch only where a checkpoint's weights are read.
+No Ray, and torch only where a checkpoint's weights are read: the report reads checkpoints too.
 """
 
 from __future__ import annotations
@@ -15,16 +15,10 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-CHECKPOINT_FILE = "checkpoint.pt"
-HISTORY_FILE = "history.json"  # every epoch's metrics so far, beside the weights in each checkpoint
-SEAL_FILE = "seal.json"
-FINAL_MARKER = "trial_finished"  # only in a trial's last row (see harness.trainable)
-TRIAL_FAILED = "trial_failed"  # the reason, in the last row of a trial stopped for good (a NaN loss)
-CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+from harness.layout import CHECKPOINT_DIR, CHECKPOINT_FILE, FINAL_MARKER, HISTORY_FILE, SEAL_FILE, TRIAL_FAILED  # noqa: F401
 
 
 def _sha256(data: bytes) -> str:

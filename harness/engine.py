@@ -20,13 +20,8 @@ from pathlib import Path
 
 from harness.checkpoints import is_final, newest_history, trial_folder
 from harness.diskspace import disk_full
-from harness.experiment import (
-    default_experiment_name,
-    experiment_paths,
-    read_json,
-    read_stored_spec,
-    write_experiment_inputs,
-)
+from harness.experiment import default_experiment_name, read_json, read_stored_spec, write_experiment_inputs
+from harness.layout import experiment_paths
 from harness.interrupts import install_sigterm_handler
 from harness.preflight import Preflight, PreflightError, run_preflight
 from harness.performance import TRIAL_WORKER_ENV

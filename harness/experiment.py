@@ -1,14 +1,4 @@
-"""The experiment folder: where a study's inputs, Tune's trials and the report live.
-
-    <storage>/<name>/
-        ferbench/manifest.json   resolved spec, versions, git commit, dataset fingerprint, hardware
-        ferbench/spec.yaml       the resolved study spec (what --resume re-runs)
-        ferbench/splits.npz      train/val/test indices used by every trial and by the report
-        ferbench/grid.json       every grid arm with its preflight status
-        ferbench/samples.npz     a few test images per class, shown with each model's predictions
-        <arm_id>_<trial_id>/     Tune trial folders: result.json, checkpoints, test_predictions.npz
-        report/                  report.md, tables/*.csv
-"""
+"""The experiment folder's inputs: what a study runs on, recorded before its first trial (layout: ``harness.layout``)."""
 
 from __future__ import annotations
 
@@ -25,30 +15,14 @@ from pathlib import Path
 import yaml
 
 from harness.atomic import atomic_write_json, atomic_write_text
+from harness.layout import experiment_paths, is_experiment
 from harness.preflight import Preflight
 from harness.samples import save_samples, select_samples
 from harness.spec import StudySpec, spec_to_yaml
 from harness.data_checks import inspect as inspect_dataset
 from harness.splits import named_index_sets, save_splits
 
-FERBENCH_DIR = "ferbench"
 PACKAGES = ("ferbench", "torch", "torchvision", "ray", "timm", "torchmetrics", "numpy", "pandas", "deepface")
-
-
-def experiment_paths(experiment_dir: Path) -> dict[str, Path]:
-    meta = Path(experiment_dir) / FERBENCH_DIR
-    return {
-        "manifest": meta / "manifest.json",
-        "spec": meta / "spec.yaml",
-        "splits": meta / "splits.npz",
-        "grid": meta / "grid.json",
-        "samples": meta / "samples.npz",
-        "report": Path(experiment_dir) / "report",
-    }
-
-
-def is_experiment(path: Path) -> bool:
-    return experiment_paths(path)["grid"].is_file()
 
 
 def default_experiment_name(spec: StudySpec) -> str:

@@ -18,11 +18,10 @@ from harness import pseudo_label as pl
 from harness.atomic import atomic_write_bytes, atomic_write_json
 from harness.scores import class_scores
 from harness.selection import ROUND_RULE, select_round
+from harness.layout import ROUND_POOL_FILE, ROUNDS_FILE
 from harness.test_artifacts import publish_round, save_selected_weights
 from harness.training import predict
 
-ROUNDS_FILE = "pseudo_label_rounds.json"  # pseudo_label variants: one record per round (0 = teacher)
-ROUND_POOL_FILE = "pseudo_label_round{round}.npz"  # the pool predictions a round's pseudo-labels came from
 TEST_SCALARS = ("test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc")
 
 

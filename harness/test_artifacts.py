@@ -17,12 +17,10 @@ import numpy as np
 import torch
 
 from harness.atomic import atomic_write_bytes, atomic_write_json
+from harness.layout import SELECTED_WEIGHTS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE
 
-TEST_PREDICTIONS_FILE = "test_predictions.npz"
-TEST_PER_CLASS_FILE = "test_per_class.json"
-# The tested weights (state_dict): written with train.select best_val (the best epoch is in no
-# checkpoint once rotated out) and for pseudo_label arms (the chosen round may not be the last).
-SELECTED_WEIGHTS_FILE = "selected_weights.pt"
+# SELECTED_WEIGHTS_FILE, the tested weights (state_dict): written with train.select best_val (the best
+# epoch is in no checkpoint once rotated out) and for pseudo_label arms (the chosen round may not be the last).
 ROUND_SUFFIX = "_round{round}"  # per-round copies: test_predictions_round1.npz, test_per_class_round1.json
 
 

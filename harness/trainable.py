@@ -24,7 +24,7 @@ from ray import tune
 from backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
 from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
 from harness import pseudo_label as pl
-from harness.pseudo_label_rounds import ROUND_POOL_FILE, ROUNDS_FILE, end_round, headline_metrics  # noqa: F401 (artifact names)
+from harness.pseudo_label_rounds import end_round, headline_metrics
 from harness.atomic import atomic_write_bytes
 from harness.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
 from harness.augment import InputAdapter
@@ -34,7 +34,6 @@ from harness.performance import Execution, apply_process_settings, resolve_execu
 from harness.scores import class_scores
 from harness.selection import BestEpoch
 from harness.spec import StudySpec, uses_balanced, uses_pseudo_label
-from harness.test_artifacts import SELECTED_WEIGHTS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE  # noqa: F401 (artifact names)
 from harness.test_artifacts import save_selected_weights, write_test_artifacts
 from harness.training import NonFiniteLoss, accuracy_and_loss, predict, train_one_epoch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.atomic import atomic_write_text
-from harness.experiment import experiment_paths
+from harness.layout import experiment_paths
 from reports.collect import collect, collect_per_class, read_manifest, relative, trial_statuses
 from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from reports.derived import fold_test_train_ratio

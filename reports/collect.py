@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 
 from harness.checkpoints import HISTORY_FILE, TRIAL_FAILED, checkpoint_dirs, newest_history, trial_folder
-from harness.experiment import experiment_paths
-from harness.trainable import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE
+from harness.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
 
 T = TypeVar("T")
 # What reading a damaged file raises: bad JSON or bad contents (ValueError, JSONDecodeError, UnicodeDecodeError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
-from harness.trainable import TEST_PER_CLASS_FILE
+from harness.layout import TEST_PER_CLASS_FILE
 from reports.markdown import damaged_arms, damaged_lines, markdown_table
 
 SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table

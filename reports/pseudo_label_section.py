@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from harness.selection import ROUND_RULE
 from harness.spec import uses_pseudo_label
-from harness.trainable import ROUNDS_FILE
+from harness.layout import ROUNDS_FILE
 from reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_manifest, read_rounds, try_read
 from reports.comparison import write_table
 from reports.derived import mcr_mofr

@@ -14,9 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from harness.experiment import experiment_paths
+from harness.layout import TEST_PREDICTIONS_FILE, experiment_paths
 from harness.samples import Samples, load_samples
-from harness.trainable import TEST_PREDICTIONS_FILE
 from reports.collect import _trial_dir, read_grid, read_predictions, relative, try_read
 from reports.figures import GROUP_KEYS, _light, _order, _save, _style, backbone_palette, placeholder
 from reports.markdown import damaged_arms, damaged_lines, md_cell

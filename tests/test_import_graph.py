@@ -83,3 +83,20 @@ def test_the_graph_sees_imports_inside_functions():
 
 def test_no_module_imports_itself_back():
     assert cycles(import_graph()) == []
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, frontier = set(), [start]
+    while frontier:
+        for target in graph[frontier.pop()] - seen:
+            seen.add(target)
+            frontier.append(target)
+    return seen
+
+
+def test_reports_read_an_experiment_without_the_trainable_or_the_engine():
+    """The report builder needs the folder's layout (harness.layout), not Ray Tune's trainable or the
+    study engine: rendering a report must not import what runs a study."""
+    graph = import_graph()
+    for module in (m for m in graph if m == "reports" or m.startswith("reports.")):
+        assert not {"harness.trainable", "harness.engine"} & _reachable(graph, module), module

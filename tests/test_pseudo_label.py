@@ -17,7 +17,8 @@ from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 from harness import pseudo_label as pl
 from harness.engine import run_study
 from harness.spec import SpecError, load_spec
-from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV, ROUNDS_FILE, SELECTED_WEIGHTS_FILE
+from harness.layout import ROUNDS_FILE, SELECTED_WEIGHTS_FILE
+from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
 BASELINE_ARM = "small_cnn_random_baseline_s0"
 METRICS = ["epoch", "round", "round_epoch", "train_size", "train_acc", "train_loss", "val_acc", "val_loss"]

@@ -17,8 +17,7 @@ import pytest
 
 from harness.atomic import atomic_write_json
 from harness.cli import main
-from harness.experiment import experiment_paths
-from harness.trainable import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE
+from harness.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
 from reports import build_report
 from reports.collect import _checkpoint_history, _trial_dir, collect, read_per_class, read_predictions, try_read
 from reports.escaping import md_code

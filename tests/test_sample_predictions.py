@@ -13,7 +13,7 @@ from harness.experiment import experiment_paths, read_json
 from harness.samples import load_samples, save_samples, select_samples
 from harness.spec import arm_id
 from harness.splits import load_splits
-from harness.trainable import TEST_PREDICTIONS_FILE
+from harness.layout import TEST_PREDICTIONS_FILE
 from reports.sample_predictions import collect_sample_probabilities, model_styles, plot_sample_predictions
 
 CLASSES = ("angry", "happy", "sad")

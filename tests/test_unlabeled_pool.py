@@ -17,7 +17,7 @@ from harness.formats.common import DataError
 from harness.preflight import PreflightError
 from harness.spec import load_spec
 from harness.synthfer import generate_synthfer
-from harness.trainable import ROUNDS_FILE
+from harness.layout import ROUNDS_FILE
 from harness.unlabeled_pool import load_unlabeled_pool
 from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 
