@@ -1,7 +1,7 @@
 """FERBench backbones: registry, builders and pretrained-weight resolution."""
 
-from backbones import face_backbones, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
-from backbones.registry import (
+from ferbench.backbones import face_backbones, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
+from ferbench.backbones.registry import (
     BackboneInfo,
     BackboneOptions,
     backbone_parameter_counts,
@@ -12,7 +12,7 @@ from backbones.registry import (
     list_backbones,
     register_backbone,
 )
-from backbones.weights import WeightStatus, resolve_pretrained
+from ferbench.backbones.weights import WeightStatus, resolve_pretrained
 
 __all__ = [
     "BackboneInfo",

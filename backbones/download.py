@@ -1,6 +1,6 @@
 """Downloading pretrained weights: where each backbone's file comes from, and a safe ``fetch``.
 
-Why a module of its own: the weights resolver (``backbones.weights``) never touches the network,
+Why a module of its own: the weights resolver (``ferbench.backbones.weights``) never touches the network,
 so studies preflight offline in seconds; downloading is an explicit step (``ferbench weights
 fetch``) that streams to a temporary file beside the target, verifies SHA-256 where a hash is
 pinned, renames atomically (a reader never sees half a file) and, offline, fails within the
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
-from backbones.registry import get_backbone_info
-from backbones.weights import weight_file_stem
+from ferbench.backbones.registry import get_backbone_info
+from ferbench.backbones.weights import weight_file_stem
 
 DEEPFACE_HF_MIRROR = "https://huggingface.co/serengil/deepface/resolve/main"
 HF_RESOLVE = "https://huggingface.co/{repo_id}/resolve/main/model.safetensors"

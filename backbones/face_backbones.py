@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from deepface.models.facial_recognition.pytorch import OpenFace, VGGFace
 from torch import nn
 
-from backbones.registry import (
+from ferbench.backbones.registry import (
     TORCH_DEFAULT_INIT, BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone,
 )
 

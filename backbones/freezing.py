@@ -10,7 +10,7 @@ The classifier (``model.get_classifier()``) is the head; it always trains. Polic
 - ``keras_last_k``: the paper's reading with Keras' layer counting: every Keras layer counts
   (padding, activation, pooling, dropout, flatten, add, concatenate, lambda too), the Keras
   model's last layer is excluded, and the PyTorch modules the last ``k`` of the remaining layers
-  map to train, with the head (``backbones.keras_layers`` holds the recorded lists; backbones
+  map to train, with the head (``ferbench.backbones.keras_layers`` holds the recorded lists; backbones
   without one are refused).
 - ``head_only``: only the head trains.
 - ``two_stage``: ``head_only`` until ``unfreeze_epoch``, then everything trains with the learning
@@ -57,7 +57,7 @@ def _set_trainable(model: nn.Module, trainable_trunk_layers: int | None) -> None
 
 def keras_trainable_modules(model: nn.Module, k: int) -> list[nn.Module]:
     """The modules the last ``k`` Keras layers (after excluding the last one) map to."""
-    from backbones.keras_layers import RECORDED_BACKBONES
+    from ferbench.backbones.keras_layers import RECORDED_BACKBONES
 
     layers = getattr(model, "keras_layers", None)
     if layers is None:

@@ -127,19 +127,19 @@ def create_backbone(
     options: BackboneOptions | None = None, random_init: str = "torch",
 ) -> nn.Module:
     """Build ``name`` with a ``num_classes`` classifier; ``weights_file`` loads pretrained weights
-    into the backbone; ``head`` picks one of ``backbones.heads.HEADS``; ``options`` what the face
+    into the backbone; ``head`` picks one of ``ferbench.backbones.heads.HEADS``; ``options`` what the face
     backbones end with.
 
     Weights no file provides are drawn from torch's global RNG, so seeding torch before this call
     makes initialisation reproducible: with ``random_init="torch"`` by each library's own
     initialiser, with ``"keras"`` by Keras' (glorot-uniform kernels, zero biases; see
-    ``backbones.keras_init``) — the whole network without a weights file, else the head alone.
+    ``ferbench.backbones.keras_init``) — the whole network without a weights file, else the head alone.
     The model carries its recorded Keras layer list (``keras_layers``, None where there is none)
     for the ``keras_last_k`` freezing policy.
     """
-    from backbones.heads import attach_head
-    from backbones.keras_init import apply_keras_init
-    from backbones.keras_layers import keras_layer_list
+    from ferbench.backbones.heads import attach_head
+    from ferbench.backbones.keras_init import apply_keras_init
+    from ferbench.backbones.keras_layers import keras_layer_list
 
     if random_init not in RANDOM_INITS:
         raise ValueError(f"unknown random_init {random_init!r}; allowed: {', '.join(RANDOM_INITS)}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from backbones.registry import BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone
+from ferbench.backbones.registry import BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone
 
 
 class SmallCNN(nn.Module):

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from backbones.registry import (
+from ferbench.backbones.registry import (
     TIMM_PREFIX, BackboneFamily, BackboneInfo, BackboneOptions, describe_mismatch, load_state_dict_file, parse_load_error,
     register_backbone, register_family, state_dict_mismatch,
 )

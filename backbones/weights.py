@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from backbones.cache_dirs import weights_dir
-from backbones.registry import get_backbone_info
+from ferbench.backbones.cache_dirs import weights_dir
+from ferbench.backbones.registry import get_backbone_info
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")

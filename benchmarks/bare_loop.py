@@ -17,9 +17,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from backbones import create_backbone, get_backbone_info
-from harness.performance import TRIAL_WORKER_ENV
-from harness.training import batch_bounds
+from ferbench.backbones import create_backbone, get_backbone_info
+from ferbench.harness.train.performance import TRIAL_WORKER_ENV
+from ferbench.harness.train.loop import batch_bounds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -45,8 +45,8 @@ def write_fer2013_csv(path: Path, rows: int = FER2013_ROWS, seed: int = 0) -> No
 def csv_load_times(folder: Path, rows: int) -> dict:
     """First load (parse + validate + write the cache) and cached load, in a fresh cache folder. The
     cached load is the median of ``CACHED_LOADS``: at ~15 ms, one pause of the VM would be its figure."""
-    from harness.loaders import load_dataset
-    from harness.spec import DataSpec
+    from ferbench.harness.data.loaders import load_dataset
+    from ferbench.harness.spec import DataSpec
 
     csv = folder / "fer2013.csv"
     start = time.perf_counter()
@@ -77,7 +77,7 @@ def csv_load_times(folder: Path, rows: int) -> dict:
 
 
 def synthfer_time(num_images: int = 5000) -> dict:
-    from harness.synthfer import generate_synthfer
+    from ferbench.harness.data.synthfer import generate_synthfer
 
     start = time.perf_counter()
     dataset = generate_synthfer(num_images=num_images)
@@ -89,7 +89,7 @@ def input_pipeline_images_per_s(size: int, in_chans: int, *, batch: int = 64, so
                                 augment: bool = True, min_seconds: float = 1.0) -> float:
     """Images/s of the trial's input path for one batch: uint8 gather → float, channels, resize to
     ``size``, normalise, and the random affine augmentation (as ``train_one_epoch`` does)."""
-    from harness.augment import InputAdapter, random_affine
+    from ferbench.harness.train.augment import InputAdapter, random_affine
 
     torch.set_num_threads(threads)
     images = torch.randint(0, 256, (batch * 8, source, source), dtype=torch.uint8)

@@ -3,7 +3,7 @@
 
 With ``torch.use_deterministic_algorithms(True)`` torch fills every new tensor with NaN unless
 ``torch.utils.deterministic.fill_uninitialized_memory`` is off; trials turn it off
-(``harness.performance.apply_process_settings``). This times ``train_one_epoch`` both ways, in
+(``ferbench.harness.train.performance.apply_process_settings``). This times ``train_one_epoch`` both ways, in
 turn, on the same process, same model and data, and checks that the numbers are identical.
 """
 
@@ -20,9 +20,9 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from backbones import create_backbone, get_backbone_info  # noqa: E402
-from harness.augment import InputAdapter  # noqa: E402
-from harness.training import train_one_epoch  # noqa: E402
+from ferbench.backbones import create_backbone, get_backbone_info  # noqa: E402
+from ferbench.harness.train.augment import InputAdapter  # noqa: E402
+from ferbench.harness.train.loop import train_one_epoch  # noqa: E402
 
 CASES = [("small_cnn", 48, 512), ("mobilenet_v1", 48, 512), ("resnet50", 48, 256)]
 

@@ -27,7 +27,7 @@ MB = 1e6
 
 def process_baseline() -> dict:
     """USS and anonymous memory of a fresh Python that imported what a trial worker imports."""
-    code = ("import ray, psutil, ray.tune, harness.trainable; from benchmarks.study_child import anonymous_bytes; "
+    code = ("import ray, psutil, ray.tune, ferbench.harness.train.trial; from benchmarks.study_child import anonymous_bytes; "
             "import os; print(psutil.Process().memory_full_info().uss, anonymous_bytes(os.getpid()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     uss, anon = out.stdout.split()[-2:]
@@ -40,7 +40,7 @@ def training_step_mb(backbone: str, batch: int = 64, size: int = 48) -> dict:
     weights + gradients + Adam's two moments."""
     code = f"""
 import torch, torch.nn.functional as F
-from backbones import create_backbone, get_backbone_info
+from ferbench.backbones import create_backbone, get_backbone_info
 def status(key):  # kB; VmHWM is this process's own peak (ru_maxrss can carry its parent's)
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
 torch.set_num_threads(1)

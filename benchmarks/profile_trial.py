@@ -37,7 +37,7 @@ STEPS = (("model(", "model forward"), (".backward()", "backward"), ("optimizer."
 
 def train_one_epoch_steps() -> dict[int, str]:
     """Line number → step for every line of ``train_one_epoch``; other lines are bookkeeping."""
-    from harness.training import train_one_epoch
+    from ferbench.harness.train.loop import train_one_epoch
 
     source, first = inspect.getsourcelines(train_one_epoch)
     return {first + i: next((step for key, step in STEPS if key in line), "harness: bookkeeping")

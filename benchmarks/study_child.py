@@ -1,6 +1,6 @@
 """One benchmark study in a process of its own: ``python benchmarks/study_child.py REQUEST_JSON``.
 
-Runs the quick study with the request's overrides through ``harness.engine.run_study`` (the same
+Runs the quick study with the request's overrides through ``ferbench.harness.study.engine.run_study`` (the same
 entry ``ferbench run`` uses), timing its phases (preflight, Ray start-up, ``Tuner.fit``, report)
 and, when asked, sampling the memory of this process and every process it started (Ray's daemons
 and trial workers). Writes timings, every trial's epoch rows and the memory samples as JSON.
@@ -129,10 +129,10 @@ def _timed(timings: dict, key: str, function):
 def main(request: dict) -> None:
     started = time.perf_counter()
     import ray.tune
-    import reports
-    from harness import engine
-    from harness.spec import load_spec
-    from reports.collect import read_epochs
+    import ferbench.reports as reports
+    from ferbench.harness.study import engine
+    from ferbench.harness.spec import load_spec
+    from ferbench.reports.collect import read_epochs
 
     timings: dict = {"imports_s": time.perf_counter() - started}
     # Phase timings: the engine's own steps, wrapped where run_study looks them up.

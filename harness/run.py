@@ -17,7 +17,7 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
 
 try:
-    from harness.cli import main
+    from ferbench.harness.cli.main import main
 except ImportError:  # pragma: no cover - only on a node without the package
     sys.exit("ferbench is not installed on this machine: run `pip install -e .` in the FERBench checkout first")
 

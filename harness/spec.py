@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-BUILTIN_STUDY_PACKAGE = "harness.studies"
+BUILTIN_STUDY_PACKAGE = "ferbench.harness.study.studies"
 # Training variants (grid.variant): "+" combines pseudo-labelling with balanced sampling.
 VARIANTS = ("baseline", "pseudo_label", "balanced", "pseudo_label+balanced")
 Variant = Literal["baseline", "pseudo_label", "balanced", "pseudo_label+balanced"]
@@ -65,7 +65,7 @@ class DataSpec(_Strict):
     @classmethod
     def _known_drop_classes(cls, names: list[str]) -> list[str]:
         """Canonical names (synonyms such as 'anger' accepted); a typo would otherwise drop nothing."""
-        from harness.formats.common import CLASS_LIST, known_class
+        from ferbench.harness.data.formats.common import CLASS_LIST, known_class
 
         canonical = []
         for index, name in enumerate(names):
@@ -134,7 +134,7 @@ class GridSpec(_Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbones(cls, names: list[str]) -> list[str]:
-        from backbones import is_known_backbone, list_backbones
+        from ferbench.backbones import is_known_backbone, list_backbones
 
         problems = [
             f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
@@ -280,7 +280,7 @@ class ModelSpec(_Strict):
     )
 
     def backbone_options(self) -> "BackboneOptions":  # noqa: F821 (imported inside: backbones pulls in torch)
-        from backbones.registry import BackboneOptions
+        from ferbench.backbones.registry import BackboneOptions
 
         return BackboneOptions(**self.model_dump())
 
@@ -415,7 +415,7 @@ class StudySpec(_Strict):
     def _keras_layer_lists(self) -> "StudySpec":
         """keras_last_k needs each backbone's recorded Keras list, which describes the linear-head model."""
         if self.train.freeze.policy == "keras_last_k":
-            from backbones.keras_layers import RECORDED_BACKBONES
+            from ferbench.backbones.keras_layers import RECORDED_BACKBONES
 
             missing = [name for name in self.grid.backbone if name not in RECORDED_BACKBONES]
             if missing:
@@ -573,7 +573,7 @@ def ignored_settings(spec: StudySpec) -> list[str]:
     """Settings of a user's study that would be ignored without a word: weights for an unknown
     backbone, and weights.files for a backbone whose pretrained arms use synth-identity weights.
     Checked in ``load_spec`` only, so that experiments stored by earlier versions still resume."""
-    from backbones import is_known_backbone, list_backbones
+    from ferbench.backbones import is_known_backbone, list_backbones
 
     problems = [
         f"weights.{key}.{name}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.atomic import atomic_write_text
-from harness.layout import experiment_paths
-from reports.collect import collect, collect_per_class, read_manifest, relative, trial_statuses
-from reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
-from reports.derived import fold_test_train_ratio
-from reports.html import write_html_report
-from reports.markdown import md_cell, render_markdown
-from reports.recommendation import render_recommendation
-from reports.pseudo_label_section import pseudo_label_section
-from reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
+from ferbench.harness.study.atomic import atomic_write_text
+from ferbench.harness.study.layout import experiment_paths
+from ferbench.reports.collect import collect, collect_per_class, read_manifest, relative, trial_statuses
+from ferbench.reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
+from ferbench.reports.derived import fold_test_train_ratio
+from ferbench.reports.html import write_html_report
+from ferbench.reports.markdown import md_cell, render_markdown
+from ferbench.reports.recommendation import render_recommendation
+from ferbench.reports.pseudo_label_section import pseudo_label_section
+from ferbench.reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
 
 __all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
 
 
 def build_comparison_report(experiment_dirs: list[Path], out_dir: Path) -> Path:
     """``ferbench report A B … --compare``: the experiments side by side in ``out_dir``."""
-    from reports.compare import build_comparison
+    from ferbench.reports.cross_experiment import build_comparison
 
     for folder in experiment_dirs:
         if not experiment_paths(folder)["grid"].is_file():
@@ -68,7 +68,7 @@ def build_report(experiment_dir: str | Path) -> Path:
 
 def _data_section(manifest: dict, experiment_dir: Path) -> str:
     """The "## Data" section, or a note naming the manifest when its ``data_summary`` is unusable."""
-    from reports.data_section import render_data_section
+    from ferbench.reports.data_section import render_data_section
 
     figures = experiment_paths(experiment_dir)["report"] / "figures"
     try:

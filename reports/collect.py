@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from harness.checkpoints import HISTORY_FILE, TRIAL_FAILED, checkpoint_dirs, newest_history, trial_folder
-from harness.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
+from ferbench.harness.study.checkpoints import HISTORY_FILE, TRIAL_FAILED, checkpoint_dirs, newest_history, trial_folder
+from ferbench.harness.study.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
 
 T = TypeVar("T")
 # What reading a damaged file raises: bad JSON or bad contents (ValueError, JSONDecodeError, UnicodeDecodeError,
@@ -39,7 +39,7 @@ INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "pl_rounds", "input_size", "pa
                    "selected_epoch", "pl_selected_round", "pl_last_round",
                    "backbone_params", "backbone_keras_params", "infer_batch_size"}
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"]
-# Measured once after the test evaluation (see harness.inference_speed, backbones.registry).
+# Measured once after the test evaluation (see ferbench.harness.train.inference_speed, ferbench.backbones.registry).
 FINAL_MEASURES = ["infer_latency_ms", "infer_images_per_s", "infer_batch_size", "backbone_params", "backbone_keras_params"]
 PSEUDO_LABEL_SUMMARY = ["pl_rounds", "pl_stop_reason"]  # student rounds trained, and why no further round ran
 # A pseudo_label arm's test metrics are its selected round's (best val macro F1); the last round's are kept beside.
@@ -201,7 +201,7 @@ def _checkpoint_history(trial_dir: Path) -> list[dict]:
 
 
 def _trial_dir(experiment_dir: Path, arm_id: str, arm_ids: list[str] | None = None) -> Path | None:
-    """The arm's trial folder (``harness.checkpoints.trial_folder``); ``arm_ids`` from ``grid.json`` when not given."""
+    """The arm's trial folder (``ferbench.harness.study.checkpoints.trial_folder``); ``arm_ids`` from ``grid.json`` when not given."""
     arm_ids = [arm["arm_id"] for arm in read_grid(experiment_dir)] if arm_ids is None else arm_ids
     return trial_folder(Path(experiment_dir), arm_id, arm_ids)
 

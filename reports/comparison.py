@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
-from harness.layout import TEST_PER_CLASS_FILE
-from reports.markdown import damaged_arms, damaged_lines, markdown_table
+from ferbench.reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
+from ferbench.harness.study.layout import TEST_PER_CLASS_FILE
+from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
 
 SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table
     "test_acc": "test acc", "test_macro_f1": "test macro F1", "test_weighted_f1": "test weighted F1",
@@ -28,7 +28,7 @@ def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, l
                       test_train_ratio: float | None = None) -> dict[str, pd.DataFrame]:
     """``trials`` enriched with the initial (epoch-1) metrics and ``did_not_learn``, ``mcr_mofr``,
     ``summary`` (long, per arm group and metric) and ``differences`` (paired). ``test_train_ratio``:
-    k-fold studies' corrected intervals (``reports.derived.fold_test_train_ratio``)."""
+    k-fold studies' corrected intervals (``ferbench.reports.derived.fold_test_train_ratio``)."""
     enriched = trials
     if not epochs.empty:
         initial = initial_metrics(epochs)[["arm_id", "initial_acc", "initial_loss"]]
@@ -93,8 +93,8 @@ def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
 
 def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], confusion: dict, folder) -> None:
     """The comparison figures, PNG, into the report's ``figures`` folder (placeholders when empty)."""
-    from reports import figures
-    from reports.confusion import plot_confusion_matrices
+    from ferbench.reports import figures
+    from ferbench.reports.confusion import plot_confusion_matrices
 
     plot_confusion_matrices(confusion, trials, folder / "confusion.png")
     figures.plot_curves(epochs, folder / "curves.png")
@@ -159,7 +159,7 @@ def write_table(folder, name: str, frame: pd.DataFrame) -> None:
     """``name.csv`` and ``name.parquet`` side by side, each written atomically."""
     import io
 
-    from harness.atomic import atomic_write_bytes, atomic_write_text
+    from ferbench.harness.study.atomic import atomic_write_bytes, atomic_write_text
 
     atomic_write_text(folder / f"{name}.csv", frame.to_csv(index=False))
     buffer = io.BytesIO()

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.atomic import atomic_write_bytes
-from reports.figures import placeholder
+from ferbench.harness.study.atomic import atomic_write_bytes
+from ferbench.reports.figures import placeholder
 
 
 def normalised_confusion(confusion: dict[str, dict], trials: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:

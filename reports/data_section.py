@@ -1,4 +1,4 @@
-"""The report's "## Data" section and its class-count figure, from ``harness.data_checks.inspect``'s summary.
+"""The report's "## Data" section and its class-count figure, from ``ferbench.harness.data.checks.inspect``'s summary.
 
 Why in the report: a reader judging a benchmark needs the class balance per split and whether the
 test images also appear in training, next to the numbers they qualify.
@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from harness.atomic import atomic_write_bytes
-from harness.data_checks import LISTED, counts_with_shares, describe_missing, describe_sample
-from reports.escaping import md_code, md_text
-from reports.markdown import markdown_table
+from ferbench.harness.study.atomic import atomic_write_bytes
+from ferbench.harness.data.checks import LISTED, counts_with_shares, describe_missing, describe_sample
+from ferbench.reports.escaping import md_code, md_text
+from ferbench.reports.markdown import markdown_table
 
 FIGURE = "class_counts.png"
 

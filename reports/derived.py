@@ -1,6 +1,6 @@
-"""Metrics derived from the tidy tables of ``reports.collect``: the Smelyakov et al. (2022)
+"""Metrics derived from the tidy tables of ``ferbench.reports.collect``: the Smelyakov et al. (2022)
 convergence / overfitting rates per epoch window, initial (epoch-1) metrics, and statistics across
-seeds (t intervals and paired differences from ``reports.stats``) so that a report can say whether a difference
+seeds (t intervals and paired differences from ``ferbench.reports.stats``) so that a report can say whether a difference
 between arms is larger than the seed-to-seed noise.
 
 All functions are pure: DataFrames in, DataFrames out, nothing read or written.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.stats import compare_paired, t_interval
+from ferbench.reports.stats import compare_paired, t_interval
 
 ARM_KEYS = ["backbone", "init", "variant", "seed"]  # + "fold" in k-fold studies
 GROUP_KEYS = ["backbone", "init", "variant"]  # an arm group: seeds and folds pooled
@@ -214,7 +214,7 @@ def unit_pairs(frame: pd.DataFrame, units: list[str], side_a: pd.Series, side_b:
 
 
 def difference_row(a: np.ndarray, b: np.ndarray, test_train_ratio: float | None) -> dict:
-    """The ``differences`` columns of one comparison (see ``reports.stats.compare_paired``)."""
+    """The ``differences`` columns of one comparison (see ``ferbench.reports.stats.compare_paired``)."""
     d = compare_paired(a, b, test_train_ratio)
     return {"n_pairs": d.n, "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
             "p_sign_flip": d.p_sign_flip, "method": d.method, "claim": d.claim, "note": d.note}
@@ -246,7 +246,7 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_trai
 
     The compared factor's column is NaN (its levels are in ``comparison``). ``n_unpaired`` counts
     seeds (folds) present on only one side — failed, missing or NaN partners — which are left out.
-    The interval is ``reports.stats``' paired Student t (the corrected resampled t over folds when
+    The interval is ``ferbench.reports.stats``' paired Student t (the corrected resampled t over folds when
     ``test_train_ratio`` is given); ``claim`` needs 3 pairs and an interval clear of 0.
     A comparison appears only where the grid has an arm on both sides (any status: a failed side is
     counted in ``n_unpaired``), so arms left out by ``grid.exclude`` form no empty rows.

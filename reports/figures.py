@@ -33,7 +33,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
-from harness.atomic import atomic_write_bytes
+from ferbench.harness.study.atomic import atomic_write_bytes
 
 DPI = 120
 GROUP_KEYS = ["backbone", "init", "variant"]

@@ -4,7 +4,7 @@ Figures are embedded as ``data:`` URIs and the page carries its own CSS and sort
 can be mailed, archived or opened offline without the ``figures/`` folder next to it.
 
 The page must never run anything but its own script, whatever names the study, its files or its errors
-carry: report.md escapes them (``reports.escaping``), and as a second line of defence the rendering
+carry: report.md escapes them (``ferbench.reports.escaping``), and as a second line of defence the rendering
 passes no raw HTML through and keeps only links that cannot run script (``_SafeLinks``).
 """
 
@@ -21,7 +21,7 @@ import markdown
 from markdown.treeprocessors import Treeprocessor
 from markdown.util import AMP_SUBSTITUTE
 
-from harness.atomic import atomic_write_text
+from ferbench.harness.study.atomic import atomic_write_text
 
 HEADER_FACTS = ("Dataset", "Split", "Hardware", "Versions")  # bullet labels of report.md lifted into the header
 

@@ -1,7 +1,7 @@
 """Render the study report as Markdown: grid, arm statuses, final metrics, split class counts.
 
 Every string that comes from a user (study and run names, backbone and class names, file paths, error
-messages, the dataset's name) goes through ``reports.escaping`` or ``md_cell``: report.md is also
+messages, the dataset's name) goes through ``ferbench.reports.escaping`` or ``md_cell``: report.md is also
 rendered to report.html, where a name such as ``[r](javascript:alert(1))`` must stay text.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from reports.escaping import md_code, md_text
+from ferbench.reports.escaping import md_code, md_text
 
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
@@ -95,7 +95,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3, formatted: Iterable[str
 
 def damaged_arms(trials: pd.DataFrame, file_name: str) -> list[tuple[str, str]]:
     """(arm_id, path) of every arm whose ``file_name`` could not be read (``trials.damaged``, see
-    ``reports.collect``), for the one-line note a section shows where that arm would be."""
+    ``ferbench.reports.collect``), for the one-line note a section shows where that arm would be."""
     if trials is None or "damaged" not in trials:
         return []
     return [(arm, path) for arm, listed in zip(trials["arm_id"], trials["damaged"].fillna(""))

@@ -13,15 +13,15 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.selection import ROUND_RULE
-from harness.spec import uses_pseudo_label
-from harness.layout import ROUNDS_FILE
-from reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_manifest, read_rounds, try_read
-from reports.comparison import write_table
-from reports.derived import mcr_mofr
-from reports.escaping import md_code, md_text
-from reports.markdown import damaged_arms, damaged_lines, markdown_table
-from reports.stats import compare_paired, format_difference
+from ferbench.harness.train.selection import ROUND_RULE
+from ferbench.harness.spec import uses_pseudo_label
+from ferbench.harness.study.layout import ROUNDS_FILE
+from ferbench.reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_manifest, read_rounds, try_read
+from ferbench.reports.comparison import write_table
+from ferbench.reports.derived import mcr_mofr
+from ferbench.reports.escaping import md_code, md_text
+from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
+from ferbench.reports.stats import compare_paired, format_difference
 
 ROUND_COLUMNS = ["round", "epoch", "selected_epoch", "train_size", "candidates", "confident", "images_added", "pseudo_labelled",
                  "added_precision", "pseudo_precision", "val_acc", "val_macro_f1", "test_acc", "test_macro_f1",
@@ -33,7 +33,7 @@ SELECTED = "selected"  # the round label of each seed's selected round in the vs
 
 def _stored_rounds(experiment_dir: Path):
     """(arm, its trial's pseudo_label_rounds.json) for every pseudo_label arm that wrote a readable one
-    (a damaged one is named by ``reports.collect.collect``'s ``damaged`` column)."""
+    (a damaged one is named by ``ferbench.reports.collect.collect``'s ``damaged`` column)."""
     arms = read_grid(experiment_dir)
     arm_ids = [arm["arm_id"] for arm in arms]
     for arm in arms:
@@ -71,7 +71,7 @@ def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def round_confusion(experiment_dir: Path) -> tuple[dict[str, dict], pd.DataFrame]:
     """Each pseudo_label arm's test confusion matrix per round, shaped for
-    ``reports.confusion.plot_confusion_matrices``: one entry per arm × round, whose model name
+    ``ferbench.reports.confusion.plot_confusion_matrices``: one entry per arm × round, whose model name
     (``<backbone>_<init>_<variant>``, ``round r`` in the variant) pools the seeds of a round."""
     confusion, units = {}, []
     for arm, stored in _stored_rounds(experiment_dir):
@@ -97,7 +97,7 @@ def rounds_vs_baseline(rounds: pd.DataFrame, trials: pd.DataFrame, test_train_ra
     """Per pseudo_label model and round, and for ``selected`` (each finished arm's selected round),
     the paired difference round − baseline of test accuracy and macro F1: pairs are the completed
     ``baseline`` arm of the same backbone, init, seed (and fold), compared as every other difference
-    (``reports.stats.compare_paired``: the corrected resampled t over folds)."""
+    (``ferbench.reports.stats.compare_paired``: the corrected resampled t over folds)."""
     columns = ["backbone", "init", "variant", "round", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
                "claim", "note", "cell"]
     if rounds.empty or trials.empty or not {"variant", "status", *VERSUS_METRICS} <= set(trials.columns):
@@ -228,12 +228,12 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
     write_table(tables, "pseudo_label_vs_baseline", versus.drop(columns="cell"))
     write_table(tables, "pseudo_label_per_class", per_class)
     write_table(tables, "pseudo_label_mcr_mofr", round_mcr_mofr(epochs, window))
-    from reports.figures import _save
+    from ferbench.reports.figures import _save
 
     for name, figure in (("pseudo_label_rounds", draw_rounds(rounds)), ("pseudo_label_per_class", draw_per_class(per_class))):
         if figure is not None:
             _save(figure, report_dir / "figures" / f"{name}.png")
-    from reports.confusion import plot_confusion_matrices
+    from ferbench.reports.confusion import plot_confusion_matrices
 
     plot_confusion_matrices(*round_confusion(experiment_dir), report_dir / "figures" / "pseudo_label_confusion.png")
     threshold = rounds["threshold"].iloc[0]

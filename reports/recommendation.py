@@ -3,7 +3,7 @@
 study's numbers.
 
 The one rule this module keeps: never claim a difference the intervals do not support. A model is
-called best "clear of" the others only when the paired 95% interval (``reports.stats``: seed by
+called best "clear of" the others only when the paired 95% interval (``ferbench.reports.stats``: seed by
 seed, the same splits) of its difference to every other model excludes 0 with at least 3 pairs;
 otherwise it is "tied", or with fewer pairs "no difference is established". Overlap of the
 per-model intervals is not used: it ignores the pairing. Pretrained vs random is stated from
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reports.derived import GROUP_KEYS, unit_pairs
-from reports.escaping import md_code, md_text
-from reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
+from ferbench.reports.derived import GROUP_KEYS, unit_pairs
+from ferbench.reports.escaping import md_code, md_text
+from ferbench.reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
 
 CRITERIA = [  # (metric in summary, label, higher is better)
     ("initial_acc", "Best initial validation accuracy", True),
@@ -296,8 +296,8 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
 def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr: pd.DataFrame,
                           trials: pd.DataFrame | None = None, test_train_ratio: float | None = None) -> str:
     """The "## Recommendation" Markdown section from ``seed_summary``, ``paired_differences``,
-    ``mcr_mofr`` and the (enriched) trials frames of ``reports.comparison.comparison_tables``;
-    ``test_train_ratio`` in k-fold studies (see ``reports.derived.fold_test_train_ratio``)."""
+    ``mcr_mofr`` and the (enriched) trials frames of ``ferbench.reports.comparison.comparison_tables``;
+    ``test_train_ratio`` in k-fold studies (see ``ferbench.reports.derived.fold_test_train_ratio``)."""
     lines = ["## Recommendation", ""]
     if summary is None or summary.empty:
         return "\n".join(lines + ["No models to compare.", ""])

@@ -14,11 +14,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from harness.layout import TEST_PREDICTIONS_FILE, experiment_paths
-from harness.samples import Samples, load_samples
-from reports.collect import _trial_dir, read_grid, read_predictions, relative, try_read
-from reports.figures import GROUP_KEYS, _light, _order, _save, _style, backbone_palette, placeholder
-from reports.markdown import damaged_arms, damaged_lines, md_cell
+from ferbench.harness.study.layout import TEST_PREDICTIONS_FILE, experiment_paths
+from ferbench.harness.data.samples import Samples, load_samples
+from ferbench.reports.collect import _trial_dir, read_grid, read_predictions, relative, try_read
+from ferbench.reports.figures import GROUP_KEYS, _light, _order, _save, _style, backbone_palette, placeholder
+from ferbench.reports.markdown import damaged_arms, damaged_lines, md_cell
 
 TITLE = "Sample test images and predicted probabilities"
 COLUMNS = ["sample", "index", "true_class", "model", *GROUP_KEYS, "class", "probability", "n_trials"]
@@ -28,7 +28,7 @@ TRUE_BAND = "#fff3b0"
 
 def _trial_probabilities(path: Path, indices: np.ndarray, n_classes: int) -> dict[int, np.ndarray]:
     """Sample position → probability row, for the samples in this trial's test split ({} when the file
-    is damaged: ``reports.collect.collect`` names it)."""
+    is damaged: ``ferbench.reports.collect.collect`` names it)."""
     stored = try_read(path, read_predictions)[0]
     if stored is None or stored["probabilities"].shape[1] != n_classes:
         return {}

@@ -66,7 +66,7 @@ def mount_tmpfs(tmp_path):
 def resume_points(experiment: Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
     """arm → the epoch ``--resume`` must continue at: one after its newest checkpoint whose weights and
     history are both intact (what the trial restores; a cut one is passed over)."""
-    from harness.checkpoints import checkpoint_dirs, read_checkpoint
+    from ferbench.harness.study.checkpoints import checkpoint_dirs, read_checkpoint
 
     points = {}
     for folder in experiment.glob("small_cnn_*"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.augment import InputAdapter, random_affine
+from ferbench.harness.train.augment import InputAdapter, random_affine
 
 NO_AUGMENT = dict(hflip=False, rotation_deg=0.0, zoom=0.0, translate=0.0, shear_deg=0.0)
 PAPER_AUGMENT = dict(hflip=True, rotation_deg=10.0, zoom=0.1, translate=0.1, shear_deg=5.0)

@@ -9,7 +9,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from backbones import (
+from ferbench.backbones import (
     count_parameters,
     create_backbone,
     get_backbone_info,
@@ -17,8 +17,8 @@ from backbones import (
     list_backbones,
     resolve_pretrained,
 )
-from backbones.small_cnn import SmallCNN
-from harness.cli import main
+from ferbench.backbones.small_cnn import SmallCNN
+from ferbench.harness.cli.main import main
 
 BUILT_IN = ("small_cnn", "mobilenet_v1", "resnet50")
 MOBILENET_HUB_ID = "timm/mobilenetv1_100.ra4_e3600_r224_in1k"
@@ -71,7 +71,7 @@ def test_built_in_timm_entries_register_without_timm_and_match_its_configs():
     import subprocess
     import sys
 
-    from backbones.timm_backbones import BUILTIN_PRETRAINED_CFGS, CFG_FIELDS, timm_pretrained_cfg
+    from ferbench.backbones.timm_backbones import BUILTIN_PRETRAINED_CFGS, CFG_FIELDS, timm_pretrained_cfg
 
     code = "import sys, backbones; backbones.get_backbone_info('resnet50'); print('timm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
@@ -360,7 +360,7 @@ def test_backbones_cli_json(capsys):
 
 
 def test_corrupt_weight_file_is_refused_in_one_line_naming_it(tmp_path):
-    from backbones.registry import create_backbone as build
+    from ferbench.backbones.registry import create_backbone as build
 
     for name, data in (("garbage.pth", bytes(range(256)) * 4), ("cut.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{")):
         path = tmp_path / name

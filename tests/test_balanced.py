@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.balanced import balanced_epoch_indices, class_weights, target_count
-from harness.cli import main
-from harness.engine import run_study
-from harness.spec import SpecError, load_spec
+from ferbench.harness.train.variants.balanced import balanced_epoch_indices, class_weights, target_count
+from ferbench.harness.cli.main import main
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.spec import SpecError, load_spec
 
 
 def test_every_class_is_sampled_up_to_m_with_minorities_repeated_evenly():
@@ -59,8 +59,8 @@ def test_balanced_study_trains_on_k_times_m_images_per_epoch(tmp_path):
     outcome = run_study(spec)
     assert set(outcome.statuses.values()) == {"completed"}
     epochs = pd.read_csv(outcome.report_dir / "tables" / "epochs.csv")
-    from harness.loaders import load_dataset
-    from harness.splits import load_splits
+    from ferbench.harness.data.loaders import load_dataset
+    from ferbench.harness.data.splits import load_splits
 
     labels = torch.from_numpy(load_dataset(spec.data).labels)
     train = torch.from_numpy(load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")[0]["train"])

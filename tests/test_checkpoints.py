@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from harness.checkpoints import (
+from ferbench.harness.study.checkpoints import (
     CHECKPOINT_FILE, HISTORY_FILE, SEAL_FILE, newest_history, read_checkpoint, read_history, trial_folder,
     write_checkpoint_files,
 )

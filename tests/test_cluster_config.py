@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.engine import SHARED_FILESYSTEMS, filesystem_type
+from ferbench.harness.study.engine import SHARED_FILESYSTEMS, filesystem_type
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_STUDY = [

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from reports.confusion import normalised_confusion, plot_confusion_matrices
+from ferbench.reports.confusion import normalised_confusion, plot_confusion_matrices
 
 TRIALS = pd.DataFrame({
     "arm_id": ["a_s0", "a_s1", "b_s0"], "backbone": ["small_cnn"] * 2 + ["resnet50"],

@@ -13,12 +13,12 @@ import pytest
 from test_formats import by_value, write_class_tree, write_image, write_rafdb
 from test_loaders import USAGES, write_fer_csv
 
-from harness.data_cache import cache_root, write_cache
-from harness.dataset import FerDataset
-from harness.loaders import DataError, load_dataset
-from harness.spec import DataSpec, SplitSpec
-from harness.splits import make_splits
-from harness.synthfer import FER2013_COUNTS
+from ferbench.harness.data.cache import cache_root, write_cache
+from ferbench.harness.data.dataset import FerDataset
+from ferbench.harness.data.loaders import DataError, load_dataset
+from ferbench.harness.spec import DataSpec, SplitSpec
+from ferbench.harness.data.splits import make_splits
+from ferbench.harness.data.synthfer import FER2013_COUNTS
 
 
 @pytest.fixture(autouse=True)
@@ -184,10 +184,10 @@ def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, capsys):
 
 
 def test_every_cache_folder_honours_xdg_cache_home_and_the_ferbench_variables(tmp_path, monkeypatch):
-    from backbones.cache_dirs import cache_dir, weights_dir
-    from harness.data_cache import cache_root
-    from harness.storage import RemoteStorage
-    from harness.synth_identity import synth_identity_dir
+    from ferbench.backbones.cache_dirs import cache_dir, weights_dir
+    from ferbench.harness.data.cache import cache_root
+    from ferbench.harness.study.storage import RemoteStorage
+    from ferbench.harness.train.synth_identity import synth_identity_dir
 
     for name in ("FERBENCH_CACHE_DIR", "FERBENCH_WEIGHTS_DIR"):
         monkeypatch.delenv(name, raising=False)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.data_checks import (
+from ferbench.harness.data.checks import (
     class_counts_table,
     constant_images,
     cross_split_duplicates,
@@ -16,7 +16,7 @@ from harness.data_checks import (
     exact_duplicates,
     inspect,
 )
-from harness.dataset import FER2013_CLASSES, FerDataset
+from ferbench.harness.data.dataset import FER2013_CLASSES, FerDataset
 
 SPLITS = {"train": np.arange(0, 30), "val": np.arange(30, 40), "test": np.arange(40, 50)}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.data_cli import add_data_parser, cmd_data
+from ferbench.harness.cli.data_cmd import add_data_parser, cmd_data
 
 CKPLUS = Path("/work/shared/data/ckplus48")
 USAGE = ["Training"] * 8 + ["PublicTest"] * 3 + ["PrivateTest"] * 3
@@ -103,8 +103,8 @@ def test_real_ckplus_folder(capsys):
     """CK+ 48×48: 981 images of 118 subjects in 7 folders (contempt kept); skipped until the loader exists."""
     if not CKPLUS.is_dir():
         pytest.skip(f"{CKPLUS} is not on this machine")
-    from harness.loaders import load_dataset
-    from harness.spec import DataSpec
+    from ferbench.harness.data.loaders import load_dataset
+    from ferbench.harness.spec import DataSpec
 
     try:
         load_dataset(DataSpec(format="ckplus", path=str(CKPLUS)))

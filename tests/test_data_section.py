@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.data_checks import inspect
-from harness.dataset import FER2013_CLASSES, FerDataset
-from reports.data_section import render_data_section
-from reports.escaping import md_text
+from ferbench.harness.data.checks import inspect
+from ferbench.harness.data.dataset import FER2013_CLASSES, FerDataset
+from ferbench.reports.data_section import render_data_section
+from ferbench.reports.escaping import md_text
 
 SPLITS = {"train": np.arange(0, 28), "val": np.arange(28, 35), "test": np.arange(35, 42)}
 

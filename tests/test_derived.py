@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from reports.derived import (
+from ferbench.reports.derived import (
     DIFFERENCE_COLUMNS,
     did_not_learn,
     fold_test_train_ratio,

@@ -13,8 +13,8 @@ import torch
 from deepface.models.facial_recognition.pytorch.OpenFace import OpenFaceNet
 from deepface.models.facial_recognition.pytorch.VGGFace import VggFaceBaseModel
 
-from backbones import backbone_parameter_counts, create_backbone, get_backbone_info, resolve_pretrained
-from harness.cli import main
+from ferbench.backbones import backbone_parameter_counts, create_backbone, get_backbone_info, resolve_pretrained
+from ferbench.harness.cli.main import main
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 
@@ -53,8 +53,8 @@ def test_forward_and_backward_at_native_and_small_sizes(name, sizes):
 
 
 def test_openface_is_fed_its_native_size_whatever_the_spec_asks():
-    from harness.spec import load_spec
-    from harness.trainable import resolve_input_size
+    from ferbench.harness.spec import load_spec
+    from ferbench.harness.train.trial import resolve_input_size
 
     spec = load_spec("quick", ["train.input_size=48"])
     assert get_backbone_info("openface").fixed_input_size
@@ -161,14 +161,14 @@ def served_folder(tmp_path):
 
 
 def _openface_study(tmp_path, *extra):
-    from harness.spec import load_spec
+    from ferbench.harness.spec import load_spec
 
     return load_spec("quick", ["grid.backbone=[openface]", "grid.init=[pretrained]", "grid.variant=[baseline]", "weights.source=published",
                                "data.num_images=70", f"weights.dir={tmp_path / 'weights'}", *extra])
 
 
 def test_preflight_downloads_missing_weights_when_online(served_folder, tmp_path, isolated_weights, monkeypatch):
-    from harness.preflight import run_preflight
+    from ferbench.harness.study.preflight import run_preflight
 
     for var in ("HF_HUB_OFFLINE", "FERBENCH_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
@@ -185,7 +185,7 @@ def test_preflight_downloads_missing_weights_when_online(served_folder, tmp_path
 def test_preflight_offline_download_failure_names_file_and_fetch_command(tmp_path, isolated_weights, monkeypatch):
     import socket
 
-    from harness.preflight import PreflightError, run_preflight
+    from ferbench.harness.study.preflight import PreflightError, run_preflight
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path / "deepface_home"))

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from harness import face_detect
-from harness.face_detect import crop_faces, eye_tilt, face_box
+from ferbench.harness.data import face_detect
+from ferbench.harness.data.face_detect import crop_faces, eye_tilt, face_box
 
 CKPLUS48 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
 CANVAS = (240, 320)  # rows, cols

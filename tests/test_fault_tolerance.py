@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.engine import run_study
-from harness.spec import load_spec
-from reports.collect import collect
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.spec import load_spec
+from ferbench.reports.collect import collect
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
@@ -203,7 +203,7 @@ def test_node_removed_mid_study_trials_reschedule_on_the_remaining_node(tmp_path
 
 
 def test_trial_failing_on_every_retry_is_failed_and_the_others_unaffected(tmp_path, uninterrupted, monkeypatch):
-    from harness.trainable import FAIL_ALWAYS_ENV, FAIL_MARKER_ENV, FAIL_ONCE_ENV
+    from ferbench.harness.train.trial import FAIL_ALWAYS_ENV, FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
     monkeypatch.setenv(FAIL_ONCE_ENV, "1")
     monkeypatch.setenv(FAIL_MARKER_ENV, str(tmp_path / "markers"))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reports.figures import (
+from ferbench.reports.figures import (
     backbone_palette, cost_summary, curve_data, draw_accuracy_vs_cost, draw_curves, draw_initial_bars,
     draw_mcr_mofr_heatmaps, heatmap_data, initial_bar_data, pareto_front, plot_accuracy_vs_cost, plot_curves,
     plot_initial_bars, plot_mcr_mofr_heatmaps,

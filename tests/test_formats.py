@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.formats.images import decode_files
-from harness.loaders import DataError, load_dataset
-from harness.spec import DataSpec
+from ferbench.harness.data.formats.images import decode_files
+from ferbench.harness.data.loaders import DataError, load_dataset
+from ferbench.harness.spec import DataSpec
 
 CKPLUS48 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
 CANONICAL = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones import create_backbone
-from backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch, train_mode, trunk_layers
+from ferbench.backbones import create_backbone
+from ferbench.backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch, train_mode, trunk_layers
 
 
 def trainable(model) -> int:
@@ -61,8 +61,8 @@ def test_paper_setting_on_resnet50_trains_the_last_four_layers_and_the_head():
 
 
 def test_frozen_layers_do_not_change_and_frozen_batchnorm_keeps_its_statistics(small_cnn):
-    from harness.augment import InputAdapter
-    from harness.training import train_one_epoch
+    from ferbench.harness.train.augment import InputAdapter
+    from ferbench.harness.train.loop import train_one_epoch
 
     apply_freeze(small_cnn, FreezePlan("head_only"), 1)
     before = {k: v.clone() for k, v in small_cnn.state_dict().items()}
@@ -85,7 +85,7 @@ def test_train_mode_puts_only_frozen_batchnorm_in_eval(small_cnn):
 
 
 def test_spec_rejects_an_unknown_policy():
-    from harness.spec import SpecError, load_spec
+    from ferbench.harness.spec import SpecError, load_spec
 
     with pytest.raises(SpecError, match="train.freeze.policy"):
         load_spec("quick", ["train.freeze.policy=some"])
@@ -108,8 +108,8 @@ def test_keras_last_k_counts_keras_layers_where_last_k_counts_modules():
 
 
 def test_keras_last_k_frozen_batchnorm_keeps_its_statistics_and_the_trained_one_learns():
-    from harness.augment import InputAdapter
-    from harness.training import train_one_epoch
+    from ferbench.harness.train.augment import InputAdapter
+    from ferbench.harness.train.loop import train_one_epoch
 
     torch.manual_seed(0)
     model = create_backbone("mobilenet_v1", 7)

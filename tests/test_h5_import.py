@@ -22,7 +22,7 @@ from deepface.models.facial_recognition.pytorch.OpenFace import OpenFaceNet
 from deepface.models.facial_recognition.pytorch.VGGFace import VggFaceBaseModel
 from torch import nn
 
-from backbones.h5_import import (
+from ferbench.backbones.h5_import import (
     H5_BACKBONES,
     import_h5,
     keras_conv_kernel_to_torch,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import create_backbone, get_backbone_info
-from backbones.freezing import FreezePlan, apply_freeze
+from ferbench.backbones import create_backbone, get_backbone_info
+from ferbench.backbones.freezing import FreezePlan, apply_freeze
 
 SIZES = {"small_cnn": 48, "mobilenet_v1": 48, "resnet50": 64, "vggface": 64, "openface": 96}
 
@@ -53,7 +53,7 @@ def test_head_only_trains_exactly_the_chosen_head():
 
 
 def test_unknown_head_is_refused_by_the_spec():
-    from harness.spec import SpecError, load_spec
+    from ferbench.harness.spec import SpecError, load_spec
 
     with pytest.raises(SpecError, match="train.head"):
         load_spec("quick", ["train.head=mlp"])

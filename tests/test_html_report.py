@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import Page, run_chromium  # noqa: E402
-from reports.html import render_html, write_html_report  # noqa: E402
+from ferbench.reports.html import render_html, write_html_report  # noqa: E402
 
 
 
@@ -187,8 +187,8 @@ document.body.setAttribute("data-layout", JSON.stringify({
 
 @pytest.fixture(scope="module")
 def tiny_report(tmp_path_factory) -> Path:
-    from harness.engine import run_study
-    from harness.spec import load_spec
+    from ferbench.harness.study.engine import run_study
+    from ferbench.harness.spec import load_spec
 
     storage = tmp_path_factory.mktemp("results")
     return run_study(load_spec("quick", [*TINY, f"run.storage={storage}", "run.name=html"])).report_dir

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cli import main
-from harness.data_checks import inspect
-from harness.data_cli import summary_text
-from harness.loaders import DataError, load_dataset
-from harness.preflight import PreflightError, run_preflight
-from harness.spec import DataSpec, SpecError, load_spec
-from harness.splits import named_index_sets
-from reports.data_section import render_data_section
+from ferbench.harness.cli.main import main
+from ferbench.harness.data.checks import inspect
+from ferbench.harness.cli.data_cmd import summary_text
+from ferbench.harness.data.loaders import DataError, load_dataset
+from ferbench.harness.study.preflight import PreflightError, run_preflight
+from ferbench.harness.spec import DataSpec, SpecError, load_spec
+from ferbench.harness.data.splits import named_index_sets
+from ferbench.reports.data_section import render_data_section
 from test_formats import write_class_tree, write_image
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -100,7 +100,7 @@ def test_read_only_storage_is_one_line_before_ray(read_only_folder, capsys):
 
 
 def test_storage_check_leaves_nothing_behind_and_skips_object_storage(tmp_path):
-    from harness.preflight import check_storage_writable
+    from ferbench.harness.study.preflight import check_storage_writable
 
     spec = load_spec("quick", [*TINY, f"run.storage={tmp_path / 'new' / 'results'}"])
     assert check_storage_writable(spec) == []
@@ -354,7 +354,7 @@ def test_conversions_ignored_entries_and_dropped_classes_are_listed_and_escaped(
 
 @pytest.mark.parametrize("backbone", ["small_cnn", "mobilenet_v1"])
 def test_pickled_model_and_truncated_file_get_their_own_messages(tmp_path, backbone):
-    from backbones import create_backbone
+    from ferbench.backbones import create_backbone
 
     model = create_backbone(backbone, 7)
     pickled, truncated = tmp_path / "whole_model.pth", tmp_path / "cut.pth"
@@ -374,7 +374,7 @@ def test_pickled_model_and_truncated_file_get_their_own_messages(tmp_path, backb
 def test_weights_of_another_network_give_counts_and_first_mismatch_only(tmp_path, backbone, first_missing):
     """OpenFace used to list all 381 keys (8.9 KB); timm's ResNet-50 loaded such a file without a word
     (timm loads leniently once the classifier is replaced), leaving a random backbone."""
-    from backbones import create_backbone
+    from ferbench.backbones import create_backbone
 
     path = tmp_path / "mobilenet.pth"
     torch.save(create_backbone("mobilenet_v1", 7).state_dict(), path)
@@ -387,7 +387,7 @@ def test_weights_of_another_network_give_counts_and_first_mismatch_only(tmp_path
 
 
 def test_timm_file_with_the_classifier_of_another_class_count_still_loads(tmp_path):
-    from backbones import create_backbone
+    from ferbench.backbones import create_backbone
 
     path = tmp_path / "mobilenet_v1.pth"
     torch.save(create_backbone("mobilenet_v1", 7).state_dict(), path)

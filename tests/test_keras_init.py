@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import create_backbone
-from backbones.keras_init import apply_keras_init, glorot_limit, keras_fans
+from ferbench.backbones import create_backbone
+from ferbench.backbones.keras_init import apply_keras_init, glorot_limit, keras_fans
 
 
 def test_fans_follow_keras_kernel_shapes_not_pytorchs():

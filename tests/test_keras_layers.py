@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import create_backbone
-from backbones.freezing import FreezePlan, apply_freeze
-from backbones.keras_layers import RECORDED_BACKBONES, keras_layer_list, load_keras_layers
-from backbones.registry import BackboneOptions, get_backbone_info
-from harness.cli import main
-from harness.spec import SpecError, load_spec
+from ferbench.backbones import create_backbone
+from ferbench.backbones.freezing import FreezePlan, apply_freeze
+from ferbench.backbones.keras_layers import RECORDED_BACKBONES, keras_layer_list, load_keras_layers
+from ferbench.backbones.registry import BackboneOptions, get_backbone_info
+from ferbench.harness.cli.main import main
+from ferbench.harness.spec import SpecError, load_spec
 
 KEYS = ("vggface", "vggface_fc7", "openface", "resnet50", "mobilenet_v1")
 # Keras' count_params of each whole model: the paper's counts (OpenFace, ResNet-50, MobileNet) and
@@ -151,7 +151,7 @@ def test_vggface_fc8_descriptor_is_deepfaces_2022_output(models):
 
 
 def test_vggface_fc8_needs_fc8_weights(tmp_path, monkeypatch, models):
-    import backbones.face_backbones as face
+    import ferbench.backbones.face_backbones as face
 
     path = tmp_path / "vgg_face_weights.pth"
     path.touch()
@@ -231,7 +231,7 @@ def _paper_trial(backbone: str):
     """A random-init ``smelyakov2022`` trial of ``backbone`` on 10 blank images, built as a Tune trial builds it."""
     import numpy as np
 
-    from harness.trainable import StudyPayload, _build_trial
+    from ferbench.harness.train.trial import StudyPayload, _build_trial
 
     spec = load_spec("smelyakov2022", [f"grid.backbone=[{backbone}]", "resources.gpu=0", "resources.cpu=1"])
     payload = StudyPayload(spec=spec.model_dump(mode="json"), images=np.zeros((10, 24, 24), np.uint8),
@@ -316,7 +316,7 @@ def test_a_paper_trial_builds_its_model_with_the_papers_options():
 
 
 def test_report_names_the_freezing_policy_and_the_papers_options():
-    from reports.markdown import _freezing, _model_options
+    from ferbench.reports.markdown import _freezing, _model_options
 
     spec = load_spec("smelyakov2022").model_dump(mode="json")
     assert _freezing(spec["train"]["freeze"]) == "keras_last_k (the last 4 Keras layers after excluding the last one)"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.dataset import FER2013_CLASSES
-from harness.loaders import DataError, load_dataset
-from harness.spec import DataSpec
+from ferbench.harness.data.dataset import FER2013_CLASSES
+from ferbench.harness.data.loaders import DataError, load_dataset
+from ferbench.harness.spec import DataSpec
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"

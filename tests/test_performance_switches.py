@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from backbones import create_backbone, get_backbone_info
-from harness.augment import InputAdapter, random_affine
-from harness.performance import CPU_EVAL_BATCH, CUDA_EVAL_BATCH, apply_process_settings, resolve_execution, select_device
-from harness.spec import SpecError, load_spec
-from harness.trainable import StudyPayload, _build_trial
-from harness.training import predict, train_one_epoch
+from ferbench.backbones import create_backbone, get_backbone_info
+from ferbench.harness.train.augment import InputAdapter, random_affine
+from ferbench.harness.train.performance import CPU_EVAL_BATCH, CUDA_EVAL_BATCH, apply_process_settings, resolve_execution, select_device
+from ferbench.harness.spec import SpecError, load_spec
+from ferbench.harness.train.trial import StudyPayload, _build_trial
+from ferbench.harness.train.loop import predict, train_one_epoch
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 
@@ -227,7 +227,7 @@ def test_trial_profile_files_each_sample_under_what_its_line_does():
     import inspect
 
     from benchmarks.profile_trial import classify, train_one_epoch_steps
-    from harness.training import train_one_epoch
+    from ferbench.harness.train.loop import train_one_epoch
 
     source, first = inspect.getsourcelines(train_one_epoch)
     line_of = lambda text: first + next(i for i, line in enumerate(source) if text in line)  # noqa: E731
@@ -298,8 +298,8 @@ def test_ray_workers_start_with_one_allocator_arena():
     launch (``/proc/self/environ``), not set later in Python, in tasks and in actors (Tune's trials)."""
     import ray
 
-    from harness.engine import init_ray
-    from harness.performance import TRIAL_WORKER_ENV
+    from ferbench.harness.study.engine import init_ray
+    from ferbench.harness.train.performance import TRIAL_WORKER_ENV
 
     def launch_environment() -> dict:
         entries = open("/proc/self/environ").read().split("\0")

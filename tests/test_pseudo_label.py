@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
-from harness import pseudo_label as pl
-from harness.engine import run_study
-from harness.spec import SpecError, load_spec
-from harness.layout import ROUNDS_FILE, SELECTED_WEIGHTS_FILE
-from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV
+from ferbench.harness.train.variants import pseudo_label as pl
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.spec import SpecError, load_spec
+from ferbench.harness.study.layout import ROUNDS_FILE, SELECTED_WEIGHTS_FILE
+from ferbench.harness.train.trial import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
 BASELINE_ARM = "small_cnn_random_baseline_s0"
 METRICS = ["epoch", "round", "round_epoch", "train_size", "train_acc", "train_loss", "val_acc", "val_loss"]
@@ -111,7 +111,7 @@ def _spoiling_trial(run_trial, spoiled: frozenset):
     """``run_trial``, except that its (round, round_epoch) epochs in ``spoiled`` train on all-class-0 labels."""
 
     def trial(config, payload):
-        from harness import trainable
+        from ferbench.harness.train import trial as trainable
 
         original = trainable._Trial.run_epoch
 
@@ -132,7 +132,7 @@ def run_spoiled_study(overrides: list[str]):
     """``run_study`` of the module's study (``PICKED`` + ``overrides``) with the ``SPOILED`` epochs."""
     import ray.cloudpickle
 
-    from harness import trainable
+    from ferbench.harness.train import trial as trainable
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     with pytest.MonkeyPatch.context() as patch:
@@ -147,11 +147,11 @@ def study(tmp_path_factory):
 
 
 def test_rounds_add_exactly_what_the_teachers_predictions_select(study):
-    from backbones import create_backbone, get_backbone_info
-    from harness.augment import InputAdapter
-    from harness.loaders import load_dataset
-    from harness.splits import load_splits
-    from harness.training import predict
+    from ferbench.backbones import create_backbone, get_backbone_info
+    from ferbench.harness.train.augment import InputAdapter
+    from ferbench.harness.data.loaders import load_dataset
+    from ferbench.harness.data.splits import load_splits
+    from ferbench.harness.train.loop import predict
 
     spec = load_spec("quick", PICKED)
     folder = _trial_dir(study, PL_ARM)
@@ -210,7 +210,7 @@ def test_round_tables_are_complete(study):
     report = (study.report_dir / "report.md").read_text()
     assert "## Pseudo-labelling (Arsirii & Petrosiuk 2023)" in report and "stopped:" in report
     assert (study.report_dir / "figures" / "pseudo_label_rounds.png").stat().st_size > 1000
-    from reports.pseudo_label_section import round_confusion
+    from ferbench.reports.pseudo_label_section import round_confusion
 
     confusion, units = round_confusion(study.experiment_dir)  # drawn as figures/pseudo_label_confusion.png
     assert [confusion[u]["matrix"] for u in units["arm_id"]] == [r["test_confusion_matrix"] for r in stored["rounds"]]
@@ -226,11 +226,11 @@ def test_round_tables_are_complete(study):
 
 def _reevaluated(outcome, arm: str) -> np.ndarray:
     """Test-set probabilities of the arm's kept ``selected_weights.pt``, computed here from scratch."""
-    from backbones import create_backbone, get_backbone_info
-    from harness.augment import InputAdapter
-    from harness.loaders import load_dataset
-    from harness.splits import load_splits
-    from harness.training import predict
+    from ferbench.backbones import create_backbone, get_backbone_info
+    from ferbench.harness.train.augment import InputAdapter
+    from ferbench.harness.data.loaders import load_dataset
+    from ferbench.harness.data.splits import load_splits
+    from ferbench.harness.train.loop import predict
 
     model = create_backbone("small_cnn", 7)
     model.load_state_dict(torch.load(_trial_dir(outcome, arm) / SELECTED_WEIGHTS_FILE, weights_only=True))
@@ -331,9 +331,9 @@ def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops
     import ray
     from ray import tune
 
-    from harness.engine import init_ray
-    from harness.preflight import run_preflight
-    from harness.trainable import StudyPayload, run_trial
+    from ferbench.harness.study.engine import init_ray
+    from ferbench.harness.study.preflight import run_preflight
+    from ferbench.harness.train.trial import StudyPayload, run_trial
 
     spec = load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "pseudo_label.threshold=0.01"])
     preflight = run_preflight(spec)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.spec import load_spec
+from ferbench.harness.spec import load_spec
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.engine import run_study
-from harness.loaders import load_dataset
-from harness.preflight import run_preflight
-from harness.spec import load_spec
-from harness.splits import load_splits
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.data.loaders import load_dataset
+from ferbench.harness.study.preflight import run_preflight
+from ferbench.harness.spec import load_spec
+from ferbench.harness.data.splits import load_splits
 
 CKPLUS48 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
 

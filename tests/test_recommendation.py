@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reports.derived import DIFFERENCE_COLUMNS, seed_summary
-from reports.recommendation import pareto_models, render_recommendation
+from ferbench.reports.derived import DIFFERENCE_COLUMNS, seed_summary
+from ferbench.reports.recommendation import pareto_models, render_recommendation
 
 
 def _pattern(n: int, shift: int) -> np.ndarray:

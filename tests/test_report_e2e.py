@@ -14,11 +14,11 @@ import pytest
 import torch
 from scipy import stats
 
-from backbones import create_backbone
-from harness.cli import main
-from harness.engine import run_study
-from harness.spec import load_spec
-from reports.stats import welch_interval
+from ferbench.backbones import create_backbone
+from ferbench.harness.cli.main import main
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.spec import load_spec
+from ferbench.reports.stats import welch_interval
 
 TINY = [
     "data.num_images=240", "data.image_size=24", "train.epochs=3", "train.batch_size=32",

@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.atomic import atomic_write_json
-from harness.cli import main
-from harness.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
-from reports import build_report
-from reports.collect import _checkpoint_history, _trial_dir, collect, read_per_class, read_predictions, try_read
-from reports.escaping import md_code
-from reports.html import render_html, safe_href, safe_src
-from reports.markdown import markdown_table, md_cell
+from ferbench.harness.study.atomic import atomic_write_json
+from ferbench.harness.cli.main import main
+from ferbench.harness.study.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
+from ferbench.reports import build_report
+from ferbench.reports.collect import _checkpoint_history, _trial_dir, collect, read_per_class, read_predictions, try_read
+from ferbench.reports.escaping import md_code
+from ferbench.reports.html import render_html, safe_href, safe_src
+from ferbench.reports.markdown import markdown_table, md_cell
 from conftest import Page, run_chromium
 
 TINY = [
@@ -39,8 +39,8 @@ EVIL = "[r](javascript:alert(1))"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    from harness.engine import run_study
-    from harness.spec import load_spec
+    from ferbench.harness.study.engine import run_study
+    from ferbench.harness.spec import load_spec
 
     storage = tmp_path_factory.mktemp("hardening")
     outcome = run_study(load_spec("quick", [*TINY, f"run.storage={storage}", "run.name=tiny"]))

@@ -14,7 +14,7 @@ import time
 import pandas as pd
 import pytest
 
-from harness.storage import download, latest_remote_experiment, parse_remote, split_experiment_uri, upload
+from ferbench.harness.study.storage import download, latest_remote_experiment, parse_remote, split_experiment_uri, upload
 
 BUCKET = "ferbench-test"
 
@@ -108,7 +108,7 @@ def _keys(prefix: str) -> set[str]:
 
 
 def test_study_on_s3_writes_trials_and_report_to_the_bucket_and_renders_from_it(aws_env, tmp_path, capsys):
-    from harness.cli import main
+    from ferbench.harness.cli.main import main
 
     storage = f"s3://{BUCKET}/studies"
     assert main(["run", "--storage", storage, *(x for o in [*STUDY, "run.name=on-s3"] for x in ("--set", o))]) == 0
@@ -144,8 +144,8 @@ def test_interrupted_study_on_s3_resumes_from_the_bucket(aws_env, tmp_path, caps
     the bucket, the local mirror deleted in between."""
     import shutil
 
-    from harness.cli import main
-    from harness.progress import ProgressPrinter
+    from ferbench.harness.cli.main import main
+    from ferbench.harness.study.progress import ProgressPrinter
 
     storage = f"s3://{BUCKET}/resumed"
     original = ProgressPrinter.on_trial_complete
@@ -176,7 +176,7 @@ def test_interrupted_study_on_s3_resumes_from_the_bucket(aws_env, tmp_path, caps
 
 def test_unknown_scheme_and_unreachable_bucket_fail_in_one_line_before_anything_is_written(tmp_path, capsys,
                                                                                            monkeypatch):
-    from harness.cli import main
+    from ferbench.harness.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--storage", "gs://bucket/prefix"]) == 2

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.atomic import atomic_write_json
-from harness.experiment import experiment_paths, read_json
-from harness.samples import load_samples, save_samples, select_samples
-from harness.spec import arm_id
-from harness.splits import load_splits
-from harness.layout import TEST_PREDICTIONS_FILE
-from reports.sample_predictions import collect_sample_probabilities, model_styles, plot_sample_predictions
+from ferbench.harness.study.atomic import atomic_write_json
+from ferbench.harness.study.experiment import experiment_paths, read_json
+from ferbench.harness.data.samples import load_samples, save_samples, select_samples
+from ferbench.harness.spec import arm_id
+from ferbench.harness.data.splits import load_splits
+from ferbench.harness.study.layout import TEST_PREDICTIONS_FILE
+from ferbench.reports.sample_predictions import collect_sample_probabilities, model_styles, plot_sample_predictions
 
 CLASSES = ("angry", "happy", "sad")
 LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 1, 1, 0, 1, 0])  # "sad" has two images, one in the test split
@@ -49,7 +49,7 @@ def test_samples_round_trip_and_absent_file(tmp_path):
 
 
 def _fake_experiment(root, samples, trials: list[tuple[dict, np.ndarray, np.ndarray | None]]):
-    """An experiment folder as harness.experiment and Tune lay it out: grid.json, samples.npz and one
+    """An experiment folder as ferbench.harness.study.experiment and Tune lay it out: grid.json, samples.npz and one
     ``<arm_id>_<trial_id>/`` per arm with params.json and (when given) test_predictions.npz."""
     paths = experiment_paths(root)
     save_samples(paths["samples"], samples)
@@ -127,7 +127,7 @@ def test_models_share_the_backbone_colour_random_is_lighter_and_hatched():
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     from tests.test_study_e2e import tiny_spec
-    from harness.engine import run_study
+    from ferbench.harness.study.engine import run_study
 
     storage = tmp_path_factory.mktemp("results")
     return run_study(tiny_spec(storage, "samples", "report.samples_per_class=3", "grid.init=[random]", "grid.seed=[0]"))
@@ -153,10 +153,10 @@ def test_real_study_stores_sample_images_and_the_report_can_draw_them(tiny_study
 
 @pytest.mark.parametrize("per_class", [0, 2])
 def test_driver_writes_samples_only_when_asked(tmp_path, per_class):
-    from harness.dataset import FerDataset
-    from harness.experiment import write_experiment_inputs
-    from harness.preflight import Preflight
-    from harness.spec import load_spec
+    from ferbench.harness.data.dataset import FerDataset
+    from ferbench.harness.study.experiment import write_experiment_inputs
+    from ferbench.harness.study.preflight import Preflight
+    from ferbench.harness.spec import load_spec
 
     spec = load_spec("quick", [f"report.samples_per_class={per_class}"])
     dataset = FerDataset(name="tiny", images=IMAGES, labels=LABELS, class_names=CLASSES)
@@ -172,7 +172,7 @@ def test_driver_writes_samples_only_when_asked(tmp_path, per_class):
 
 
 def test_spec_refuses_a_negative_sample_count():
-    from harness.spec import load_spec
+    from ferbench.harness.spec import load_spec
 
     with pytest.raises(Exception, match="samples_per_class"):
         load_spec("quick", ["report.samples_per_class=-1"])

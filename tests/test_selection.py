@@ -1,5 +1,5 @@
 """Which epoch a round tests (train.select) and which round is a pseudo-labelling arm's result
-(harness/selection.py, harness.pseudo_label_rounds.headline_metrics), on known numbers."""
+(harness/selection.py, ferbench.harness.train.variants.pseudo_label_rounds.headline_metrics), on known numbers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from harness.pseudo_label_rounds import headline_metrics
-from harness.selection import BestEpoch, best_index, select_round
-from harness.spec import SpecError, load_spec
+from ferbench.harness.train.variants.pseudo_label_rounds import headline_metrics
+from ferbench.harness.train.selection import BestEpoch, best_index, select_round
+from ferbench.harness.spec import SpecError, load_spec
 
 NAN = math.nan
 

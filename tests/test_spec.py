@@ -11,8 +11,8 @@ from importlib import resources
 import pytest
 import yaml
 
-from harness.cli import EXIT_USAGE, main
-from harness.spec import SpecError, StudySpec, apply_override, arm_id, builtin_studies, load_spec, spec_to_yaml
+from ferbench.harness.cli.main import EXIT_USAGE, main
+from ferbench.harness.spec import SpecError, StudySpec, apply_override, arm_id, builtin_studies, load_spec, spec_to_yaml
 
 ERROR_PREFIX = "ferbench: error: "
 
@@ -80,7 +80,7 @@ def test_overrides_parse_ints_floats_lists_and_nested_keys():
     assert spec.weights.files == {"mobilenet_v1": "/weights/mnv1.safetensors"}
     assert spec.run.name == "my-run"
     # Untouched values keep the study file's values.
-    quick = yaml.safe_load(resources.files("harness.studies").joinpath("quick.yaml").read_text())
+    quick = yaml.safe_load(resources.files("ferbench.harness.study.studies").joinpath("quick.yaml").read_text())
     assert spec.train.batch_size == quick["train"]["batch_size"] and spec.data.num_images == quick["data"]["num_images"]
 
 

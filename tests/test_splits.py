@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from harness.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from harness.dataset import FER2013_CLASSES, FerDataset
-from harness.spec import SplitSpec, load_spec
-from harness.splits import SPLIT_NAMES, SplitError, load_splits, make_splits, save_splits, stratified_split
+from ferbench.harness.study.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ferbench.harness.data.dataset import FER2013_CLASSES, FerDataset
+from ferbench.harness.spec import SplitSpec, load_spec
+from ferbench.harness.data.splits import SPLIT_NAMES, SplitError, load_splits, make_splits, save_splits, stratified_split
 
 RATIOS = (0.7, 0.1, 0.2)
 # FER2013-like imbalance: one small class (disgust), 900 images.

@@ -1,10 +1,10 @@
-"""reports.stats: the intervals behind every "differs" / "tied" in a report."""
+"""ferbench.reports.stats: the intervals behind every "differs" / "tied" in a report."""
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from reports.stats import (
+from ferbench.reports.stats import (
     MIN_PAIRS,
     corrected_resampled_t,
     format_difference,

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.engine import run_study
-from harness.spec import load_spec
-from harness.splits import load_splits
-from reports.collect import collect_per_class
-from harness.trainable import FAIL_MARKER_ENV, FAIL_ONCE_ENV
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.spec import load_spec
+from ferbench.harness.data.splits import load_splits
+from ferbench.reports.collect import collect_per_class
+from ferbench.harness.train.trial import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
 TINY = [
@@ -161,7 +161,7 @@ def test_trial_failing_without_retries_is_reported_as_failed_with_its_error(tmp_
 
 
 def test_report_command_rerenders_from_disk(baseline_run, capsys):
-    from harness.cli import main
+    from ferbench.harness.cli.main import main
 
     report_dir = baseline_run.report_dir
     before = (report_dir / "tables" / "epochs.csv").read_text()
@@ -174,7 +174,7 @@ def test_report_command_rerenders_from_disk(baseline_run, capsys):
 
 
 def test_report_command_rejects_a_folder_that_is_no_experiment(tmp_path, capsys):
-    from harness.cli import main
+    from ferbench.harness.cli.main import main
 
     assert main(["report", str(tmp_path)]) == 2
     assert "not a FERBench experiment" in capsys.readouterr().err

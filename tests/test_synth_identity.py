@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from backbones import create_backbone
-from harness.synth_identity import synth_identity_weights
+from ferbench.backbones import create_backbone
+from ferbench.harness.train.synth_identity import synth_identity_weights
 
 RECIPE = {"num_images": 240, "num_identities": 8, "image_size": 24, "epochs": 1, "lr": 1e-3, "batch_size": 32, "seed": 5}
 

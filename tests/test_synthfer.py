@@ -1,4 +1,4 @@
-"""Tests for harness.synthfer, the embedded synthetic FER dataset."""
+"""Tests for ferbench.harness.data.synthfer, the embedded synthetic FER dataset."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from harness.dataset import ACTION_UNITS, FER2013_CLASSES, FerDataset
-from harness.synthfer import FER2013_COUNTS, class_counts, generate_synthfer
+from ferbench.harness.data.dataset import ACTION_UNITS, FER2013_CLASSES, FerDataset
+from ferbench.harness.data.synthfer import FER2013_COUNTS, class_counts, generate_synthfer
 
 CLS = {name: i for i, name in enumerate(FER2013_CLASSES)}
 AU = {name: i for i, name in enumerate(ACTION_UNITS)}
@@ -190,10 +190,10 @@ def test_learnable_but_not_trivial():
     clearly below 100% (overlapping expressions, nuisance, label noise)."""
     import torch
 
-    from backbones import create_backbone
-    from harness.augment import InputAdapter
-    from harness.splits import stratified_split
-    from harness.training import accuracy_and_loss, predict, train_one_epoch
+    from ferbench.backbones import create_backbone
+    from ferbench.harness.train.augment import InputAdapter
+    from ferbench.harness.data.splits import stratified_split
+    from ferbench.harness.train.loop import accuracy_and_loss, predict, train_one_epoch
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

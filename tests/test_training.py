@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from backbones import create_backbone, get_backbone_info
-from harness.augment import InputAdapter
-from harness.training import NonFiniteLoss, accuracy_and_loss, batch_bounds, predict, train_one_epoch
+from ferbench.backbones import create_backbone, get_backbone_info
+from ferbench.harness.train.augment import InputAdapter
+from ferbench.harness.train.loop import NonFiniteLoss, accuracy_and_loss, batch_bounds, predict, train_one_epoch
 
 CPU = torch.device("cpu")
 

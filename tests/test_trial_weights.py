@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbones import create_backbone
-from harness.trainable import StudyPayload, _build_trial, _weights_here
+from ferbench.backbones import create_backbone
+from ferbench.harness.train.trial import StudyPayload, _build_trial, _weights_here
 
 
 def _payload(weight_file: str, blobs: dict[str, bytes]) -> StudyPayload:
-    from harness.spec import load_spec
+    from ferbench.harness.spec import load_spec
 
     spec = load_spec("quick", ["data.num_images=240", "data.image_size=24", "grid.backbone=[small_cnn]"])
     return StudyPayload(spec=spec.model_dump(mode="json"), images=np.zeros((10, 24, 24), np.uint8),

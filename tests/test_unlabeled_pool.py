@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.engine import run_study
-from harness.formats.common import DataError
-from harness.preflight import PreflightError
-from harness.spec import load_spec
-from harness.synthfer import generate_synthfer
-from harness.layout import ROUNDS_FILE
-from harness.unlabeled_pool import load_unlabeled_pool
+from ferbench.harness.study.engine import run_study
+from ferbench.harness.data.formats.common import DataError
+from ferbench.harness.study.preflight import PreflightError
+from ferbench.harness.spec import load_spec
+from ferbench.harness.data.synthfer import generate_synthfer
+from ferbench.harness.study.layout import ROUNDS_FILE
+from ferbench.harness.data.unlabeled_pool import load_unlabeled_pool
 from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 
 HAPPY = 3  # FER2013 class order
@@ -79,9 +79,9 @@ def test_a_missing_or_empty_pool_fails_preflight_naming_the_key(tmp_path):
 def test_a_study_pseudo_labels_an_external_pool_of_another_size_and_channel_count(tmp_path):
     """A 32×32 RGB pool of happy faces for a 24×24 grey dataset: converted, predicted by the teacher,
     added with its predicted labels, precision unknown; classes the teacher never predicts get none."""
-    from backbones import create_backbone, get_backbone_info
-    from harness.augment import InputAdapter
-    from harness.training import predict
+    from ferbench.backbones import create_backbone, get_backbone_info
+    from ferbench.harness.train.augment import InputAdapter
+    from ferbench.harness.train.loop import predict
 
     paths = _write_pool(tmp_path / "pool")
     spec = load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "split.unlabeled_fraction=0", "pseudo_label.max_rounds=1",

@@ -22,10 +22,10 @@ import torch
 from deepface.models.facial_recognition.pytorch.OpenFace import OpenFaceNet
 from test_h5_import import openface_h5, random_openface  # the Keras-layout .h5 writer
 
-from backbones import download, resolve_pretrained
-from backbones.download import DownloadError, fetch, weight_source
-from backbones.h5_import import H5_BACKBONES
-from harness.weights_cli import H5_CHOICES, add_weights_parser, cmd_weights
+from ferbench.backbones import download, resolve_pretrained
+from ferbench.backbones.download import DownloadError, fetch, weight_source
+from ferbench.backbones.h5_import import H5_BACKBONES
+from ferbench.harness.cli.weights_cmd import H5_CHOICES, add_weights_parser, cmd_weights
 
 GITHUB = "https://github.com/serengil/deepface_models/releases/download/v1.0"
 HF_DEEPFACE = "https://huggingface.co/serengil/deepface/resolve/main"
@@ -164,7 +164,7 @@ def test_weight_sources_are_the_published_files_under_the_resolvers_names():
 # --- ferbench weights ----------------------------------------------------------------------------
 
 def test_weights_is_a_ferbench_command(weights_dir, capsys):
-    from harness.cli import main
+    from ferbench.harness.cli.main import main
 
     assert main(["weights", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

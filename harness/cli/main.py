@@ -1,0 +1,190 @@
+"""``ferbench`` command line: run studies, re-render reports, list backbones, manage pretrained
+weights, inspect datasets.
+
+Bad input ends with one message and exit code 2; nothing is written before the spec and the
+preflight pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ferbench.harness.cli.backbones_cmd import add_backbones_parser, cmd_backbones
+from ferbench.harness.cli.data_cmd import add_data_parser, cmd_data
+from ferbench.harness.study.interrupts import install_sigterm_handler, terminated
+from ferbench.harness.cli.weights_cmd import add_weights_parser, cmd_weights
+
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferbench", description="Benchmark facial-emotion-recognition backbones on Ray Tune.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a study (default: the built-in quick study)")
+    run.add_argument("study", nargs="?", default="quick", help="built-in study name or a YAML file (default: quick)")
+    run.add_argument("--study", dest="study_option", metavar="STUDY", help="same as the positional STUDY")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec value, e.g. --set train.epochs=5 --set grid.seed=[0,1,2]")
+    run.add_argument("--storage", help="results root directory (same as --set run.storage=DIR)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the newest experiment of this study under the storage (or --set run.name=NAME)")
+    run.add_argument("--print-spec", action="store_true", help="print the resolved spec as YAML and exit")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own progress tables and logs")
+
+    report = commands.add_parser("report", help="re-render the report of experiment folders, or compare them")
+    report.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
+                        help="an experiment folder, or s3://BUCKET/PREFIX/<experiment>")
+    report.add_argument("--s3-endpoint", metavar="URL", help="endpoint of an S3-compatible server "
+                                                             "(default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or AWS)")
+    report.add_argument("--compare", action="store_true",
+                        help="also write one report setting the experiments side by side (the first is the reference)")
+    report.add_argument("--out", help="folder of the comparison (default: beside the first experiment, "
+                                                 "compare-<A>-vs-<B>…)")
+
+    add_backbones_parser(commands)
+    add_weights_parser(commands)
+    add_data_parser(commands)
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"ferbench: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ferbench.harness.study.experiment import latest_experiment
+    from ferbench.harness.study.preflight import PreflightError
+    from ferbench.harness.spec import SpecError, load_spec, spec_to_yaml
+
+    study = args.study_option or args.study
+    overrides = list(args.overrides) + ([f"run.storage={args.storage}"] if args.storage else [])
+    try:
+        spec = load_spec(study, overrides)
+    except SpecError as err:
+        return _fail(str(err).replace("\n", "\nferbench: error: "))
+    if args.print_spec:
+        print(spec_to_yaml(spec), end="")
+        return EXIT_OK
+
+    from ferbench.harness.study.storage import is_remote
+
+    remote = is_remote(spec.run.storage)
+    storage = spec.run.storage if remote else Path(spec.run.storage).expanduser().resolve()
+    experiment_dir = None
+    if args.resume:
+        try:
+            experiment_dir = _remote_resume_folder(spec) if remote else (
+                storage / spec.run.name if spec.run.name else latest_experiment(storage, spec.study))
+        except (ValueError, OSError) as err:
+            return _fail(f"--resume: {err}")
+        if experiment_dir is None or not experiment_dir.exists():
+            return _fail(f"--resume: no experiment of study {spec.study!r} under {storage}; run it without --resume first")
+
+    from ferbench.harness.study.engine import run_study
+
+    try:
+        outcome = run_study(spec, experiment_dir=experiment_dir, resume=args.resume, verbose=args.verbose, command=sys.argv)
+    except (PreflightError, FileExistsError, FileNotFoundError) as err:
+        return _fail(str(err).replace("\n", "\nferbench: error: "))
+    except OSError as err:  # a results or data path that cannot be written or read
+        return _fail(describe_os_error(err), EXIT_FAILED_TRIALS)
+    resume_hint = resume_command(study, storage, outcome.experiment_dir.name)
+    for problem in outcome.problems:
+        print(f"ferbench: error: {problem}", file=sys.stderr)
+    statuses = list(outcome.statuses.values())
+    summary = ", ".join(f"{statuses.count(s)} {s}" for s in ("completed", "failed", "unavailable", "incomplete") if s in statuses)
+    print(f"Done: {summary}.")
+    if outcome.report_dir is not None:
+        print(f"Report: {outcome.report_dir / 'report.md'}")
+    if outcome.problems:
+        print(f"Free space (or copy {outcome.experiment_dir} to a roomier disk), then continue with: {resume_hint}")
+        return EXIT_FAILED_TRIALS
+    if not outcome.finished:
+        print(f"The study was interrupted. Continue it with: {resume_hint}")
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
+    return EXIT_FAILED_TRIALS if "failed" in statuses else EXIT_OK
+
+
+def resume_command(study: str, storage: Path | str, name: str) -> str:
+    """The exact command that continues this experiment: its storage and its name, never "the newest"."""
+    return " ".join(["ferbench", "run", shlex.quote(study), "--resume", "--storage", shlex.quote(str(storage)),
+                     "--set", shlex.quote(f"run.name={name}")])
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line naming the path: "PATH: No space left on device"."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
+def _remote_resume_folder(spec) -> Path | None:
+    """Download the experiment to continue (``run.name``, else the newest of the study) from the bucket."""
+    from ferbench.harness.study.storage import download, latest_remote_experiment, parse_remote
+
+    storage = parse_remote(spec.run.storage, spec.run.s3_endpoint)
+    name = spec.run.name or latest_remote_experiment(storage, spec.study)
+    if name is None:
+        return None
+    try:
+        return download(storage, name, storage.mirror(name))
+    except FileNotFoundError:
+        return None
+
+
+def _local_report_folder(target: str, endpoint: str | None) -> tuple[Path, tuple | None]:
+    """A report target as a local folder; ``s3://…`` is downloaded to its mirror first."""
+    from ferbench.harness.study.storage import fetch_experiment, is_remote
+
+    if not is_remote(target):
+        return Path(target).expanduser().resolve(), None
+    storage, name, mirror = fetch_experiment(target, endpoint)
+    return mirror, (storage, name)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ferbench.reports import build_comparison_report, build_report
+
+    from ferbench.harness.study.storage import upload
+
+    if args.compare and len(args.experiment_dirs) < 2:
+        return _fail("--compare needs two or more experiment folders, e.g. ferbench report A B --compare")
+    if args.out and not args.compare:
+        return _fail("--out names the comparison's folder; add --compare")
+    folders = []
+    try:
+        for target in args.experiment_dirs:
+            folder, remote = _local_report_folder(target, args.s3_endpoint)
+            print(f"Report: {build_report(folder) / 'report.md'}")
+            if remote is not None:  # the report goes back beside the trials in the bucket
+                storage, name = remote
+                upload(storage, folder, name, "report")
+                print(f"  uploaded to {storage.uri}/{name}/report/")
+            folders.append(folder)
+        if args.compare:
+            out = Path(args.out) if args.out else folders[0].parent / ("compare-" + "-vs-".join(f.name for f in folders))
+            print(f"Comparison: {build_comparison_report(folders, out.resolve()) / 'report.md'}")
+    except (FileNotFoundError, ValueError, OSError) as err:
+        return _fail(str(err).splitlines()[0])
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "weights": cmd_weights, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    install_sigterm_handler()
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nferbench: interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
+
+
+def entry_point() -> None:
+    sys.exit(main())

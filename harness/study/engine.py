@@ -1,0 +1,365 @@
+"""The study engine: preflight, experiment folder, one Ray Tune trial per grid arm, report.
+
+Follows Ray Tune's plain-function model: ``run_trial`` wrapped with ``with_parameters``
+(dataset in the object store once) and ``with_resources`` (per-trial CPU/GPU from the spec),
+a FIFO scheduler (a benchmark runs every arm to its full budget), a checkpoint every epoch,
+retries that resume from it. ``--resume`` starts a new Tuner over the arms not finished, each
+continuing from its trial's newest intact checkpoint (``resume_plan``); Tune's pickled experiment
+state is never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ferbench.harness.study.checkpoints import is_final, newest_history, trial_folder
+from ferbench.harness.study.diskspace import disk_full
+from ferbench.harness.study.experiment import default_experiment_name, read_json, read_stored_spec, write_experiment_inputs
+from ferbench.harness.study.layout import experiment_paths
+from ferbench.harness.study.interrupts import install_sigterm_handler
+from ferbench.harness.study.preflight import Preflight, PreflightError, run_preflight
+from ferbench.harness.train.performance import TRIAL_WORKER_ENV
+from ferbench.harness.spec import StudySpec
+from ferbench.harness.data.splits import load_splits
+from ferbench.harness.study.storage import RemoteStorage, download, holds_experiment, is_remote, parse_remote, upload
+
+# Ray's periodic "snapshot" warnings are noise for a study that checkpoints every epoch.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@dataclass
+class StudyOutcome:
+    experiment_dir: Path
+    report_dir: Path | None  # None: the report could not be written (see problems)
+    statuses: dict[str, str]  # arm_id → completed | failed | unavailable | incomplete
+    problems: list[str] = field(default_factory=list)  # one line each, e.g. "disk full at PATH"
+
+    @property
+    def finished(self) -> bool:
+        return "incomplete" not in self.statuses.values()
+
+
+def running_cluster_address() -> str | None:
+    """The Ray cluster this process should join, or ``None`` to start a private local Ray.
+
+    ``RAY_ADDRESS`` wins (``local`` asks for a private Ray). Without it, the cluster that ``ray start``
+    runs on this machine: on the head of a ``ray up`` cluster, where ``ray submit`` runs
+    ``python ~/run.py`` with no ``RAY_ADDRESS``, Ray records the address in
+    ``<RAY_TMPDIR or /tmp>/ray/ray_current_cluster``. A record whose port nobody listens on is left
+    from a cluster that has stopped, and ignored.
+    """
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address:
+        return None if address == "local" else address
+    from ray._private.utils import read_ray_address
+
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return recorded
+    except (OSError, ValueError):
+        return None
+
+
+def init_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
+    """Attach to the running cluster (``running_cluster_address``), otherwise start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    options = {"runtime_env": {"env_vars": TRIAL_WORKER_ENV}}
+    if not verbose:
+        options.update(logging_level=logging.ERROR, log_to_driver=False)
+    address = running_cluster_address()
+    if address:  # a cluster's resources are its nodes' (and the autoscaler's), never ours to set
+        ray.init(address=address, **options)
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **options)
+
+
+# Filesystems every node mounts under the same path: what a trial on a worker writes there, the
+# driver on the head reads.
+SHARED_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "glusterfs", "fuse.glusterfs", "ceph", "fuse.ceph",
+    "beegfs", "gpfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.mount-s3", "fuse.sshfs",
+})
+
+
+def filesystem_type(path: Path) -> str:
+    """Type of the filesystem holding ``path`` (or its nearest existing parent), from /proc/self/mounts."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    best, fstype = "", ""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:  # not Linux: nothing to go by
+        return ""
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # \040: a space
+        if (str(path) == mount_point or str(path).startswith(mount_point.rstrip("/") + "/")) and len(mount_point) >= len(best):
+            best, fstype = mount_point, fields[2]
+    return fstype
+
+
+def check_results_storage(spec: StudySpec, experiment_dir: Path) -> None:
+    """Refuse a results folder only the driver's machine has when trials may run on other machines.
+
+    Each trial writes its checkpoints and results where it runs; on another machine that is not
+    where the driver (on the head) looks, and the study's results are lost. Trials may run elsewhere
+    when a node of the cluster is on another machine, or when no node on the driver's machine can
+    host a trial (a head with ``CPU: 0``: the autoscaler will add workers). Object storage (``s3://…``) and
+    shared filesystems pass; ``FERBENCH_SHARED_STORAGE=1`` (or a spec's ``run.shared_storage``)
+    vouches for a shared mount that is not recognised.
+    """
+    import ray
+
+    if is_remote(spec.run.storage) or spec.run.shared_storage:
+        return
+    if os.environ.get("FERBENCH_SHARED_STORAGE", "").lower() in ("1", "true", "yes"):
+        return
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    here = next((n for n in nodes if n["NodeID"] == ray.get_runtime_context().get_node_id()), {})
+    on_this_machine = [n for n in nodes if n["NodeManagerAddress"] == here.get("NodeManagerAddress")]
+    machines = {node["NodeManagerAddress"] for node in nodes} - {here.get("NodeManagerAddress")}
+    hosts_trials = any(
+        n["Resources"].get("CPU", 0) >= spec.resources.cpu and n["Resources"].get("GPU", 0) >= spec.resources.gpu
+        for n in on_this_machine
+    )
+    if (not machines and hosts_trials) or filesystem_type(experiment_dir) in SHARED_FILESYSTEMS:
+        return
+    where = f"nodes on {len(machines)} other machine(s)" if machines else "a head node that runs no trials"
+    raise PreflightError(
+        f"run.storage: {experiment_dir.parent} is on this machine only, but the cluster has {where}, whose trials "
+        "would write their results to their own disks; use --storage s3://BUCKET/PREFIX, or a folder on a "
+        "filesystem every node mounts (NFS, EFS, Lustre; if yours is not recognised as one, set FERBENCH_SHARED_STORAGE=1)"
+    )
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.config['arm']['arm_id']}_{trial.trial_id}"
+
+
+def _build_trainable(spec: StudySpec, preflight: Preflight, name: str, ship_weights: bool):
+    from ray import tune
+
+    from ferbench.harness.train.trial import StudyPayload, fault_injection_from_env, run_trial
+
+    images, labels, splits = preflight.training_arrays()
+    payload = StudyPayload(
+        spec=spec.model_dump(mode="json"),
+        images=images,
+        labels=labels,
+        class_names=preflight.dataset.class_names,
+        splits=splits,
+        weight_files=preflight.weight_files,
+        fault_injection=fault_injection_from_env(),
+        weight_blobs={b: Path(p).read_bytes() for b, p in preflight.weight_files.items()} if ship_weights else {},
+    )
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.with_resources(tune.with_parameters(_named_trainable(run_trial, name), payload=payload), resources)
+
+
+def _named_trainable(run_trial, experiment_name: str):
+    """``run_trial`` under a name of its own. Tune stores a trainable in the cluster's registry by
+    its name, and a retried trial fetches it again from there: two studies sharing one cluster under
+    the same name would run each other's payload after a retry."""
+
+    def trainable(config: dict, payload) -> None:
+        return run_trial(config, payload)
+
+    trainable.__name__ = trainable.__qualname__ = f"ferbench_{re.sub(r'[^A-Za-z0-9_]', '_', experiment_name)}"
+    return trainable
+
+
+def remote_storage(spec: StudySpec) -> RemoteStorage | None:
+    """The object storage of ``run.storage`` (``s3://…``), or ``None`` for a folder."""
+    return parse_remote(spec.run.storage, spec.run.s3_endpoint) if is_remote(spec.run.storage) else None
+
+
+def _bucket_holds(remote: RemoteStorage, name: str) -> bool:
+    """Whether the bucket already has this experiment; an unreachable bucket stops the study here."""
+    try:
+        return holds_experiment(remote, name)
+    except OSError as err:
+        raise PreflightError(f"run.storage: cannot reach {remote.uri}: {str(err).splitlines()[0]}; check the AWS "
+                             "credentials and, for a non-AWS server, run.s3_endpoint") from None
+
+
+def _tune_location(experiment_dir: Path, remote: RemoteStorage | None) -> dict:
+    """Where Tune keeps the trials: beside FERBench's files, or in the bucket (all nodes reach it)."""
+    if remote is None:
+        return {"storage_path": str(experiment_dir.parent)}
+    return {"storage_path": remote.tune_path, "storage_filesystem": remote.filesystem()}
+
+
+def _run_config(spec: StudySpec, experiment_dir: Path, callbacks: list, verbose: bool, remote: RemoteStorage | None):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=experiment_dir.name,
+        **_tune_location(experiment_dir, remote),
+        failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.keep_checkpoints),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+        callbacks=callbacks,
+        verbose=2 if verbose else 0,
+    )
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    experiment_dir: Path | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    command: list[str] | None = None,
+) -> StudyOutcome:
+    """Run (or, with ``resume``, continue) a study and render its report."""
+    from ray import tune
+
+    from ferbench.harness.study.progress import ProgressPrinter
+    from ferbench.reports import build_report, trial_statuses
+
+    if resume:
+        if experiment_dir is None or not experiment_paths(experiment_dir)["grid"].is_file():
+            raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
+        spec = read_stored_spec(experiment_dir)
+        remote = remote_storage(spec)
+        if remote is None:  # where the experiment is now (it may have been moved to a roomier disk)
+            spec.run.storage = str(Path(experiment_dir).resolve().parent)
+    else:
+        remote = remote_storage(spec)
+        name = spec.run.name or default_experiment_name(spec)
+        if remote is not None:  # FERBench's files and the report live in a local mirror of the bucket
+            experiment_dir = experiment_dir or remote.mirror(name)
+        else:
+            experiment_dir = experiment_dir or Path(spec.run.storage).expanduser().resolve() / name
+        if experiment_paths(experiment_dir)["grid"].exists() or (remote and _bucket_holds(remote, experiment_dir.name)):
+            raise FileExistsError(
+                f"{experiment_dir} already holds an experiment; use --resume to continue it or choose another --set run.name"
+            )
+    experiment_dir = Path(experiment_dir).resolve()
+
+    address = running_cluster_address()
+    if address:  # preflight leaves node resources to the cluster (its autoscaler may add GPU nodes)
+        os.environ["RAY_ADDRESS"] = address
+    preflight = run_preflight(spec)  # raises PreflightError before anything is written
+    if resume:  # the study's own record: the stored splits and grid, never recomputed
+        preflight.splits = load_splits(experiment_paths(experiment_dir)["splits"])
+        preflight.arms = read_json(experiment_paths(experiment_dir)["grid"])
+    runnable = preflight.runnable_arms
+    to_run = resume_plan(experiment_dir, runnable) if resume else runnable
+    if to_run:
+        init_ray(verbose=verbose)
+        install_sigterm_handler()  # after Ray's own
+        check_results_storage(spec, experiment_dir)
+    if not resume:
+        write_experiment_inputs(experiment_dir, spec, preflight, command or sys.argv)
+        if remote is not None:
+            upload(remote, experiment_dir, experiment_dir.name, "ferbench")
+    where = f"{remote.uri}/{experiment_dir.name} (mirrored in {experiment_dir})" if remote else experiment_dir
+    _announce(spec, preflight, where, resume, len(runnable) - len(to_run))
+
+    problems = []
+    if to_run:
+        progress = ProgressPrinter(len(runnable), spec.train.epochs, already_finished=len(runnable) - len(to_run))
+        if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
+            for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        tuner = tune.Tuner(
+            _build_trainable(spec, preflight, experiment_dir.name, ship_weights=bool(address)),
+            param_space={"arm": tune.grid_search(to_run)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
+                reuse_actors=spec.run.reuse_workers,
+            ),
+            run_config=_run_config(spec, experiment_dir, [progress], verbose, remote),
+        )
+        problems += _fit(tuner, experiment_dir if remote is None else None)
+
+    if remote is not None:
+        download(remote, experiment_dir.name, experiment_dir)
+    try:
+        report_dir = build_report(experiment_dir)
+    except OSError as err:
+        if not disk_full(experiment_dir, err):
+            raise
+        report_dir = None
+        problems.append(f"report not written: disk full at {experiment_dir}")
+    if remote is not None and report_dir is not None:
+        upload(remote, experiment_dir, experiment_dir.name, "report")
+    return StudyOutcome(experiment_dir, report_dir, trial_statuses(experiment_dir), problems)
+
+
+def resume_plan(experiment_dir: Path, arms: list[dict]) -> list[dict]:
+    """The arms ``--resume`` trains, each naming the trial folder it continues from (``resume_from``).
+
+    Read from FERBench's own record (the grid and each trial's sealed checkpoints), never from Tune's
+    experiment state: that state is pickled, and unpickling a file from the results folder would run
+    whatever code someone with write access to it put there. An arm whose newest intact checkpoint ends
+    its trial (finished, or stopped for good) is not trained again.
+    """
+    plan, arm_ids = [], [arm["arm_id"] for arm in read_json(experiment_paths(experiment_dir)["grid"])]
+    for arm in arms:
+        folder = trial_folder(experiment_dir, arm["arm_id"], arm_ids)
+        if folder is None:
+            plan.append(arm)
+        elif not is_final(newest_history(folder)):
+            plan.append({**arm, "resume_from": folder.name})
+    return plan
+
+
+def _fit(tuner, experiment_dir: Path | None) -> list[str]:
+    """Run the trials. A full results disk ends the study with one line (the trials that could not
+    write fail; Tune may then fail reading their cut error files): what is on disk stays intact,
+    and ``--resume`` on a roomier disk continues from each trial's newest intact checkpoint."""
+    try:
+        tuner.fit()
+    except Exception as err:  # noqa: BLE001 - re-raised unless the disk is full
+        if experiment_dir is None or not disk_full(experiment_dir, err):
+            raise
+        return [f"disk full at {experiment_dir}"]
+    return [f"disk full at {experiment_dir}"] if experiment_dir is not None and disk_full(experiment_dir) else []
+
+
+def _describe_split(folds: dict) -> str:
+    if len(folds) == 1:
+        split = next(iter(folds.values()))
+        return f"{'/'.join(split)} {'/'.join(str(len(idx)) for idx in split.values())}"
+    tests = [len(split["test"]) for split in folds.values()]
+    return f"{len(folds)} subject-exclusive folds, test parts of {min(tests)}–{max(tests)} images"
+
+
+def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: bool, done: int) -> None:
+    dataset = preflight.dataset
+    verb = "Resuming" if resume else "Study"
+    finished = f" ({done} finished before)" if resume else ""
+    print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms{finished}, {spec.train.epochs} epochs each → {where}")
+    print(
+        f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
+        f"split {_describe_split(preflight.splits)}"
+    )
+    if preflight.unlabeled_pool is not None:
+        pool = preflight.unlabeled_pool
+        print(f"  unlabeled pool: {len(pool)} images from {pool.source} (labels unknown; resized {pool.notes['resized']}, "
+              f"converted {pool.notes['converted']})")
+    unavailable: dict[str, list[str]] = {}  # reason → arms: one line per missing weight file
+    for arm in preflight.arms:
+        if arm["status"] == "unavailable":
+            unavailable.setdefault(arm["reason"], []).append(arm["arm_id"])
+    for reason, arms in unavailable.items():
+        print(f"  unavailable: {', '.join(arms)}\n    {reason}")

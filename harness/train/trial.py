@@ -1,0 +1,372 @@
+"""The Ray Tune trainable: one grid arm, trained and evaluated, checkpointed every epoch.
+
+A plain function trainable (Ray Tune's model). The study payload (images, splits, resolved
+weight files, spec) arrives once through ``tune.with_parameters`` so the dataset sits in the
+object store a single time and every trial maps it. A retried trial resumes from its newest
+checkpoint and, on CPU with the same seed, continues with bit-identical numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import tune
+
+from ferbench.backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
+from ferbench.backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
+from ferbench.harness.train.variants import pseudo_label as pl
+from ferbench.harness.train.variants.pseudo_label_rounds import end_round, headline_metrics
+from ferbench.harness.study.atomic import atomic_write_bytes
+from ferbench.harness.study.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
+from ferbench.harness.train.augment import InputAdapter
+from ferbench.harness.train.variants.balanced import balanced_epoch_indices, class_weights
+from ferbench.harness.train.inference_speed import measure_inference
+from ferbench.harness.train.performance import Execution, apply_process_settings, resolve_execution, select_device
+from ferbench.harness.train.scores import class_scores
+from ferbench.harness.train.selection import BestEpoch
+from ferbench.harness.spec import StudySpec, uses_balanced, uses_pseudo_label
+from ferbench.harness.train.test_artifacts import save_selected_weights, write_test_artifacts
+from ferbench.harness.train.loop import NonFiniteLoss, accuracy_and_loss, predict, train_one_epoch
+
+# Test-only fault injection, read on the driver: fail each arm once, right after the
+# checkpoint of this epoch, leaving a marker file per arm so the retry runs through; the arm
+# named by FAIL_ALWAYS_ENV fails there on every attempt.
+FAIL_ONCE_ENV = "FERBENCH_TEST_FAIL_ONCE_AT_EPOCH"
+FAIL_MARKER_ENV = "FERBENCH_TEST_FAIL_MARKER_DIR"
+FAIL_ALWAYS_ENV = "FERBENCH_TEST_FAIL_ALWAYS_ARM"
+
+
+def fault_injection_from_env() -> dict | None:
+    at_epoch, marker_dir = os.environ.get(FAIL_ONCE_ENV), os.environ.get(FAIL_MARKER_ENV)
+    if not (at_epoch and marker_dir):
+        return None
+    return {"epoch": int(at_epoch), "marker_dir": marker_dir, "always": os.environ.get(FAIL_ALWAYS_ENV)}
+
+
+@dataclass
+class StudyPayload:
+    """Everything a trial needs besides its arm; shipped to the object store once."""
+
+    spec: dict
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    splits: dict[int, dict[str, np.ndarray]]  # fold → train/val/test(/unlabeled) indices
+    weight_files: dict[str, str]
+    fault_injection: dict | None = None
+    # The weight files' bytes, when trials may run on machines that lack the driver's files
+    # (a cluster): published or synth-identity weights then travel with the dataset.
+    weight_blobs: dict[str, bytes] = field(default_factory=dict)
+
+
+def resolve_input_size(spec: StudySpec, backbone: str, data_size: int) -> int:
+    setting = spec.train.input_size
+    info = get_backbone_info(backbone)
+    if setting == "native" or info.fixed_input_size:
+        return info.input_size
+    if setting == "data":
+        return data_size
+    return int(setting)
+
+
+def _device(spec: StudySpec) -> torch.device:
+    return select_device(spec.resources.gpu)
+
+
+def _make_optimizer(spec: StudySpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # Every parameter is registered; frozen ones get no gradient and so no update, and a
+    # two_stage schedule can unfreeze them later.
+    params = list(model.parameters())
+    train = spec.train
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    optimizer_class = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    # Object-store arrays are read-only; batches are gathered copies, so sharing is safe.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _save_checkpoint(state: dict, history: list[dict]) -> None:
+    """Report the newest epoch with a sealed checkpoint (``ferbench.harness.study.checkpoints``). The checkpoint also
+    carries the whole metric history: a crash right after ``tune.report`` can lose Tune's copy of the
+    row, never this one."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with tempfile.TemporaryDirectory() as folder:
+        write_checkpoint_files(Path(folder), buffer.getvalue(), history)
+        tune.report(history[-1], checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+@contextlib.contextmanager
+def _local_view(fs, path: str):
+    """A checkpoint folder of the results storage as a local folder (a copy when the storage is a bucket)."""
+    import pyarrow.fs as pafs
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        pafs.copy_files(path, folder, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield Path(folder)
+
+
+def _checkpoint_paths(fs, trial_path: str) -> list[str]:
+    """The ``checkpoint_NNNNNN`` folders of a trial folder in the results storage, newest first."""
+    import pyarrow.fs as pafs
+
+    entries = fs.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    numbered = [(int(m.group(1)), e.path) for e in entries
+                if e.type == pafs.FileType.Directory and (m := CHECKPOINT_DIR.match(e.base_name))]
+    return [path for _, path in sorted(numbered, reverse=True)]
+
+
+def _restore(config: dict) -> tuple[dict | None, list[dict]]:
+    """The newest intact checkpoint of this trial (a retry), else of the trial folder it continues
+    (``resume_from``, set by ``--resume``). Cut checkpoints, e.g. after a full disk, are passed over."""
+    storage = tune.get_context().get_storage()
+    fs = storage.storage_filesystem
+    folders = [storage.trial_fs_path]
+    if config["arm"].get("resume_from"):
+        folders.append(f"{storage.experiment_fs_path}/{config['arm']['resume_from']}")
+    for folder in folders:
+        for path in _checkpoint_paths(fs, folder):
+            with _local_view(fs, path) as local:
+                restored = read_checkpoint(local)
+            if restored is not None:
+                return restored
+    return None, []
+
+
+def _maybe_inject_failure(fault: dict | None, arm_id: str, epoch: int) -> None:
+    if fault and arm_id == fault.get("always") and epoch >= fault["epoch"]:  # every attempt fails
+        raise RuntimeError(f"injected permanent test failure after epoch {epoch} of {arm_id}")
+    if not fault or fault["epoch"] != epoch:
+        return
+    marker = Path(fault["marker_dir"]) / arm_id
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError(f"injected test failure after epoch {epoch} of {arm_id}")
+
+
+@dataclass
+class _Trial:
+    """One arm's model, optimizer, data and settings: what every row (epoch) of the trial uses."""
+
+    spec: StudySpec
+    arm: dict
+    payload: StudyPayload
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    initial_weights: dict  # the arm's weights before training: students with student_init=initial
+    images: torch.Tensor
+    labels: torch.Tensor
+    split: dict
+    adapter: InputAdapter
+    execution: Execution
+    static: dict
+
+    @property
+    def device(self) -> torch.device:
+        return self.execution.device
+
+    @property
+    def precision_kwargs(self) -> dict:
+        return dict(autocast_dtype=self.execution.autocast_dtype, channels_last=self.execution.channels_last)
+
+    @property
+    def eval_kwargs(self) -> dict:
+        return dict(batch_size=self.execution.eval_batch_size, adapter=self.adapter, device=self.device, **self.precision_kwargs)
+
+    def predict_probabilities(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(predict(self.model, self.images, indices, **self.eval_kwargs), dim=1)
+
+    def start_student(self, from_initial: bool) -> None:
+        """A pseudo-labelling round starts a new training run: fresh optimizer (and schedule), from
+        the previous model's or the initial weights."""
+        if from_initial:
+            self.model.load_state_dict(self.initial_weights)
+        self.optimizer = _make_optimizer(self.spec, self.model)
+
+    def run_epoch(self, epoch: int, round_no: int, round_epoch: int, train_idx: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Train one epoch (``round_epoch`` 0: evaluate only) on ``train_idx`` with ``targets``; val metrics."""
+        train, freeze = self.spec.train, FreezePlan(**self.spec.train.freeze.model_dump())
+        apply_freeze(self.model, freeze, max(round_epoch, 1))  # epoch 0 reports the first epoch's trainable count
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(round_epoch, 1))
+        balanced = self.spec.balanced if uses_balanced(self.arm["variant"]) else None
+        weights = class_weights(targets[train_idx], len(self.payload.class_names)) if balanced and balanced.class_weighted_loss else None
+        if round_epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
+            logits = predict(self.model, self.images, train_idx, **self.eval_kwargs)
+            train_acc, _ = accuracy_and_loss(logits, targets[train_idx])
+            train_loss = float(torch.nn.functional.cross_entropy(logits, targets[train_idx], weight=weights))
+            seconds, images_per_s, epoch_images = 0.0, float("nan"), 0
+        else:
+            epoch_idx = balanced_epoch_indices(train_idx, targets, balanced.fraction, self.generator) if balanced and balanced.oversample else train_idx
+            augment = train.augment.model_dump(exclude={"enabled"}) if train.augment.enabled else None
+            stats = train_one_epoch(
+                self.model, self.optimizer, self.images, targets, epoch_idx, batch_size=train.batch_size,
+                adapter=self.adapter, augment=augment, generator=self.generator, device=self.device, class_weights=weights,
+                **self.precision_kwargs,
+            )
+            train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
+            epoch_images = stats.images  # K·M with balanced oversampling, else the training set
+        val_acc, val_loss = accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
+        return {
+            "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx), "epoch_images": epoch_images,
+            "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc, "val_loss": val_loss,
+            "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds, "train_images_per_s": images_per_s,
+            **self.static, **count_parameters(self.model),
+        }
+
+    def final_measures(self) -> dict:
+        """Measured once, after the last test evaluation of the trial."""
+        test_idx, batch = self.split["test"], self.execution.eval_batch_size
+        measures = measure_inference(self.model, self.images[test_idx[:batch]], adapter=self.adapter, device=self.device,
+                                     batch_size=batch, **self.precision_kwargs)
+        measures.update({f"backbone_{k}": v for k, v in backbone_parameter_counts(self.arm["backbone"], self.model).items()})
+        return {**measures, FINAL_MARKER: True}
+
+
+def _weights_here(payload: StudyPayload, backbone: str) -> str:
+    """The weight file preflight resolved, or, on a node without it, a copy from the payload."""
+    path = payload.weight_files[backbone]
+    if Path(path).is_file() or backbone not in payload.weight_blobs:
+        return path
+    copy = Path(tempfile.gettempdir()) / "ferbench-weights" / f"{os.getpid()}-{Path(path).name}"
+    atomic_write_bytes(copy, payload.weight_blobs[backbone])
+    return str(copy)
+
+
+def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
+    spec = StudySpec.model_validate(payload.spec)
+    arm, train = config["arm"], spec.train
+    execution = resolve_execution(train, spec.resources, _device(spec))
+    apply_process_settings(execution)
+    device = execution.device
+    fold = payload.splits[arm.get("fold", 0)]
+    info = get_backbone_info(arm["backbone"])
+    input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
+    torch.manual_seed(arm["seed"])
+    weights = _weights_here(payload, arm["backbone"]) if arm["init"] == "pretrained" else None
+    model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head,
+                            options=spec.model.backbone_options(), random_init=train.random_init).to(device)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if weights and weights != payload.weight_files[arm["backbone"]]:
+        Path(weights).unlink()  # the payload's copy, loaded
+    return _Trial(
+        spec=spec, arm=arm, payload=payload, model=model, optimizer=_make_optimizer(spec, model),
+        generator=torch.Generator().manual_seed(arm["seed"]),
+        initial_weights={k: v.detach().clone() for k, v in model.state_dict().items()},
+        # Labels stay on the CPU (the variants index and extend them there); with data_on_device
+        # the uint8 images are copied to the GPU once and every batch is gathered there.
+        images=_as_tensor(payload.images).to(device) if execution.data_on_device else _as_tensor(payload.images),
+        labels=_as_tensor(payload.labels),
+        split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
+        adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), execution=execution,
+        static={"input_size": input_size, "precision": execution.precision},
+    )
+
+
+def run_trial(config: dict, payload: StudyPayload) -> None:
+    """Train one arm, reporting every row (epoch 0, before training, to the last) with a checkpoint.
+
+    ``baseline`` and ``balanced`` arms have one round of ``train.epochs`` epochs; pseudo_label arms
+    continue with student rounds (see ``ferbench.harness.train.variants.pseudo_label``). ``epoch`` counts rows across the
+    whole trial; ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place
+    a row in its round, so MCR/MOFR are computable per round. A round's end tests the weights
+    ``train.select`` picks (``ferbench.harness.train.selection``); a pseudo_label arm's result is its round chosen
+    on validation (``headline_metrics``).
+    """
+    state, history = _restore(config)
+    if is_final(history):  # finished (or stopped for good) before the driver recorded it: never re-run
+        return
+    trial = _build_trial(config, payload)
+    settings = trial.spec.pseudo_label if uses_pseudo_label(trial.arm["variant"]) else None
+    rounds, epoch = pl.RoundState(), 0
+    # train.select best_val: the round's best epoch so far, weights included (carried in every checkpoint).
+    best = BestEpoch(trial.spec.train.select_metric) if trial.spec.train.select == "best_val" else None
+    if state is not None:
+        trial.model.load_state_dict(state["model"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+        trial.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch = state["epoch"] + 1
+        rounds = pl.RoundState.from_dict(state.get("rounds")) if "rounds" in state else pl.RoundState(round_epoch=epoch)
+        best = BestEpoch.from_dict(state["round_best"]) if best is not None and state.get("round_best") else best
+    # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
+    trial.static["attempt_start_epoch"] = epoch
+    while not rounds.finished:
+        if rounds.round > 0 and rounds.round_epoch == 0:
+            trial.start_student(from_initial=settings.student_init == "initial")
+        train_idx, targets = pl.training_targets(trial.labels, trial.split["train"], rounds.pseudo_idx, rounds.pseudo_labels)
+        epoch_start = time.perf_counter()
+        try:
+            metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
+        except NonFiniteLoss as err:  # stopped for good (a retry would diverge again); the epochs before stay
+            failure = {"epoch": epoch, "round": rounds.round, "round_epoch": rounds.round_epoch, TRIAL_FAILED: err.at_epoch(epoch)}
+            _save_checkpoint(_training_state(trial, epoch, rounds, best), [*history, failure])
+            return
+        if best is not None:
+            best.offer(metrics, trial.model)
+        round_epochs = trial.spec.train.epochs if rounds.round == 0 else settings.epochs_per_round or trial.spec.train.epochs
+        if rounds.round_epoch < round_epochs:
+            rounds.round_epoch += 1
+        else:  # the round's end: test the selected epoch's weights (the student, if any, starts from them)
+            metrics["selected_epoch"] = round_epochs if best is None else best.restore(trial.model)
+            scalars, per_class = _test_metrics(trial, None if settings is None else rounds.round)
+            metrics.update(scalars)
+            if settings is None:
+                rounds.finish("")
+                if best is not None:
+                    save_selected_weights(trial.model)
+            else:
+                end_round(trial, settings, rounds, metrics, per_class)
+                metrics.update({"pl_rounds": rounds.round if rounds.finished else rounds.round - 1, "pl_stop_reason": rounds.stop_reason})
+                if rounds.finished:
+                    metrics.update(headline_metrics(rounds.records, metrics))
+            if rounds.finished:
+                metrics.update(trial.final_measures())
+            best = BestEpoch(best.metric) if best is not None else None  # a next round chooses among its own epochs
+        metrics["epoch_wall_s"] = time.perf_counter() - epoch_start  # training, evaluation and test
+        history.append(metrics)
+        _save_checkpoint(_training_state(trial, epoch, rounds, best), history)
+        _maybe_inject_failure(payload.fault_injection, trial.arm["arm_id"], epoch)
+        epoch += 1
+
+
+def _training_state(trial: _Trial, epoch: int, rounds: pl.RoundState, best: BestEpoch | None) -> dict:
+    """What a retry or ``--resume`` continues from, saved after every row."""
+    return {
+        "model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(), "epoch": epoch,
+        "generator": trial.generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": trial.arm,
+        "rounds": rounds.to_dict(), **({"round_best": best.to_dict()} if best is not None else {}),
+    }
+
+
+def _test_metrics(trial: _Trial, round_no: int | None = None) -> tuple[dict, dict]:
+    """Test evaluation (torchmetrics). Predictions, per-class precision / recall / F1 and the
+    confusion matrix are kept as trial artifacts for the report: a pseudo_label arm keeps each
+    round's (``round_no``) and publishes the round chosen on validation (``end_round``)."""
+    test_idx, class_names = trial.split["test"], trial.payload.class_names
+    logits = predict(trial.model, trial.images, test_idx, **trial.eval_kwargs)
+    targets = trial.labels[test_idx]
+    scalars, per_class = class_scores(logits, targets, len(class_names))
+    write_test_artifacts(round_no, test_idx, targets, torch.softmax(logits, dim=1), class_names, per_class)
+    return {f"test_{name}": value for name, value in scalars.items()}, per_class
