@@ -13,8 +13,8 @@ The classifier (``model.get_classifier()``) is the head; it always trains. Polic
   map to train, with the head (``ferbench.backbones.keras_layers`` holds the recorded lists; backbones
   without one are refused).
 - ``head_only``: only the head trains.
-- ``two_stage``: ``head_only`` until ``unfreeze_epoch``, then everything trains with the learning
-  rate multiplied by ``unfreeze_lr_factor`` (the Arsirii papers' transfer schedule).
+- ``two_stage``: ``head_only`` until ``unfreeze_epoch``, then everything trains (the Arsirii papers'
+  transfer schedule; its learning-rate drop is ``ferbench.harness.train.schedules``).
 
 Frozen BatchNorm layers run in inference mode (their moving statistics stay as loaded), as
 Keras' frozen layers do.
@@ -89,12 +89,6 @@ def apply_freeze(model: nn.Module, plan: FreezePlan, epoch: int) -> None:
         _set_trainable(model, 0)
     else:
         raise ValueError(f"unknown freezing policy {plan.policy!r}; allowed: none, last_k, keras_last_k, head_only, two_stage")
-
-
-def learning_rate_for_epoch(plan: FreezePlan, base_lr: float, epoch: int) -> float:
-    if plan.policy == "two_stage" and epoch >= plan.unfreeze_epoch:
-        return base_lr * plan.unfreeze_lr_factor
-    return base_lr
 
 
 def train_mode(model: nn.Module) -> None:

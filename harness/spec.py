@@ -16,23 +16,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+
+from ferbench.harness import tasks, variants
+from ferbench.harness.strict_model import StrictModel as _Strict
 
 BUILTIN_STUDY_PACKAGE = "ferbench.harness.study.studies"
-# Training variants (grid.variant): "+" combines pseudo-labelling with balanced sampling.
-VARIANTS = ("baseline", "pseudo_label", "balanced", "pseudo_label+balanced")
-Variant = Literal["baseline", "pseudo_label", "balanced", "pseudo_label+balanced"]
-ARSIRII_UNLABELED_FRACTION = 0.1  # Arsirii & Petrosiuk: 1,228 of RAF-DB's 12,271 training images
 INITS = ("random", "pretrained")
 GRID_AXES = ("backbone", "init", "variant", "seed")
 
 
 class SpecError(ValueError):
     """A study spec is invalid; ``str()`` is the user-facing message (one line per problem)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataSpec(_Strict):
@@ -120,7 +115,10 @@ class SplitSpec(_Strict):
 class GridSpec(_Strict):
     backbone: list[str] = Field(min_length=1)
     init: list[Literal["random", "pretrained"]] = Field(["random"], min_length=1)
-    variant: list[Variant] = Field(["baseline"], min_length=1, description="training variants; see VARIANTS")
+    variant: list[str] = Field(
+        [variants.REFERENCE], min_length=1,
+        description="training variants (ferbench.harness.variants); '+' combines them, e.g. pseudo_label+balanced",
+    )
     seed: list[int] = Field([0], min_length=1)
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="partial arms to leave out")
 
@@ -129,6 +127,16 @@ class GridSpec(_Strict):
     def _unique(cls, values: list) -> list:
         if len(set(values)) != len(values):
             raise ValueError(f"values must be unique, got {values}")
+        return values
+
+    @field_validator("variant")
+    @classmethod
+    def _registered_variants(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                variants.parse_combination(value)
+            except ValueError as err:
+                raise ValueError(str(err)) from None
         return values
 
     @field_validator("backbone")
@@ -230,39 +238,6 @@ class TrainSpec(_Strict):
         if isinstance(value, int) and not 16 <= value <= 1024:
             raise ValueError(f"must be between 16 and 1024 pixels, 'native' or 'data', got {value}")
         return value
-
-
-class PseudoLabelSpec(_Strict):
-    """Teacher/student pseudo-labelling (Arsirii & Petrosiuk 2023), used by the pseudo_label variants."""
-
-    unlabeled_path: str | None = Field(
-        None, description="external unlabeled pool: a folder of images (recursive) or a CSV with a pixels column; "
-        "replaces the held-out split.unlabeled_fraction (its labels, if any, are never read)"
-    )
-    threshold: float = Field(0.99, ge=0, lt=1, description="add a pool image when its max softmax probability exceeds this")
-    max_rounds: int = Field(3, ge=1, le=50, description="student rounds after the teacher; fewer when nothing clears the threshold")
-    epochs_per_round: int | None = Field(None, ge=1, description="epochs of each student round (default: train.epochs)")
-    student_init: Literal["teacher", "initial"] = Field(
-        "teacher", description="each student starts from the previous model's weights, or from the arm's initial weights"
-    )
-    repredict: bool = Field(
-        False, description="re-predict the whole pool every round (labels may change) instead of fixing images once added"
-    )
-    per_class_cap: int | None = Field(None, ge=1, description="at most this many pseudo-labelled images per class (most confident kept)")
-
-
-class BalancedSpec(_Strict):
-    """Class balancing of the balanced variants (Moravčík 2021, section 5.1.1)."""
-
-    oversample: bool = Field(True, description="each epoch draws M = fraction × (largest class count) images of every class")
-    fraction: float = Field(0.8, gt=0, le=1, description="M as a fraction of the largest training class (the thesis: about 0.8)")
-    class_weighted_loss: bool = Field(False, description="weight the cross-entropy by n / (K · n_class) of the training set")
-
-    @model_validator(mode="after")
-    def _does_something(self) -> "BalancedSpec":
-        if not (self.oversample or self.class_weighted_loss):
-            raise ValueError("balanced: oversample and class_weighted_loss are both false; enable one, or use variant baseline")
-        return self
 
 
 class ModelSpec(_Strict):
@@ -374,7 +349,7 @@ class ReportSpec(_Strict):
     samples_per_class: int = Field(2, ge=0, description="test images per class shown with each model's predictions (0: none)")
 
 
-class StudySpec(_Strict):
+class _StudySpecCore(_Strict):
     study: str = Field(description="study name, used for the experiment folder")
     description: str = ""
     data: DataSpec = Field(default_factory=DataSpec)
@@ -386,33 +361,27 @@ class StudySpec(_Strict):
     run: RunSpec = Field(default_factory=RunSpec)
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
-    pseudo_label: PseudoLabelSpec = Field(default_factory=PseudoLabelSpec)
-    balanced: BalancedSpec = Field(default_factory=BalancedSpec)
+    task: str = Field(tasks.CLASSIFICATION.name, description="what the study predicts (ferbench.harness.tasks)")
+
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, value: str) -> str:
+        if value not in tasks.list_tasks():
+            raise ValueError(f"unknown task {value!r}; registered: {', '.join(tasks.list_tasks())}")
+        return value
 
     @model_validator(mode="after")
-    def _pseudo_label_pool(self) -> "StudySpec":
-        """A pseudo-label arm needs an unlabeled pool: the paper's 10% of train unless set (only
-        when the grid has such an arm, so excluding them leaves the other arms' split unchanged)."""
-        if not any(uses_pseudo_label(arm["variant"]) for arm in self.arms()):
-            return self
-        if self.pseudo_label.unlabeled_path is not None:
-            if self.split.unlabeled_fraction:
-                raise ValueError(
-                    f"pseudo_label.unlabeled_path and split.unlabeled_fraction ({self.split.unlabeled_fraction}) both give "
-                    "an unlabeled pool; use the external pool (set split.unlabeled_fraction=0) or the held-out share (drop the path)"
-                )
-            return self
-        if "unlabeled_fraction" not in self.split.model_fields_set:
-            self.split.unlabeled_fraction = ARSIRII_UNLABELED_FRACTION
-        elif self.split.unlabeled_fraction == 0:
-            raise ValueError(
-                "split.unlabeled_fraction: 0 leaves variant pseudo_label no unlabeled pool; "
-                f"set a share of train such as {ARSIRII_UNLABELED_FRACTION} (Arsirii), or drop the variant"
-            )
+    def _variant_checks(self) -> "_StudySpecCore":
+        """Each variant an arm uses checks the spec as a whole (e.g. pseudo_label's unlabeled pool),
+        only when the grid has such an arm, so excluding them leaves the other arms unchanged."""
+        used = {info.name: info for arm in self.arms() for info in variants.parse_combination(arm["variant"])}
+        for info in used.values():
+            if info.check_spec is not None:
+                info.check_spec(self)
         return self
 
     @model_validator(mode="after")
-    def _keras_layer_lists(self) -> "StudySpec":
+    def _keras_layer_lists(self) -> "_StudySpecCore":
         """keras_last_k needs each backbone's recorded Keras list, which describes the linear-head model."""
         if self.train.freeze.policy == "keras_last_k":
             from ferbench.backbones.keras_layers import RECORDED_BACKBONES
@@ -438,7 +407,7 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _grid_not_empty(self) -> "StudySpec":
+    def _grid_not_empty(self) -> "_StudySpecCore":
         if not self.arms():
             raise ValueError(f"grid.exclude: the rules {self.grid.exclude} exclude every arm; the grid is empty")
         return self
@@ -458,12 +427,14 @@ class StudySpec(_Strict):
         return cells
 
 
-def uses_pseudo_label(variant: str) -> bool:
-    return "pseudo_label" in variant.split("+")
-
-
-def uses_balanced(variant: str) -> bool:
-    return "balanced" in variant.split("+")
+# The study spec: the core sections above plus one section per registered variant with settings
+# (``pseudo_label``, ``balanced``), each declared by its variant's unit.
+StudySpec = create_model(
+    "StudySpec",
+    __base__=_StudySpecCore,
+    __doc__="A whole study: data, split, grid, training recipe, resources, run, weights, report, task and variant settings.",
+    **{key: (model, Field(default_factory=model)) for key, model in variants.settings_sections().items()},
+)
 
 
 def arm_id(cell: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ferbench.harness.train.selection import ROUND_RULE
-from ferbench.harness.spec import uses_pseudo_label
+from ferbench.harness.variants.pseudo_label import uses_pseudo_label
 from ferbench.harness.study.layout import ROUNDS_FILE
 from ferbench.reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_manifest, read_rounds, try_read
 from ferbench.reports.comparison import write_table

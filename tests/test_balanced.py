@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ferbench.harness.train.variants.balanced import balanced_epoch_indices, class_weights, target_count
+from ferbench.harness.variants.balanced.sampling import balanced_epoch_indices, class_weights, target_count
 from ferbench.harness.cli.main import main
 from ferbench.harness.study.engine import run_study
 from ferbench.harness.spec import SpecError, load_spec

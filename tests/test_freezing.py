@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ferbench.backbones import create_backbone
-from ferbench.backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch, train_mode, trunk_layers
+from ferbench.backbones.freezing import FreezePlan, apply_freeze, train_mode, trunk_layers
+from ferbench.harness.train.schedules import learning_rate_for_epoch
 
 
 def trainable(model) -> int:

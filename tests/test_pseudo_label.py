@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
-from ferbench.harness.train.variants import pseudo_label as pl
+from ferbench.harness.variants.pseudo_label import selection as pl
 from ferbench.harness.study.engine import run_study
 from ferbench.harness.spec import SpecError, load_spec
 from ferbench.harness.study.layout import ROUNDS_FILE, SELECTED_WEIGHTS_FILE

@@ -1,5 +1,5 @@
 """Which epoch a round tests (train.select) and which round is a pseudo-labelling arm's result
-(harness/selection.py, ferbench.harness.train.variants.pseudo_label_rounds.headline_metrics), on known numbers."""
+(harness/selection.py, ferbench.harness.variants.pseudo_label.rounds.headline_metrics), on known numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ferbench.harness.train.variants.pseudo_label_rounds import headline_metrics
+from ferbench.harness.variants.pseudo_label.rounds import headline_metrics
 from ferbench.harness.train.selection import BestEpoch, best_index, select_round
 from ferbench.harness.spec import SpecError, load_spec
 

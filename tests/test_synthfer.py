@@ -193,7 +193,8 @@ def test_learnable_but_not_trivial():
     from ferbench.backbones import create_backbone
     from ferbench.harness.train.augment import InputAdapter
     from ferbench.harness.data.splits import stratified_split
-    from ferbench.harness.train.loop import accuracy_and_loss, predict, train_one_epoch
+    from ferbench.harness.tasks.classification import accuracy_and_loss
+    from ferbench.harness.train.loop import predict, train_one_epoch
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

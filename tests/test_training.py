@@ -10,7 +10,8 @@ from torch import nn
 
 from ferbench.backbones import create_backbone, get_backbone_info
 from ferbench.harness.train.augment import InputAdapter
-from ferbench.harness.train.loop import NonFiniteLoss, accuracy_and_loss, batch_bounds, predict, train_one_epoch
+from ferbench.harness.tasks.classification import accuracy_and_loss
+from ferbench.harness.train.loop import NonFiniteLoss, batch_bounds, predict, train_one_epoch
 
 CPU = torch.device("cpu")
 

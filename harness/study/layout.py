@@ -30,7 +30,7 @@ SEAL_FILE = "seal.json"
 FINAL_MARKER = "trial_finished"  # only in a trial's last row
 TRIAL_FAILED = "trial_failed"  # the reason, in the last row of a trial stopped for good (a NaN loss)
 
-# In a trial folder (ferbench.harness.train.test_artifacts, ferbench.harness.train.variants.pseudo_label_rounds).
+# In a trial folder (ferbench.harness.train.test_artifacts, ferbench.harness.variants.pseudo_label.rounds).
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
 TEST_PER_CLASS_FILE = "test_per_class.json"
 SELECTED_WEIGHTS_FILE = "selected_weights.pt"  # train.select=best_val: the weights the test scores are of

@@ -281,7 +281,7 @@ def run_preflight(spec: StudySpec) -> Preflight:
 
 def _external_pool(spec: StudySpec, dataset: FerDataset) -> UnlabeledPool | None:
     """``pseudo_label.unlabeled_path`` read in the dataset's image form, when a pseudo_label arm uses it."""
-    from ferbench.harness.spec import uses_pseudo_label
+    from ferbench.harness.variants.pseudo_label import uses_pseudo_label
 
     if spec.pseudo_label.unlabeled_path is None or not any(uses_pseudo_label(a["variant"]) for a in spec.arms()):
         return None

@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ferbench.backbones.freezing import train_mode
 from ferbench.harness.train.augment import InputAdapter, random_affine
 from ferbench.harness.train.performance import autocast
+from ferbench.harness.tasks.classification import SingleLabelClassification
 
 
 @dataclass
@@ -72,12 +72,15 @@ def train_one_epoch(
     class_weights: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    task=None,
 ) -> EpochStats:
     """Train over ``indices`` in a shuffled order; accuracy and loss are running averages over the
     epoch's batches (weighted by batch size), as Keras reports them. ``class_weights`` weights the
     cross-entropy per class (the balanced variant's class-weighted loss); the loss reported is then
     the weighted one being minimised. The model runs under ``autocast_dtype`` when given; the loss
-    is always computed in fp32."""
+    is always computed in fp32. ``task`` gives the loss and what counts as correct (default:
+    single-label classification)."""
+    task = task or SingleLabelClassification()
     weight = class_weights.to(device) if class_weights is not None else None
     train_mode(model)
     order = indices[torch.randperm(len(indices), generator=generator)]
@@ -97,12 +100,12 @@ def train_one_epoch(
         y = labels[batch_idx].to(device, non_blocking=True)
         with autocast(device, autocast_dtype):
             logits = model(_model_input(x, channels_last))
-        loss = F.cross_entropy(logits.float(), y, weight=weight)
+        loss = task.loss(logits, y, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += loss.detach().double() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += task.correct(logits, y)
         newly_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
         first_bad = torch.where(newly_bad, batch_no, first_bad)
         bad_loss = torch.where(newly_bad, loss.detach(), bad_loss)
@@ -136,6 +139,3 @@ def predict(
     outputs = [logits.cpu() for logits in outputs]  # one synchronisation at the end, not one per batch
     return torch.cat(outputs) if outputs else torch.empty(0)
 
-
-def accuracy_and_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    return float((logits.argmax(1) == targets).float().mean()), float(F.cross_entropy(logits, targets))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +23,13 @@ from ferbench.backbones.cache_dirs import cache_dir
 from ferbench.harness.study.atomic import atomic_write_bytes
 
 CACHE_VERSION = 1  # bump when the recipe changes, so stale caches are not reused
+
+logger = logging.getLogger(__name__)  # not ``log``: that is synth_identity_weights' parameter
+
+
+def _notice(line: str) -> None:
+    """Pretraining progress: part of a study's own narrative, so the CLI shows it on stdout."""
+    logger.info(line, extra={"stream": "stdout"})
 
 
 def synth_identity_dir() -> Path:
@@ -34,10 +43,11 @@ def _cache_file(backbone: str, input_size: int, recipe: dict) -> Path:
     return synth_identity_dir() / f"{stem}-{input_size}px-{digest}.safetensors"
 
 
-def synth_identity_weights(backbone: str, input_size: int, recipe: dict, log=print) -> Path:
+def synth_identity_weights(backbone: str, input_size: int, recipe: dict, log: Callable[[str], None] = _notice) -> Path:
     """The cached identity-pretrained weights of ``backbone`` at ``input_size``, trained if missing.
 
-    ``recipe``: num_images, num_identities, image_size, epochs, lr, batch_size, seed.
+    ``recipe``: num_images, num_identities, image_size, epochs, lr, batch_size, seed. ``log`` receives
+    the progress lines (default: INFO notices of this module's logger).
     """
     target = _cache_file(backbone, input_size, recipe)
     if target.is_file():
@@ -58,7 +68,8 @@ def _pretrain(backbone: str, input_size: int, recipe: dict) -> tuple[torch.nn.Mo
     from ferbench.backbones import create_backbone, get_backbone_info
     from ferbench.harness.train.augment import InputAdapter
     from ferbench.harness.data.synthfer import generate_synthfer
-    from ferbench.harness.train.loop import accuracy_and_loss, predict, train_one_epoch
+    from ferbench.harness.tasks.classification import accuracy_and_loss
+    from ferbench.harness.train.loop import predict, train_one_epoch
 
     data = generate_synthfer(
         num_images=recipe["num_images"], image_size=recipe["image_size"], seed=recipe["seed"],

@@ -16,26 +16,25 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from ray import tune
 
 from ferbench.backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
-from ferbench.backbones.freezing import FreezePlan, apply_freeze, learning_rate_for_epoch
-from ferbench.harness.train.variants import pseudo_label as pl
-from ferbench.harness.train.variants.pseudo_label_rounds import end_round, headline_metrics
+from ferbench.backbones.freezing import FreezePlan, apply_freeze
 from ferbench.harness.study.atomic import atomic_write_bytes
 from ferbench.harness.study.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
 from ferbench.harness.train.augment import InputAdapter
-from ferbench.harness.train.variants.balanced import balanced_epoch_indices, class_weights
 from ferbench.harness.train.inference_speed import measure_inference
 from ferbench.harness.train.performance import Execution, apply_process_settings, resolve_execution, select_device
-from ferbench.harness.train.scores import class_scores
+from ferbench.harness.train.schedules import learning_rate_for_epoch
 from ferbench.harness.train.selection import BestEpoch
-from ferbench.harness.spec import StudySpec, uses_balanced, uses_pseudo_label
-from ferbench.harness.train.test_artifacts import save_selected_weights, write_test_artifacts
-from ferbench.harness.train.loop import NonFiniteLoss, accuracy_and_loss, predict, train_one_epoch
+from ferbench.harness.spec import StudySpec
+from ferbench.harness.tasks import get_task
+from ferbench.harness.train.loop import NonFiniteLoss, predict, train_one_epoch
+from ferbench.harness.variants.trainer import RoundState, VariantTrainer, trainer_for
 
 # Test-only fault injection, read on the driver: fail each arm once, right after the
 # checkpoint of this epoch, leaving a marker file per arm so the retry runs through; the arm
@@ -180,6 +179,8 @@ class _Trial:
     adapter: InputAdapter
     execution: Execution
     static: dict
+    task: Any  # ferbench.harness.tasks: loss, metrics, test scores and artifacts
+    variant: VariantTrainer  # the arm's variant hooks (ferbench.harness.variants)
 
     @property
     def device(self) -> torch.device:
@@ -194,7 +195,7 @@ class _Trial:
         return dict(batch_size=self.execution.eval_batch_size, adapter=self.adapter, device=self.device, **self.precision_kwargs)
 
     def predict_probabilities(self, indices: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(predict(self.model, self.images, indices, **self.eval_kwargs), dim=1)
+        return self.task.probabilities(predict(self.model, self.images, indices, **self.eval_kwargs))
 
     def start_student(self, from_initial: bool) -> None:
         """A pseudo-labelling round starts a new training run: fresh optimizer (and schedule), from
@@ -209,24 +210,22 @@ class _Trial:
         apply_freeze(self.model, freeze, max(round_epoch, 1))  # epoch 0 reports the first epoch's trainable count
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(round_epoch, 1))
-        balanced = self.spec.balanced if uses_balanced(self.arm["variant"]) else None
-        weights = class_weights(targets[train_idx], len(self.payload.class_names)) if balanced and balanced.class_weighted_loss else None
+        weights = self.variant.loss_weights(targets[train_idx], len(self.payload.class_names))
         if round_epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
             logits = predict(self.model, self.images, train_idx, **self.eval_kwargs)
-            train_acc, _ = accuracy_and_loss(logits, targets[train_idx])
-            train_loss = float(torch.nn.functional.cross_entropy(logits, targets[train_idx], weight=weights))
+            train_acc, train_loss = self.task.accuracy_and_loss(logits, targets[train_idx], weights)
             seconds, images_per_s, epoch_images = 0.0, float("nan"), 0
         else:
-            epoch_idx = balanced_epoch_indices(train_idx, targets, balanced.fraction, self.generator) if balanced and balanced.oversample else train_idx
+            epoch_idx = self.variant.epoch_indices(train_idx, targets, self.generator)
             augment = train.augment.model_dump(exclude={"enabled"}) if train.augment.enabled else None
             stats = train_one_epoch(
                 self.model, self.optimizer, self.images, targets, epoch_idx, batch_size=train.batch_size,
                 adapter=self.adapter, augment=augment, generator=self.generator, device=self.device, class_weights=weights,
-                **self.precision_kwargs,
+                task=self.task, **self.precision_kwargs,
             )
             train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
-            epoch_images = stats.images  # K·M with balanced oversampling, else the training set
-        val_acc, val_loss = accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
+            epoch_images = stats.images  # what the variant's epoch visited (K·M with balanced oversampling)
+        val_acc, val_loss = self.task.accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
         return {
             "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx), "epoch_images": epoch_images,
             "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc, "val_loss": val_loss,
@@ -281,25 +280,25 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
         split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
         adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), execution=execution,
         static={"input_size": input_size, "precision": execution.precision},
+        task=get_task(spec.task), variant=trainer_for(arm["variant"], spec),
     )
 
 
 def run_trial(config: dict, payload: StudyPayload) -> None:
     """Train one arm, reporting every row (epoch 0, before training, to the last) with a checkpoint.
 
-    ``baseline`` and ``balanced`` arms have one round of ``train.epochs`` epochs; pseudo_label arms
-    continue with student rounds (see ``ferbench.harness.train.variants.pseudo_label``). ``epoch`` counts rows across the
-    whole trial; ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place
-    a row in its round, so MCR/MOFR are computable per round. A round's end tests the weights
-    ``train.select`` picks (``ferbench.harness.train.selection``); a pseudo_label arm's result is its round chosen
-    on validation (``headline_metrics``).
+    The arm trains in rounds (``ferbench.harness.variants.trainer``): round 0 is ``train.epochs``
+    epochs; the arm's variant decides at each round's end whether another follows (pseudo-labelling's
+    students) and may change what an epoch trains on. ``epoch`` counts rows across the whole trial;
+    ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place a row in its
+    round, so MCR/MOFR are computable per round. A round's end tests the weights ``train.select``
+    picks (``ferbench.harness.train.selection``).
     """
     state, history = _restore(config)
     if is_final(history):  # finished (or stopped for good) before the driver recorded it: never re-run
         return
     trial = _build_trial(config, payload)
-    settings = trial.spec.pseudo_label if uses_pseudo_label(trial.arm["variant"]) else None
-    rounds, epoch = pl.RoundState(), 0
+    rounds, epoch = RoundState(), 0
     # train.select best_val: the round's best epoch so far, weights included (carried in every checkpoint).
     best = BestEpoch(trial.spec.train.select_metric) if trial.spec.train.select == "best_val" else None
     if state is not None:
@@ -308,14 +307,15 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         trial.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         epoch = state["epoch"] + 1
-        rounds = pl.RoundState.from_dict(state.get("rounds")) if "rounds" in state else pl.RoundState(round_epoch=epoch)
+        rounds = _rounds_from(state.get("rounds"), epoch)
+        trial.variant.load_state_dict(state.get("rounds") or {})
         best = BestEpoch.from_dict(state["round_best"]) if best is not None and state.get("round_best") else best
     # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
     trial.static["attempt_start_epoch"] = epoch
     while not rounds.finished:
         if rounds.round > 0 and rounds.round_epoch == 0:
-            trial.start_student(from_initial=settings.student_init == "initial")
-        train_idx, targets = pl.training_targets(trial.labels, trial.split["train"], rounds.pseudo_idx, rounds.pseudo_labels)
+            trial.variant.start_round(trial, rounds.round)
+        train_idx, targets = trial.variant.training_set(trial.labels, trial.split["train"])
         epoch_start = time.perf_counter()
         try:
             metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
@@ -325,22 +325,14 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
             return
         if best is not None:
             best.offer(metrics, trial.model)
-        round_epochs = trial.spec.train.epochs if rounds.round == 0 else settings.epochs_per_round or trial.spec.train.epochs
+        round_epochs = trial.variant.round_epochs(rounds.round)
         if rounds.round_epoch < round_epochs:
             rounds.round_epoch += 1
-        else:  # the round's end: test the selected epoch's weights (the student, if any, starts from them)
+        else:  # the round's end: test the selected epoch's weights (a next round, if any, starts from them)
             metrics["selected_epoch"] = round_epochs if best is None else best.restore(trial.model)
-            scalars, per_class = _test_metrics(trial, None if settings is None else rounds.round)
+            scalars, per_class = _test_metrics(trial, trial.variant.test_round(rounds))
             metrics.update(scalars)
-            if settings is None:
-                rounds.finish("")
-                if best is not None:
-                    save_selected_weights(trial.model)
-            else:
-                end_round(trial, settings, rounds, metrics, per_class)
-                metrics.update({"pl_rounds": rounds.round if rounds.finished else rounds.round - 1, "pl_stop_reason": rounds.stop_reason})
-                if rounds.finished:
-                    metrics.update(headline_metrics(rounds.records, metrics))
+            trial.variant.end_round(trial, rounds, metrics, per_class)
             if rounds.finished:
                 metrics.update(trial.final_measures())
             best = BestEpoch(best.metric) if best is not None else None  # a next round chooses among its own epochs
@@ -351,22 +343,28 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         epoch += 1
 
 
-def _training_state(trial: _Trial, epoch: int, rounds: pl.RoundState, best: BestEpoch | None) -> dict:
+def _rounds_from(stored: dict | None, epoch: int) -> RoundState:
+    """The checkpoint's round position (a checkpoint without one is from round 0 of an earlier version)."""
+    if not stored:
+        return RoundState(round_epoch=epoch)
+    return RoundState(**{name: stored[name] for name in RoundState.__dataclass_fields__ if name in stored})
+
+
+def _training_state(trial: _Trial, epoch: int, rounds: RoundState, best: BestEpoch | None) -> dict:
     """What a retry or ``--resume`` continues from, saved after every row."""
     return {
         "model": trial.model.state_dict(), "optimizer": trial.optimizer.state_dict(), "epoch": epoch,
         "generator": trial.generator.get_state(), "torch_rng": torch.get_rng_state(), "arm": trial.arm,
-        "rounds": rounds.to_dict(), **({"round_best": best.to_dict()} if best is not None else {}),
+        "rounds": {**rounds.__dict__, **trial.variant.state_dict()}, **({"round_best": best.to_dict()} if best is not None else {}),
     }
 
 
 def _test_metrics(trial: _Trial, round_no: int | None = None) -> tuple[dict, dict]:
-    """Test evaluation (torchmetrics). Predictions, per-class precision / recall / F1 and the
-    confusion matrix are kept as trial artifacts for the report: a pseudo_label arm keeps each
-    round's (``round_no``) and publishes the round chosen on validation (``end_round``)."""
+    """Test evaluation, scored by the task. Its artifacts (predictions, per-class scores) are kept
+    for the report, under the headline names or, when the variant keeps each round's, round ``round_no``'s."""
     test_idx, class_names = trial.split["test"], trial.payload.class_names
     logits = predict(trial.model, trial.images, test_idx, **trial.eval_kwargs)
     targets = trial.labels[test_idx]
-    scalars, per_class = class_scores(logits, targets, len(class_names))
-    write_test_artifacts(round_no, test_idx, targets, torch.softmax(logits, dim=1), class_names, per_class)
+    scalars, per_class = trial.task.scores(logits, targets, len(class_names))
+    trial.task.write_test_artifacts(round_no, test_idx, targets, logits, class_names, per_class)
     return {f"test_{name}": value for name, value in scalars.items()}, per_class

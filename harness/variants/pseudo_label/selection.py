@@ -131,33 +131,24 @@ def plan_next_round(
 
 
 @dataclass
-class RoundState:
-    """Where a pseudo-labelling trial stands: the next row's round and epoch within it, the
-    pseudo-labelled set, finished rounds' records and the plan of the current round. Stored in
-    every checkpoint so a retried trial continues in the same round with the same pseudo-labels."""
+class PseudoLabelState:
+    """The pseudo-labelled set, finished rounds' records and how the current round's set was chosen.
+    Stored in every checkpoint so a retried trial continues in the same round with the same pseudo-labels."""
 
-    round: int = 0
-    round_epoch: int = 0
     pseudo_idx: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     pseudo_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     records: list[dict] = field(default_factory=list)
     selection: dict = field(default_factory=dict)  # how this round's pseudo-labelled set was chosen
-    finished: bool = False
-    stop_reason: str = ""
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, stored: dict | None) -> "RoundState":
-        return cls(**stored) if stored else cls()
+    def from_dict(cls, stored: dict) -> "PseudoLabelState":
+        return cls(**{name: stored[name] for name in cls.__dataclass_fields__ if name in stored})
 
-    def advance(self, plan: RoundPlan, selection: dict) -> None:
-        self.round, self.round_epoch = self.round + 1, 0
+    def adopt(self, plan: RoundPlan, selection: dict) -> None:
         self.pseudo_idx, self.pseudo_labels, self.selection = plan.pseudo_idx, plan.pseudo_labels, selection
-
-    def finish(self, reason: str) -> None:
-        self.finished, self.stop_reason = True, reason
 
 
 def selection_summary(plan: RoundPlan, hidden_added: torch.Tensor, added_labels: torch.Tensor, num_classes: int) -> dict:
@@ -170,14 +161,14 @@ def selection_summary(plan: RoundPlan, hidden_added: torch.Tensor, added_labels:
     }
 
 
-def round_record(state: RoundState, hidden: torch.Tensor, num_classes: int, evaluation: dict) -> dict:
+def round_record(round_no: int, state: PseudoLabelState, hidden: torch.Tensor, num_classes: int, evaluation: dict) -> dict:
     """One row of the round-by-round table: the set the round trained on and how it scored.
     ``hidden`` are the true labels of ``state.pseudo_idx`` (for the precision only)."""
     precision, precision_per_class = pseudo_precision(state.pseudo_labels, hidden, num_classes)
     base = {"candidates": 0, "confident": 0, "images_added": 0, "added_per_class": [0] * num_classes,
             "added_precision": float("nan")}
     return {
-        "round": state.round, **base, **state.selection,
+        "round": round_no, **base, **state.selection,
         "pseudo_labelled": len(state.pseudo_idx),
         "pseudo_per_class": torch.bincount(state.pseudo_labels, minlength=num_classes).tolist(),
         "pseudo_precision": precision, "pseudo_precision_per_class": precision_per_class,

@@ -1,0 +1,11 @@
+"""Task kinds as units (see ``registry``); the built-in one is single-label ``classification``."""
+
+from ferbench.harness.tasks.registry import TaskInfo, get_task, list_tasks, register_task
+
+CLASSIFICATION = register_task(TaskInfo(
+    name="classification",
+    description="one emotion class per image: softmax cross-entropy; accuracy, macro/weighted F1, per-class scores",
+    implementation="ferbench.harness.tasks.classification:SingleLabelClassification",
+))
+
+__all__ = ["CLASSIFICATION", "TaskInfo", "get_task", "list_tasks", "register_task"]
