@@ -117,3 +117,19 @@ def trial_folder(experiment_dir: Path, arm_id: str, arm_ids: list[str]) -> Path 
     candidates = [p for p in Path(experiment_dir).glob(f"{glob.escape(arm_id)}_*")
                   if (p / "params.json").is_file() and not any(p.name.startswith(prefix) for prefix in longer)]
     return max(candidates, key=lambda p: (_reached_epoch(p), p.stat().st_mtime), default=None)
+
+
+def trial_statuses(experiment_dir: Path, arms: list[dict]) -> dict[str, str]:
+    """arm_id → completed | failed | unavailable | incomplete, from the grid's ``arms`` and each trial's
+    sealed checkpoints (a trial stopped for good by a NaN loss, or by Tune after its retries, failed)."""
+    arm_ids, statuses = [arm["arm_id"] for arm in arms], {}
+    for arm in arms:
+        folder = None if arm.get("status") == "unavailable" else trial_folder(experiment_dir, arm["arm_id"], arm_ids)
+        history = newest_history(folder) if folder is not None else []
+        if arm.get("status") == "unavailable":
+            statuses[arm["arm_id"]] = "unavailable"
+        elif is_final(history):
+            statuses[arm["arm_id"]] = "failed" if TRIAL_FAILED in history[-1] else "completed"
+        else:
+            statuses[arm["arm_id"]] = "failed" if folder is not None and (folder / "error.txt").is_file() else "incomplete"
+    return statuses

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ferbench.harness.study.checkpoints import is_final, newest_history, trial_folder
+from ferbench.harness.study.checkpoints import is_final, newest_history, trial_folder, trial_statuses
 from ferbench.harness.study.diskspace import disk_full
 from ferbench.harness.study.experiment import default_experiment_name, read_json, read_stored_spec, write_experiment_inputs
 from ferbench.harness.study.layout import experiment_paths
@@ -28,6 +28,8 @@ from ferbench.harness.train.performance import TRIAL_WORKER_ENV
 from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import load_splits
 from ferbench.harness.study.storage import RemoteStorage, download, holds_experiment, is_remote, parse_remote, upload
+
+log = logging.getLogger(__name__)
 
 # Ray's periodic "snapshot" warnings are noise for a study that checkpoints every epoch.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -57,9 +59,7 @@ def running_cluster_address() -> str | None:
     address = os.environ.get("RAY_ADDRESS", "")
     if address:
         return None if address == "local" else address
-    from ray._private.utils import read_ray_address
-
-    recorded = read_ray_address()
+    recorded = _recorded_cluster_address()
     if not recorded:
         return None
     host, _, port = recorded.rpartition(":")
@@ -67,6 +67,17 @@ def running_cluster_address() -> str | None:
         with socket.create_connection((host, int(port)), timeout=2):
             return recorded
     except (OSError, ValueError):
+        return None
+
+
+def _recorded_cluster_address() -> str | None:
+    """The address ``ray start`` records on its machine: ``<RAY_TMPDIR, else TMPDIR, else /tmp>/ray/ray_current_cluster``
+    (Ray's documented temporary folder; read here rather than through Ray's private helpers)."""
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    record = Path(temp) / "ray" / "ray_current_cluster"
+    try:
+        return record.read_text().strip() or None
+    except OSError:
         return None
 
 
@@ -219,20 +230,23 @@ def _run_config(spec: StudySpec, experiment_dir: Path, callbacks: list, verbose:
     )
 
 
-def run_study(
-    spec: StudySpec,
-    *,
-    experiment_dir: Path | None = None,
-    resume: bool = False,
-    verbose: bool = False,
-    command: list[str] | None = None,
-) -> StudyOutcome:
-    """Run (or, with ``resume``, continue) a study and render its report."""
-    from ray import tune
+@dataclass
+class StudyRun:
+    """A study between its phases: what each phase of ``run_study`` hands to the next."""
 
-    from ferbench.harness.study.progress import ProgressPrinter
-    from ferbench.reports import build_report, trial_statuses
+    spec: StudySpec
+    experiment_dir: Path
+    resume: bool
+    remote: RemoteStorage | None
+    cluster_address: str | None = None
+    preflight: Preflight | None = None
+    to_run: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
+
+def resolve_experiment(spec: StudySpec, experiment_dir: Path | None, resume: bool) -> StudyRun:
+    """Phase 1: the experiment folder (and, on resume, the spec stored in it). A new study refuses a
+    folder or bucket prefix that already holds an experiment."""
     if resume:
         if experiment_dir is None or not experiment_paths(experiment_dir)["grid"].is_file():
             raise FileNotFoundError(f"nothing to resume at {experiment_dir}")
@@ -251,58 +265,110 @@ def run_study(
             raise FileExistsError(
                 f"{experiment_dir} already holds an experiment; use --resume to continue it or choose another --set run.name"
             )
-    experiment_dir = Path(experiment_dir).resolve()
+    return StudyRun(spec, Path(experiment_dir).resolve(), resume, remote)
 
-    address = running_cluster_address()
-    if address:  # preflight leaves node resources to the cluster (its autoscaler may add GPU nodes)
-        os.environ["RAY_ADDRESS"] = address
-    preflight = run_preflight(spec)  # raises PreflightError before anything is written
-    if resume:  # the study's own record: the stored splits and grid, never recomputed
-        preflight.splits = load_splits(experiment_paths(experiment_dir)["splits"])
-        preflight.arms = read_json(experiment_paths(experiment_dir)["grid"])
-    runnable = preflight.runnable_arms
-    to_run = resume_plan(experiment_dir, runnable) if resume else runnable
-    if to_run:
-        init_ray(verbose=verbose)
-        install_sigterm_handler()  # after Ray's own
-        check_results_storage(spec, experiment_dir)
-    if not resume:
-        write_experiment_inputs(experiment_dir, spec, preflight, command or sys.argv)
-        if remote is not None:
-            upload(remote, experiment_dir, experiment_dir.name, "ferbench")
-    where = f"{remote.uri}/{experiment_dir.name} (mirrored in {experiment_dir})" if remote else experiment_dir
-    _announce(spec, preflight, where, resume, len(runnable) - len(to_run))
 
-    problems = []
-    if to_run:
-        progress = ProgressPrinter(len(runnable), spec.train.epochs, already_finished=len(runnable) - len(to_run))
-        if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
-            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
-            for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
-        tuner = tune.Tuner(
-            _build_trainable(spec, preflight, experiment_dir.name, ship_weights=bool(address)),
-            param_space={"arm": tune.grid_search(to_run)},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
-                reuse_actors=spec.run.reuse_workers,
-            ),
-            run_config=_run_config(spec, experiment_dir, [progress], verbose, remote),
-        )
-        problems += _fit(tuner, experiment_dir if remote is None else None)
+def preflight_study(run: StudyRun) -> None:
+    """Phase 2: every check that can fail before anything is written (``run_preflight``), then the
+    arms to train. On resume the study's own record is read back: the stored splits and grid, never
+    recomputed, and only the arms not finished (``resume_plan``)."""
+    run.cluster_address = running_cluster_address()
+    if run.cluster_address:  # preflight leaves node resources to the cluster (its autoscaler may add GPU nodes)
+        os.environ["RAY_ADDRESS"] = run.cluster_address
+    run.preflight = run_preflight(run.spec)  # raises PreflightError before anything is written
+    if run.resume:
+        paths = experiment_paths(run.experiment_dir)
+        run.preflight.splits = load_splits(paths["splits"])
+        run.preflight.arms = read_json(paths["grid"])
+    runnable = run.preflight.runnable_arms
+    run.to_run = resume_plan(run.experiment_dir, runnable) if run.resume else runnable
 
-    if remote is not None:
-        download(remote, experiment_dir.name, experiment_dir)
+
+def start_ray(run: StudyRun, verbose: bool = False) -> None:
+    """Phase 3: join the cluster or start a local Ray (only when there is something to train), and
+    check that every trial can write where the driver reads."""
+    if not run.to_run:
+        return
+    init_ray(verbose=verbose)
+    install_sigterm_handler()  # after Ray's own
+    check_results_storage(run.spec, run.experiment_dir)
+
+
+def write_inputs(run: StudyRun, command: list[str]) -> None:
+    """Phase 4: the experiment's inputs (spec, grid, splits, manifest) before the first trial, in the
+    bucket too; a resumed study keeps the ones it has."""
+    if not run.resume:
+        write_experiment_inputs(run.experiment_dir, run.spec, run.preflight, command)
+        if run.remote is not None:
+            upload(run.remote, run.experiment_dir, run.experiment_dir.name, "ferbench")
+    where = f"{run.remote.uri}/{run.experiment_dir.name} (mirrored in {run.experiment_dir})" if run.remote else run.experiment_dir
+    runnable = run.preflight.runnable_arms
+    _announce(run.spec, run.preflight, where, run.resume, len(runnable) - len(run.to_run))
+
+
+def tune_arms(run: StudyRun, verbose: bool = False) -> None:
+    """Phase 5: one Ray Tune trial per arm to train; a full disk ends it with a problem line."""
+    if not run.to_run:
+        return
+    from ray import tune
+
+    from ferbench.harness.study.progress import ProgressPrinter
+
+    runnable = run.preflight.runnable_arms
+    progress = ProgressPrinter(len(runnable), run.spec.train.epochs, already_finished=len(runnable) - len(run.to_run))
+    if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
+        for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    tuner = tune.Tuner(
+        _build_trainable(run.spec, run.preflight, run.experiment_dir.name, ship_weights=bool(run.cluster_address)),
+        param_space={"arm": tune.grid_search(run.to_run)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=run.spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
+            reuse_actors=run.spec.run.reuse_workers,
+        ),
+        run_config=_run_config(run.spec, run.experiment_dir, [progress], verbose, run.remote),
+    )
+    run.problems += _fit(tuner, run.experiment_dir if run.remote is None else None)
+
+
+def report_study(run: StudyRun) -> StudyOutcome:
+    """Phase 6: the report (``ferbench.reports.build_report``, the one entry point into reports),
+    written even for a partial study; the arms' statuses from their sealed checkpoints."""
+    from ferbench.reports import build_report
+
+    if run.remote is not None:
+        download(run.remote, run.experiment_dir.name, run.experiment_dir)
     try:
-        report_dir = build_report(experiment_dir)
+        report_dir = build_report(run.experiment_dir)
     except OSError as err:
-        if not disk_full(experiment_dir, err):
+        if not disk_full(run.experiment_dir, err):
             raise
         report_dir = None
-        problems.append(f"report not written: disk full at {experiment_dir}")
-    if remote is not None and report_dir is not None:
-        upload(remote, experiment_dir, experiment_dir.name, "report")
-    return StudyOutcome(experiment_dir, report_dir, trial_statuses(experiment_dir), problems)
+        run.problems.append(f"report not written: disk full at {run.experiment_dir}")
+    if run.remote is not None and report_dir is not None:
+        upload(run.remote, run.experiment_dir, run.experiment_dir.name, "report")
+    statuses = trial_statuses(run.experiment_dir, read_json(experiment_paths(run.experiment_dir)["grid"]))
+    return StudyOutcome(run.experiment_dir, report_dir, statuses, run.problems)
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    experiment_dir: Path | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    command: list[str] | None = None,
+) -> StudyOutcome:
+    """Run (or, with ``resume``, continue) a study and render its report, phase by phase: resolve the
+    folder → preflight → start Ray → write the inputs → tune → report. Each phase is a function of
+    its own (a benchmark can time any of them)."""
+    run = resolve_experiment(spec, experiment_dir, resume)
+    preflight_study(run)
+    start_ray(run, verbose)
+    write_inputs(run, command or sys.argv)
+    tune_arms(run, verbose)
+    return report_study(run)
 
 
 def resume_plan(experiment_dir: Path, arms: list[dict]) -> list[dict]:
@@ -344,22 +410,27 @@ def _describe_split(folds: dict) -> str:
     return f"{len(folds)} subject-exclusive folds, test parts of {min(tests)}–{max(tests)} images"
 
 
+def _say(line: str) -> None:
+    """A line of the study's plan: on stdout when the CLI shows notices (``ferbench.harness.cli.output``)."""
+    log.info(line, extra={"stream": "stdout"})
+
+
 def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: bool, done: int) -> None:
     dataset = preflight.dataset
     verb = "Resuming" if resume else "Study"
     finished = f" ({done} finished before)" if resume else ""
-    print(f"{verb} {spec.study!r}: {len(preflight.arms)} arms{finished}, {spec.train.epochs} epochs each → {where}")
-    print(
+    _say(f"{verb} {spec.study!r}: {len(preflight.arms)} arms{finished}, {spec.train.epochs} epochs each → {where}")
+    _say(
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
         f"split {_describe_split(preflight.splits)}"
     )
     if preflight.unlabeled_pool is not None:
         pool = preflight.unlabeled_pool
-        print(f"  unlabeled pool: {len(pool)} images from {pool.source} (labels unknown; resized {pool.notes['resized']}, "
+        _say(f"  unlabeled pool: {len(pool)} images from {pool.source} (labels unknown; resized {pool.notes['resized']}, "
               f"converted {pool.notes['converted']})")
     unavailable: dict[str, list[str]] = {}  # reason → arms: one line per missing weight file
     for arm in preflight.arms:
         if arm["status"] == "unavailable":
             unavailable.setdefault(arm["reason"], []).append(arm["arm_id"])
     for reason, arms in unavailable.items():
-        print(f"  unavailable: {', '.join(arms)}\n    {reason}")
+        _say(f"  unavailable: {', '.join(arms)}\n    {reason}")
