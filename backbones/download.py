@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import socket
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -33,6 +33,8 @@ PROGRESS_MIN_BYTES = 32 << 20  # smaller files download without progress lines
 # File name in the weights folder → SHA-256 hex digest. Consulted by ``fetch_weights`` when present;
 # add an entry only for a hash checked against the publisher's file, never a guessed one.
 PINNED_SHA256: dict[str, str] = {}
+
+log = logging.getLogger(__name__)
 
 
 class DownloadError(RuntimeError):
@@ -71,20 +73,20 @@ def sha256_file(path: str | Path) -> str:
 
 
 class _Progress:
-    """A stderr line about every 10% of a large download, so a 580 MB file is not a silent wait."""
+    """A notice (logging, INFO) about every 10% of a large download, so a 580 MB file is not a silent wait."""
 
     def __init__(self, label: str, total: int | None, url: str):
         self.label, self.total, self.next_percent = label, total, 10
         self.enabled = total is not None and total >= PROGRESS_MIN_BYTES
         if self.enabled:  # only once the server answered: an offline failure stays a single message
-            print(f"  {label}: downloading {total / 1e6:.0f} MB from {url}", file=sys.stderr, flush=True)
+            log.info("  %s: downloading %.0f MB from %s", label, total / 1e6, url)
 
     def update(self, done: int) -> None:
         if not self.enabled or not self.total:
             return
         percent = 100 * done // self.total
         if percent >= self.next_percent:
-            print(f"  {self.label}: {percent}% ({done / 1e6:.0f} of {self.total / 1e6:.0f} MB)", file=sys.stderr, flush=True)
+            log.info("  %s: %d%% (%.0f of %.0f MB)", self.label, percent, done / 1e6, self.total / 1e6)
             self.next_percent = (percent // 10 + 1) * 10
 
 

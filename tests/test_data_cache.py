@@ -4,6 +4,7 @@ writes, no cache after a failed load, and a FER2013-size CSV loaded, cached and 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,18 @@ def cache_dir(tmp_path, monkeypatch):
     return tmp_path / "cache" / "datasets"
 
 
+@pytest.fixture(autouse=True)
+def info_notices(caplog):
+    caplog.set_level(logging.INFO, logger="ferbench")
+
+
+def notices(caplog) -> str:
+    """The ferbench notices logged since the last call, one per line (what the CLI shows on stderr)."""
+    text = "".join(f"{record.getMessage()}\n" for record in caplog.records if record.name.startswith("ferbench"))
+    caplog.clear()
+    return text
+
+
 def load(path, data_format="auto", **options):
     return load_dataset(DataSpec(format=data_format, path=str(path), **options))
 
@@ -41,12 +54,12 @@ def same(a: FerDataset, b: FerDataset) -> bool:
             and list(a.meta.get("official_split", [])) == list(b.meta.get("official_split", [])))
 
 
-def test_second_load_reuses_the_cache_without_reading_the_source(tmp_path, capsys):
+def test_second_load_reuses_the_cache_without_reading_the_source(tmp_path, caplog):
     csv = tmp_path / "fer2013.csv"
     write_fer_csv(csv, [0, 3, 6, 3])
     first = load(csv, "fer2013")
     [folder] = cache_folders()
-    assert capsys.readouterr().err.splitlines()[-1] == f"data: wrote cache {folder}"
+    assert notices(caplog).splitlines()[-1] == f"data: wrote cache {folder}"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == "fer2013" and manifest["source"] == str(csv)
     assert manifest["n_images"] == 4 and manifest["class_counts"] == {"angry": 1, "happy": 2, "neutral": 1}
@@ -57,12 +70,12 @@ def test_second_load_reuses_the_cache_without_reading_the_source(tmp_path, capsy
     csv.write_bytes(b"x" * stat.st_size)
     os.utime(csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     again = load(csv, "fer2013")
-    assert capsys.readouterr().err.splitlines() == [f"data: cached {folder}"]
+    assert notices(caplog).splitlines() == [f"data: cached {folder}"]
     assert same(first, again) and again.sources.dtype.kind == "U" and again.meta["official_split"].dtype.kind == "U"
     assert again.meta["format"] == "fer2013"
 
 
-def test_changed_source_file_rebuilds_the_cache(tmp_path, capsys):
+def test_changed_source_file_rebuilds_the_cache(tmp_path, caplog):
     csv = tmp_path / "fer2013.csv"
     write_fer_csv(csv, [0, 3, 6])
     load(csv, "fer2013")
@@ -73,36 +86,36 @@ def test_changed_source_file_rebuilds_the_cache(tmp_path, capsys):
     changed = str((int(first) + 1) % 10 + int(first) // 10 * 10)  # same number of digits, so same file size
     csv.write_text("\n".join([header, f"{label},{changed} {others},{usage}", rest]))
     os.utime(csv, ns=(time.time_ns(), csv.stat().st_mtime_ns + 10**9))
-    capsys.readouterr()
+    notices(caplog)
     dataset = load(csv, "fer2013")
-    assert capsys.readouterr().err.splitlines() == [f"data: wrote cache {folder}"]
+    assert notices(caplog).splitlines() == [f"data: wrote cache {folder}"]
     assert dataset.images[0, 0, 0] == int(changed)
     assert cache_folders() == [folder]  # rebuilt in place, the outdated copy removed
 
 
-def test_added_image_or_changed_option_rebuilds(tmp_path, capsys):
+def test_added_image_or_changed_option_rebuilds(tmp_path, caplog):
     write_class_tree(tmp_path / "ck", {"anger": 1, "contempt": 1}, by_value, name="S005_001_{i:08d}.png")
     assert len(load(tmp_path / "ck", contempt="keep")) == 2
     assert len(load(tmp_path / "ck", contempt="drop")) == 1
     assert len(cache_folders()) == 2  # one per option set
     write_image(tmp_path / "ck" / "anger" / "S006_001_00000001.png", by_value("anger"))
-    capsys.readouterr()
+    notices(caplog)
     assert len(load(tmp_path / "ck", contempt="drop")) == 2
-    assert "data: wrote cache" in capsys.readouterr().err
+    assert "data: wrote cache" in notices(caplog)
     assert list(load(tmp_path / "ck", contempt="drop").subjects) == [5, 6]
-    assert "data: cached" in capsys.readouterr().err
+    assert "data: cached" in notices(caplog)
 
 
-def test_rafdb_given_by_its_list_file_rebuilds_when_an_image_changes(tmp_path, capsys):
+def test_rafdb_given_by_its_list_file_rebuilds_when_an_image_changes(tmp_path, caplog):
     write_rafdb(tmp_path / "raf")
     listing = tmp_path / "raf" / "EmoLabel" / "list_patition_label.txt"
     first = load(listing, "rafdb")
     image = tmp_path / "raf" / "Image" / "aligned" / "train_00002_aligned.jpg"
     write_image(image, 200, size=(10, 10), colour=True)
     os.utime(image, ns=(time.time_ns(), image.stat().st_mtime_ns + 10**9))
-    capsys.readouterr()
+    notices(caplog)
     second = load(listing, "rafdb")
-    assert "data: wrote cache" in capsys.readouterr().err
+    assert "data: wrote cache" in notices(caplog)
     assert second.images[1, ..., 0].min() > first.images[1, ..., 0].max() + 150  # the new image, not the cached one
 
 
@@ -144,15 +157,15 @@ def test_strict_load_does_not_take_a_cache_with_skipped_files(tmp_path):
         load(tmp_path / "faces", "folder", strict=True)
 
 
-def test_a_cache_inside_the_dataset_folder_is_not_part_of_its_fingerprint(tmp_path, monkeypatch, capsys):
+def test_a_cache_inside_the_dataset_folder_is_not_part_of_its_fingerprint(tmp_path, monkeypatch, caplog):
     write_class_tree(tmp_path, {"happy": 2}, by_value)
     load(tmp_path, "folder")  # the autouse cache folder lies in tmp_path, beside happy/
-    capsys.readouterr()
+    notices(caplog)
     load(tmp_path, "folder")
-    assert capsys.readouterr().err.startswith("data: cached")
+    assert notices(caplog).startswith("data: cached")
 
 
-def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, capsys):
+def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, caplog):
     """35,887 rows of 48×48 like FER2013; 64 distinct rows in a fixed order keep writing it fast."""
     rng = np.random.default_rng(0)
     distinct = rng.integers(0, 256, size=(64, 48 * 48))
@@ -174,7 +187,7 @@ def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, capsys):
         "Training": 28709, "PublicTest": 3589, "PrivateTest": 3589}
     np.testing.assert_array_equal(first.images.reshape(len(usage), -1), distinct[order])
     np.testing.assert_array_equal(first.labels, labels)
-    assert same(first, cached) and "data: cached" in capsys.readouterr().err
+    assert same(first, cached) and "data: cached" in notices(caplog)
     print(f"FER2013-size CSV: first load {first_s:.2f} s, cached load {cached_s:.2f} s")
     # The Smelyakov split: stratified 70/10/20, random_state 42, each class within one image of its share.
     [split] = make_splits(cached, SplitSpec())

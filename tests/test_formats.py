@@ -275,8 +275,10 @@ def test_process_pool_decoding_keeps_file_order(tmp_path):
 # ---- auto-detection --------------------------------------------------------------------------
 
 
-def test_auto_detects_every_format_and_says_so(tmp_path, capsys):
+def test_auto_detects_every_format_and_says_so(tmp_path, caplog):
     from test_loaders import write_fer_csv
+
+    caplog.set_level("INFO", logger="ferbench")
 
     write_fer_csv(tmp_path / "fer.csv", [0, 3])
     write_class_tree(tmp_path / "ferdirs" / "train", {"happy": 1})
@@ -291,7 +293,8 @@ def test_auto_detects_every_format_and_says_so(tmp_path, capsys):
     for path, expected in cases.items():
         dataset = load(path, class_map={"joy": "happy"})
         assert dataset.meta["format"] == expected == dataset.name, path
-        assert capsys.readouterr().err.splitlines() == [f"data: detected format {expected} in {path}"]
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("ferbench")] == [f"data: detected format {expected} in {path}"]
+        caplog.clear()
 
 
 def test_auto_on_an_unknown_layout_lists_the_known_ones(tmp_path):

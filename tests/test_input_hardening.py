@@ -205,10 +205,10 @@ def test_class_with_one_image_stops_naming_it_and_the_ways_on(one_fear):
     )
 
 
-def test_allowed_small_class_runs_and_the_data_section_says_it_has_no_test_image(one_fear, tmp_path, capsys):
+def test_allowed_small_class_runs_and_the_data_section_says_it_has_no_test_image(one_fear, tmp_path, caplog):
     spec = load_spec("quick", [*TINY, *folder_data(one_fear), "split.allow_missing_classes=true"])
     preflight = run_preflight(spec)
-    assert "data: warning: class 'fear' (1 image) has no test image (train 1, val 0, test 0)" in capsys.readouterr().err
+    assert "data: warning: class 'fear' (1 image) has no test image (train 1, val 0, test 0)" in caplog.text
     missing = {(entry["class"], entry["part"]) for entry in preflight.data_notes["missing_classes"]}
     assert missing == {("fear", "val"), ("fear", "test")}
     summary = {**inspect(preflight.dataset, named_index_sets(preflight.splits)), **preflight.data_notes}
@@ -270,11 +270,11 @@ def test_official_split_without_a_class_in_its_test_part(tmp_path):
     assert "use --set split.kind=stratified" in message
 
 
-def test_a_class_missing_from_test_by_rounding_is_a_warning(capsys):
+def test_a_class_missing_from_test_by_rounding_is_a_warning(caplog):
     """SynthFER's 240 images hold 4 disgust faces; the 0.2 test cut takes none of them. The study runs
     (the class is big enough for the split) and says so."""
     preflight = run_preflight(load_spec("quick", [*TINY, "data.num_images=240"]))
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "data: warning: class 'disgust' (4 images) has no test image (train 3, val 1, test 0): its test F1" in err
     assert [(e["class"], e["part"]) for e in preflight.data_notes["missing_classes"]] == [("disgust", "test")]
 

@@ -90,7 +90,8 @@ def one_error_line(err: str) -> str:
 
 # --- fetch ---------------------------------------------------------------------------------------
 
-def test_fetch_streams_verifies_and_renames(server, tmp_path, monkeypatch, capsys):
+def test_fetch_streams_verifies_and_renames(server, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="ferbench")
     folder, base = server
     payload = os.urandom(3_000_000)
     (folder / "w.pth").write_bytes(payload)
@@ -100,7 +101,7 @@ def test_fetch_streams_verifies_and_renames(server, tmp_path, monkeypatch, capsy
     expected = hashlib.sha256(payload).hexdigest()
     assert fetch(f"{base}/w.pth", target, expected_sha256=expected.upper()) == expected
     assert target.read_bytes() == payload and leftovers(target.parent) == []
-    progress = capsys.readouterr().err.splitlines()
+    progress = [record.getMessage() for record in caplog.records if record.name.startswith("ferbench")]
     assert progress[0] == f"  w.pth: downloading 3 MB from {base}/w.pth"
     assert 9 <= len(progress) - 1 <= 11 and progress[-1].startswith("  w.pth: 100%")
 

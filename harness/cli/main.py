@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ferbench.harness.cli.backbones_cmd import add_backbones_parser, cmd_backbones
 from ferbench.harness.cli.data_cmd import add_data_parser, cmd_data
+from ferbench.harness.cli.output import configure_output, restore_output
 from ferbench.harness.study.interrupts import install_sigterm_handler, terminated
 from ferbench.harness.cli.weights_cmd import add_weights_parser, cmd_weights
 
@@ -179,11 +180,14 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "w
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     install_sigterm_handler()
+    configure_output(verbose=getattr(args, "verbose", False))  # the library's notices, as plain lines
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("\nferbench: interrupted", file=sys.stderr)
         return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
+    finally:
+        restore_output()
 
 
 def entry_point() -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from datetime import datetime, timezone
@@ -31,6 +31,8 @@ CACHE_LAYOUT = 2  # bump when the cached form or a loader's output changes
 MANIFEST = "manifest.json"
 ARRAY_FIELDS = ("images", "labels", "subjects", "action_units", "sources")
 META_ARRAY_PREFIX = "meta."
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -185,12 +187,12 @@ def cached_dataset(spec, data_format: str, source: Path, inputs: list[Path], bui
     dataset = load_cache(folder, identity)
     unreadable = dataset is not None and any(item["reason"] != NO_FACE for item in dataset.meta.get("skipped", []))
     if dataset is not None and not (spec.strict and unreadable):  # strict: fail as a fresh read would
-        print(f"data: cached {folder}", file=sys.stderr)
+        log.info("data: cached %s", folder)
         return dataset
     dataset = build()
     try:
         write_cache(folder, dataset, identity)
-        print(f"data: wrote cache {folder}", file=sys.stderr)
+        log.info("data: wrote cache %s", folder)
     except OSError as err:  # a full or read-only disk costs the next launch time, not this one
-        print(f"data: could not write the dataset cache {folder} ({err}); continuing without it", file=sys.stderr)
+        log.warning("data: could not write the dataset cache %s (%s); continuing without it", folder, err)
     return dataset

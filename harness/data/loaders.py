@@ -7,7 +7,8 @@ to the canonical order, and cache. Every problem is a ``DataError`` naming the f
 
 from __future__ import annotations
 
-import sys
+import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,9 @@ from ferbench.harness.data.formats.common import NO_FACE, DataError, Decoded, co
 from ferbench.harness.data.formats.detect import detect_format
 from ferbench.harness.data.formats.images import stack_images
 
-__all__ = ["DATASETS", "DataError", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "check_data_source", "load_dataset"]
+
+log = logging.getLogger(__name__)
 
 
 def load_synthfer(spec) -> FerDataset:
@@ -44,12 +47,47 @@ def dataset_path(spec) -> Path:
 
 
 def dataset_format(spec, path: Path) -> str:
-    """``data.format``, or with ``auto`` the detected one (said on stderr)."""
+    """``data.format``, or with ``auto`` the detected one (a notice on the ``ferbench`` logger)."""
     if spec.format != "auto":
         return spec.format
     found = detect_format(path)
-    print(f"data: detected format {found} in {path}", file=sys.stderr)
+    log.info("data: detected format %s in %s", found, path)
     return found
+
+
+def check_takes(data_format: str, path: Path) -> None:
+    """``DataError`` when ``path`` is a file where ``data_format`` reads a folder, or the other way round."""
+    reader = READERS[data_format]
+    if (reader.takes == "file" and not path.is_file()) or (reader.takes == "folder" and not path.is_dir()):
+        raise DataError(f"data.path: {path} is not a {reader.takes}; format {data_format} reads a {reader.takes} such as {reader.example}")
+
+
+def check_data_source(spec) -> list[str]:
+    """What ``load_dataset`` would refuse before reading any image: its options, and whether
+    ``data.path`` exists, is the kind of path its format reads, and opens. Milliseconds: nothing is
+    decoded, detected or cached, so preflight can say it before any expensive step."""
+    if spec.format == "synthfer":
+        return []
+    problems = []
+    try:
+        contempt_policy(spec.contempt)
+    except DataError as err:
+        problems.append(str(err))
+    try:
+        path = dataset_path(spec)
+        if spec.format in READERS:
+            check_takes(spec.format, path)
+        if path.is_dir():  # the top level opens: a folder lists, a file reads (never a FIFO: is_file is False)
+            with os.scandir(path) as entries:
+                next(entries, None)
+        elif path.is_file():
+            with open(path, "rb"):
+                pass
+    except DataError as err:
+        problems.append(str(err))
+    except OSError as err:
+        problems.append(unreadable(Path(err.filename) if err.filename else Path(spec.path), err))
+    return problems
 
 
 def crop_detected_faces(decoded: Decoded, size: int, source: Path) -> Decoded:
@@ -65,10 +103,8 @@ def crop_detected_faces(decoded: Decoded, size: int, source: Path) -> Decoded:
 
 def read_dataset(spec, data_format: str, path: Path) -> FerDataset:
     """Read ``path`` as ``data_format`` into the canonical form, bypassing the cache."""
-    reader = READERS[data_format]
-    if (reader.takes == "file" and not path.is_file()) or (reader.takes == "folder" and not path.is_dir()):
-        raise DataError(f"data.path: {path} is not a {reader.takes}; format {data_format} reads a {reader.takes} such as {reader.example}")
-    decoded = reader.read(spec, path)
+    check_takes(data_format, path)
+    decoded = READERS[data_format].read(spec, path)
     if spec.face_detect:
         decoded = crop_detected_faces(decoded, spec.face_size, path)
     return to_dataset(stack_images(decoded), data_format, spec.contempt, str(path))

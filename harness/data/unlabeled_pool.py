@@ -113,16 +113,35 @@ def load_unlabeled_pool(path: str, *, image_shape: tuple[int, ...], strict: bool
         raise DataError(f"{KEY}: {unreadable(Path(err.filename or where), err)}") from None
 
 
-def _load(where: Path, image_shape: tuple[int, ...], strict: bool) -> UnlabeledPool:
+def check_pool_path(path: str) -> list[str]:
+    """What ``load_unlabeled_pool`` would refuse before reading an image: a path that does not exist
+    or is neither a folder nor a .csv file. Milliseconds, for preflight's first, cheap stage."""
+    where = Path(path).expanduser().absolute()
+    try:
+        _existing(where)
+    except DataError as err:
+        return [str(err)]
+    except OSError as err:
+        return [f"{KEY}: {unreadable(Path(err.filename or where), err)}"]
+    return []
+
+
+def _existing(where: Path) -> Path:
+    """``where`` resolved; ``DataError`` unless it is a folder or a .csv file."""
     where = resolved(where)
     if not where.exists():
         raise DataError(f"{KEY}: {where} does not exist; point it at a folder of face images or a CSV with a pixels column")
+    if not where.is_dir() and where.suffix.lower() != ".csv":
+        raise DataError(f"{KEY}: {where} is neither a folder of images nor a .csv file with a pixels column")
+    return where
+
+
+def _load(where: Path, image_shape: tuple[int, ...], strict: bool) -> UnlabeledPool:
+    where = _existing(where)
     if where.is_dir():
         images, sources, skipped = _read_folder(where, strict)
-    elif where.suffix.lower() == ".csv":
-        images, sources, skipped = _read_pixels_csv(where)
     else:
-        raise DataError(f"{KEY}: {where} is neither a folder of images nor a .csv file with a pixels column")
+        images, sources, skipped = _read_pixels_csv(where)
     height, width = image_shape[:2]
     channels = image_shape[2] if len(image_shape) == 3 else 1
     out = np.empty((len(images), *image_shape), np.uint8)

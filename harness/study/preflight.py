@@ -1,13 +1,17 @@
-"""Preflight on the driver: everything knowable before the first trial, checked at once.
+"""Preflight on the driver: everything knowable before the first trial, cheapest first.
 
-Loads the dataset, computes the splits and resolves every pretrained weight the grid needs.
-All problems are collected and reported together, in one message, before anything runs.
+Checks the machine's resources, the results storage, the data paths and the pretrained weights on
+disk; only when those pass, loads the dataset, computes the splits and loads the weight files;
+only when nothing failed, downloads missing weights and pretrains synth-identity weights. The
+problems of a stage are reported together, in one message, before anything runs, and a stage's
+problems stop the costlier stages after it: a GPU request on a laptop is refused in a second,
+not after minutes of decoding and pretraining.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,10 +22,12 @@ from ferbench.backbones import create_backbone, resolve_pretrained
 from ferbench.backbones.weights import WeightStatus, default_weights_dir
 from ferbench.harness.data.checks import describe_missing, duplicate_training_indices
 from ferbench.harness.data.dataset import FerDataset
-from ferbench.harness.data.loaders import DataError, load_dataset
+from ferbench.harness.data.loaders import DataError, check_data_source, load_dataset
 from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes
-from ferbench.harness.data.unlabeled_pool import UnlabeledPool, load_unlabeled_pool
+from ferbench.harness.data.unlabeled_pool import UnlabeledPool, check_pool_path, load_unlabeled_pool
+
+log = logging.getLogger(__name__)
 
 
 class PreflightError(RuntimeError):
@@ -44,7 +50,7 @@ class Preflight:
         dataset, pool = self.dataset, self.unlabeled_pool
         if pool is None:
             return dataset.images, dataset.labels, self.splits
-        from ferbench.harness.train.variants.pseudo_label import NOT_A_TARGET
+        from ferbench.harness.variants.pseudo_label.selection import NOT_A_TARGET
 
         images = np.concatenate([dataset.images, pool.images])
         labels = np.concatenate([dataset.labels, np.full(len(pool), NOT_A_TARGET, dataset.labels.dtype)])
@@ -68,13 +74,20 @@ class _Downloader:
         offline = any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in ("FERBENCH_OFFLINE", "HF_HUB_OFFLINE"))
         self.allowed = spec.weights.download and not offline
 
-    def fetch(self, backbone: str, missing: WeightStatus) -> WeightStatus:
-        from ferbench.backbones.download import DownloadError, fetch_weights, weight_source
+    def can_fetch(self, backbone: str, missing: WeightStatus) -> bool:
+        """Whether ``fetch`` would try a download (answered without the network)."""
+        from ferbench.backbones.download import weight_source
 
-        if weight_source(backbone) is None or missing.source != "missing" or self.spec.weights.files.get(backbone):
+        return (self.allowed and missing.source == "missing" and not self.spec.weights.files.get(backbone)
+                and weight_source(backbone) is not None)
+
+    def fetch(self, backbone: str, missing: WeightStatus) -> WeightStatus:
+        from ferbench.backbones.download import DownloadError, fetch_weights
+
+        if not self.can_fetch(backbone, missing):
             return missing
         folder = Path(self.spec.weights.dir).expanduser() if self.spec.weights.dir else default_weights_dir()
-        print(f"  weights: downloading {backbone} into {folder}", file=sys.stderr, flush=True)
+        log.info("  weights: downloading %s into %s", backbone, folder)
         try:
             fetch_weights(backbone, folder, timeout_s=self.spec.weights.download_timeout, mirror=self.spec.weights.mirror)
         except (DownloadError, ValueError, OSError) as err:
@@ -84,37 +97,95 @@ class _Downloader:
         return resolve_pretrained(backbone, files=self.spec.weights.files, weights_dir=self.spec.weights.dir)
 
 
-def resolve_weights(spec: StudySpec, data_size: int, train_synth_identity: bool = True) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """(files, sources, problems) for every backbone that has a pretrained arm. With
-    ``train_synth_identity`` False, synth-identity weights are not resolved: preflight has already
-    found a problem, and minutes of identity pretraining would only delay its message."""
+@dataclass
+class WeightPlan:
+    """The grid's pretrained weights as preflight's stages learn about them.
+
+    ``found``: published weight files on disk, not loaded yet; ``downloadable``: missing ones a
+    download may bring; ``problems``: backbone → why its pretrained arms cannot run;
+    ``files`` / ``sources``: weights that load (or were pretrained), for the trials.
+    """
+
+    found: dict[str, WeightStatus] = field(default_factory=dict)
+    downloadable: dict[str, WeightStatus] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def pretrained_backbones(spec: StudySpec) -> list[str]:
+    return sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
+
+
+def locate_weights(spec: StudySpec, downloader: _Downloader) -> WeightPlan:
+    """Stage 1: where each published weight the grid needs is, by file-system look-ups alone
+    (nothing is downloaded, loaded or trained). Synth-identity weights are made in stage 3."""
+    plan = WeightPlan()
+    for backbone in pretrained_backbones(spec):
+        if spec.weights.source_for(backbone) == "synth-identity":
+            continue
+        status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
+        if status.available:
+            plan.found[backbone] = status
+        elif downloader.can_fetch(backbone, status):
+            plan.downloadable[backbone] = status
+        else:
+            plan.problems[backbone] = status.message
+    return plan
+
+
+def load_weight_files(spec: StudySpec, plan: WeightPlan) -> None:
+    """Stage 2 (and after downloads): each found weight file loaded once into its backbone; a file
+    that exists but does not load would otherwise fail every trial later."""
+    for backbone, status in sorted(plan.found.items()):
+        if backbone in plan.files or backbone in plan.problems:
+            continue
+        try:
+            create_backbone(backbone, num_classes=2, weights_file=status.path, options=spec.model.backbone_options())
+        except Exception as err:
+            plan.problems[backbone] = f"{backbone}: weights file {status.path} does not load: {err}"
+            continue
+        plan.files[backbone], plan.sources[backbone] = status.path, status.source
+
+
+def download_weights(plan: WeightPlan, downloader: _Downloader) -> None:
+    """Stage 3: download what ``locate_weights`` found missing but published; a failure is a problem."""
+    for backbone, missing in plan.downloadable.items():
+        status = downloader.fetch(backbone, missing)
+        if status.available:
+            plan.found[backbone] = status
+        else:
+            plan.problems[backbone] = status.message
+    plan.downloadable = {}
+
+
+def pretrain_synth_identity(spec: StudySpec, plan: WeightPlan, data_size: int) -> None:
+    """Stage 3: the synth-identity weights of every backbone that uses them, pretrained once and
+    cached (minutes per backbone on a slow machine, so only when nothing else failed)."""
     from ferbench.harness.train.synth_identity import synth_identity_weights
     from ferbench.harness.train.trial import resolve_input_size
 
-    files, sources, problems = {}, {}, {}
-    downloader = _Downloader(spec)
-    needed = sorted({arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"})
-    for backbone in needed:
+    recipe = spec.weights.synth_identity.model_dump()
+    for backbone in pretrained_backbones(spec):
         if spec.weights.source_for(backbone) == "synth-identity":
-            if not train_synth_identity:
-                continue
-            recipe = spec.weights.synth_identity.model_dump()
             path = synth_identity_weights(backbone, resolve_input_size(spec, backbone, data_size), recipe)
-            files[backbone], sources[backbone] = str(path), "synth-identity"
-            continue
-        status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
-        if not status.available and downloader.allowed:
-            status = downloader.fetch(backbone, status)
-        if not status.available:
-            problems[backbone] = status.message
-            continue
-        try:  # a file that exists but does not load would otherwise fail every trial later
-            create_backbone(backbone, num_classes=2, weights_file=status.path, options=spec.model.backbone_options())
-        except Exception as err:
-            problems[backbone] = f"{backbone}: weights file {status.path} does not load: {err}"
-            continue
-        files[backbone], sources[backbone] = status.path, status.source
-    return files, sources, problems
+            plan.files[backbone], plan.sources[backbone] = str(path), "synth-identity"
+
+
+def weight_problem_lines(spec: StudySpec, problems: dict[str, str]) -> list[str]:
+    """The weight problems that stop the study, and what to do: all of them when no arm could run or
+    ``run.allow_unavailable`` is false; none otherwise (those arms are recorded 'unavailable')."""
+    if not problems:
+        return []
+    nothing_runs = all(arm["init"] == "pretrained" and arm["backbone"] in problems for arm in spec.arms())
+    if not nothing_runs and spec.run.allow_unavailable:
+        return []
+    return [*problems.values(), (
+        "every arm of the grid needs the missing weights above, so nothing could run: place them first"
+        if nothing_runs else
+        "run.allow_unavailable=false: fix the weights above, or pass --set run.allow_unavailable=true "
+        "to record those arms as 'unavailable' and run the rest"
+    )]
 
 
 def drop_training_duplicates(dataset: FerDataset, folds: dict[int, dict[str, np.ndarray]]) -> dict:
@@ -227,8 +298,19 @@ def check_local_resources(spec: StudySpec) -> list[str]:
     return problems
 
 
-def run_preflight(spec: StudySpec) -> Preflight:
-    problems: list[str] = check_storage_writable(spec) + check_local_resources(spec)
+def check_data_paths(spec: StudySpec) -> list[str]:
+    """Stage 1: the data options hold, and ``data.path`` (and ``pseudo_label.unlabeled_path`` when a
+    pseudo_label arm reads it) exists and opens; nothing is decoded."""
+    problems = check_data_source(spec.data)
+    if _uses_external_pool(spec):
+        problems += check_pool_path(spec.pseudo_label.unlabeled_path)
+    return problems
+
+
+def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, UnlabeledPool | None, dict, list[str]]:
+    """Stage 2: (dataset, splits, pool, notes, problems): the dataset decoded (or read from its
+    cache), its classes and splits checked, the external unlabeled pool read."""
+    problems: list[str] = []
     dataset = splits = pool = None
     notes: dict = {}
     try:
@@ -244,7 +326,7 @@ def run_preflight(spec: StudySpec) -> Preflight:
             if missing:  # for the report's Data section
                 notes["missing_classes"] = missing
             for entry in (e for e in missing if e["part"] != "train"):  # train: a problem above
-                print(f"data: warning: {describe_missing(entry)}", file=sys.stderr)
+                log.warning("data: warning: %s", describe_missing(entry))
             pool = _external_pool(spec, dataset)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
@@ -252,37 +334,58 @@ def run_preflight(spec: StudySpec) -> Preflight:
         problems.append(os_error_line(err))
     if pool is not None:
         notes["unlabeled_pool"] = pool.notes
-    data_size = dataset.image_size[0] if dataset is not None else spec.data.image_size
-    files, sources, weight_problems = resolve_weights(spec, data_size, train_synth_identity=not problems)
-    nothing_runs = all(arm["init"] == "pretrained" and arm["backbone"] in weight_problems for arm in spec.arms())
-    if weight_problems and (nothing_runs or not spec.run.allow_unavailable):
-        problems += list(weight_problems.values())
-        problems.append(
-            "every arm of the grid needs the missing weights above, so nothing could run: place them first"
-            if nothing_runs else
-            "run.allow_unavailable=false: fix the weights above, or pass --set run.allow_unavailable=true "
-            "to record those arms as 'unavailable' and run the rest"
-        )
+    return dataset, splits, pool, notes, problems
+
+
+def run_preflight(spec: StudySpec) -> Preflight:
+    """Everything knowable before the first trial, in stages of rising cost. Raises ``PreflightError``
+    listing every problem of the first stage that has any; no costlier stage runs after it.
+
+    1. Milliseconds to seconds: resources, results storage, data paths, published weights on disk.
+    2. The dataset decoded (or read from its cache), classes and splits checked; weight files loaded.
+    3. Only when nothing failed: missing published weights downloaded, synth-identity weights pretrained.
+    """
+    downloader = _Downloader(spec)
+    weights = locate_weights(spec, downloader)
+    problems = check_storage_writable(spec) + check_local_resources(spec) + check_data_paths(spec)
+    problems += weight_problem_lines(spec, weights.problems)
     if problems:
         raise PreflightError("\n".join(problems))
+
+    dataset, splits, pool, notes, problems = prepare_data(spec)
+    load_weight_files(spec, weights)
+    if not problems and not weight_problem_lines(spec, weights.problems):
+        download_weights(weights, downloader)
+        load_weight_files(spec, weights)
+    if not problems and not weight_problem_lines(spec, weights.problems):
+        pretrain_synth_identity(spec, weights, dataset.image_size[0])
+    problems += weight_problem_lines(spec, weights.problems)
+    if problems:
+        raise PreflightError("\n".join(problems))
+
     arms = []
     for arm in spec.arms():
         pretrained = arm["init"] == "pretrained"
-        missing = pretrained and arm["backbone"] in weight_problems
+        missing = pretrained and arm["backbone"] in weights.problems
         arms.append({
             **arm,
             "status": "unavailable" if missing else "scheduled",
-            "reason": weight_problems[arm["backbone"]] if missing else "",
-            "weights_source": sources.get(arm["backbone"], "") if pretrained else "",
+            "reason": weights.problems[arm["backbone"]] if missing else "",
+            "weights_source": weights.sources.get(arm["backbone"], "") if pretrained else "",
         })
-    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=files, weight_sources=sources, data_notes=notes,
-                     unlabeled_pool=pool)
+    return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=weights.files, weight_sources=weights.sources,
+                     data_notes=notes, unlabeled_pool=pool)
+
+
+def _uses_external_pool(spec: StudySpec) -> bool:
+    """Whether a pseudo_label arm reads ``pseudo_label.unlabeled_path``."""
+    from ferbench.harness.variants.pseudo_label import uses_pseudo_label
+
+    return spec.pseudo_label.unlabeled_path is not None and any(uses_pseudo_label(a["variant"]) for a in spec.arms())
 
 
 def _external_pool(spec: StudySpec, dataset: FerDataset) -> UnlabeledPool | None:
     """``pseudo_label.unlabeled_path`` read in the dataset's image form, when a pseudo_label arm uses it."""
-    from ferbench.harness.variants.pseudo_label import uses_pseudo_label
-
-    if spec.pseudo_label.unlabeled_path is None or not any(uses_pseudo_label(a["variant"]) for a in spec.arms()):
+    if not _uses_external_pool(spec):
         return None
     return load_unlabeled_pool(spec.pseudo_label.unlabeled_path, image_shape=dataset.images.shape[1:], strict=spec.data.strict)

@@ -23,6 +23,10 @@ class SingleLabelClassification:
 
     name = "classification"
 
+    def output_size(self, class_names: tuple[str, ...]) -> int:
+        """The head's outputs: one logit per class."""
+        return len(class_names)
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss, always in fp32."""
         return F.cross_entropy(logits.float(), targets, weight=weight)

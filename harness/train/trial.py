@@ -263,7 +263,8 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
     torch.manual_seed(arm["seed"])
     weights = _weights_here(payload, arm["backbone"]) if arm["init"] == "pretrained" else None
-    model = create_backbone(arm["backbone"], len(payload.class_names), weights_file=weights, head=train.head,
+    task = get_task(spec.task)
+    model = create_backbone(arm["backbone"], task.output_size(payload.class_names), weights_file=weights, head=train.head,
                             options=spec.model.backbone_options(), random_init=train.random_init).to(device)
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -280,7 +281,7 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
         split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
         adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), execution=execution,
         static={"input_size": input_size, "precision": execution.precision},
-        task=get_task(spec.task), variant=trainer_for(arm["variant"], spec),
+        task=task, variant=trainer_for(arm["variant"], spec),
     )
 
 

@@ -8,11 +8,11 @@ per CPU, in chunks of files.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import os
 import stat
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +28,8 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 PARALLEL_FROM = 2000  # fewer files decode faster than a process pool starts
 PROGRESS_FROM = 5000  # report progress every 10% above this many files
 _CHUNK = 256
+
+log = logging.getLogger(__name__)
 
 
 def _not_a_file(path: str) -> str | None:
@@ -58,7 +60,7 @@ def _decode_chunk(paths: list[str]) -> list[np.ndarray | str]:
 
 
 def decode_files(paths: list[str]) -> list[np.ndarray | str]:
-    """Every file decoded (an array) or not (the reason), in order; progress on stderr for big sets."""
+    """Every file decoded (an array) or not (the reason), in order; progress notices (logging) for big sets."""
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     workers = min(os.cpu_count() or 1, len(chunks))
     results: list[np.ndarray | str] = []
@@ -69,7 +71,7 @@ def decode_files(paths: list[str]) -> list[np.ndarray | str]:
         results.extend(chunk)
         done = len(results) / len(paths)
         if len(paths) > PROGRESS_FROM and done >= next_report:
-            print(f"data: decoded {len(results):,}/{len(paths):,} images ({done:.0%})", file=sys.stderr)
+            log.info("data: decoded %s/%s images (%s)", f"{len(results):,}", f"{len(paths):,}", f"{done:.0%}")
             next_report = math.floor(done * 10 + 1) / 10
 
     if len(paths) >= PARALLEL_FROM and workers > 1:
@@ -80,7 +82,7 @@ def decode_files(paths: list[str]) -> list[np.ndarray | str]:
                     collect(chunk)
             return results
         except BrokenProcessPool as err:  # e.g. a script without `if __name__ == "__main__":`
-            print(f"data: parallel decoding failed ({err}); decoding in this process", file=sys.stderr)
+            log.warning("data: parallel decoding failed (%s); decoding in this process", err)
             results.clear()
     for chunk in chunks:
         collect(_decode_chunk(chunk))
