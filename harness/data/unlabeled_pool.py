@@ -22,6 +22,7 @@ from ferbench.harness.data.formats.common import DataError, resolved, unreadable
 from ferbench.harness.data.formats.images import IMAGE_SUFFIXES, decode_files
 
 KEY = "pseudo_label.unlabeled_path"
+NOT_A_TARGET = -1  # the label of an image that has none; cross_entropy refuses it, so it is never trained on
 
 
 @dataclass

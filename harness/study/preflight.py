@@ -25,7 +25,9 @@ from ferbench.harness.data.dataset import FerDataset
 from ferbench.harness.data.loaders import DataError, check_data_source, load_dataset
 from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes
-from ferbench.harness.data.unlabeled_pool import UnlabeledPool, check_pool_path, load_unlabeled_pool
+from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET, UnlabeledPool
+from ferbench.harness.variants import used_variants
+from ferbench.harness.variants.registry import load_object
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ class Preflight:
         dataset, pool = self.dataset, self.unlabeled_pool
         if pool is None:
             return dataset.images, dataset.labels, self.splits
-        from ferbench.harness.variants.pseudo_label.selection import NOT_A_TARGET
-
         images = np.concatenate([dataset.images, pool.images])
         labels = np.concatenate([dataset.labels, np.full(len(pool), NOT_A_TARGET, dataset.labels.dtype)])
         pool_idx = np.arange(len(dataset), len(images), dtype=np.int64)
@@ -299,17 +299,18 @@ def check_local_resources(spec: StudySpec) -> list[str]:
 
 
 def check_data_paths(spec: StudySpec) -> list[str]:
-    """Stage 1: the data options hold, and ``data.path`` (and ``pseudo_label.unlabeled_path`` when a
-    pseudo_label arm reads it) exists and opens; nothing is decoded."""
+    """Stage 1: the data options hold, and ``data.path`` and each used variant's inputs (e.g.
+    ``pseudo_label.unlabeled_path``) exist and open; nothing is decoded."""
     problems = check_data_source(spec.data)
-    if _uses_external_pool(spec):
-        problems += check_pool_path(spec.pseudo_label.unlabeled_path)
+    for info in used_variants(spec.arms()):
+        if info.check_inputs:
+            problems += load_object(info.check_inputs)(spec)
     return problems
 
 
 def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, UnlabeledPool | None, dict, list[str]]:
     """Stage 2: (dataset, splits, pool, notes, problems): the dataset decoded (or read from its
-    cache), its classes and splits checked, the external unlabeled pool read."""
+    cache), its classes and splits checked, a variant's unlabeled pool read."""
     problems: list[str] = []
     dataset = splits = pool = None
     notes: dict = {}
@@ -327,7 +328,7 @@ def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, Unlab
                 notes["missing_classes"] = missing
             for entry in (e for e in missing if e["part"] != "train"):  # train: a problem above
                 log.warning("data: warning: %s", describe_missing(entry))
-            pool = _external_pool(spec, dataset)
+            pool = _unlabeled_pool(spec, dataset)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
     except OSError as err:  # a path the loaders did not expect to fail; still one line naming it
@@ -377,15 +378,9 @@ def run_preflight(spec: StudySpec) -> Preflight:
                      data_notes=notes, unlabeled_pool=pool)
 
 
-def _uses_external_pool(spec: StudySpec) -> bool:
-    """Whether a pseudo_label arm reads ``pseudo_label.unlabeled_path``."""
-    from ferbench.harness.variants.pseudo_label import uses_pseudo_label
-
-    return spec.pseudo_label.unlabeled_path is not None and any(uses_pseudo_label(a["variant"]) for a in spec.arms())
-
-
-def _external_pool(spec: StudySpec, dataset: FerDataset) -> UnlabeledPool | None:
-    """``pseudo_label.unlabeled_path`` read in the dataset's image form, when a pseudo_label arm uses it."""
-    if not _uses_external_pool(spec):
-        return None
-    return load_unlabeled_pool(spec.pseudo_label.unlabeled_path, image_shape=dataset.images.shape[1:], strict=spec.data.strict)
+def _unlabeled_pool(spec: StudySpec, dataset: FerDataset) -> UnlabeledPool | None:
+    """Extra unlabeled images a used variant reads (``pseudo_label.unlabeled_path``), in the dataset's form."""
+    for info in used_variants(spec.arms()):
+        if info.unlabeled_pool and (pool := load_object(info.unlabeled_pool)(spec, dataset)) is not None:
+            return pool
+    return None

@@ -32,6 +32,8 @@ class VariantInfo:
     report_section: str | None = None  # "module:function(context) -> str", the report section
     artifacts: tuple[str, ...] = ()  # files (patterns) it writes into the trial folder
     has_rounds: bool = False  # trains more than one round (teacher, students)
+    check_inputs: str | None = None  # "module:function(spec) -> [problem]": preflight's cheap checks of its inputs
+    unlabeled_pool: str | None = None  # "module:function(spec, dataset) -> UnlabeledPool | None": extra unlabeled images
     check_spec: Callable[[Any], None] | None = None  # cross-section checks when an arm uses it; raises ValueError
 
 
@@ -72,6 +74,12 @@ def parse_combination(variant: str) -> list[VariantInfo]:
 def uses(variant: str, name: str) -> bool:
     """Whether the ``grid.variant`` entry ``variant`` includes the registered variant ``name``."""
     return name in variant.split(COMBINE)
+
+
+def used_variants(arms: list[dict]) -> list[VariantInfo]:
+    """The registered variants the arms use, each once, in registration order."""
+    names = {name for arm in arms for name in arm["variant"].split(COMBINE)}
+    return [info for name, info in _VARIANTS.items() if name in names]
 
 
 def settings_sections() -> dict[str, type[BaseModel]]:

@@ -72,4 +72,6 @@ VARIANT = register_variant(VariantInfo(
     artifacts=(ROUNDS_FILE, ROUND_POOL_FILE, "test_predictions_round{round}.npz", "test_per_class_round{round}.json"),
     has_rounds=True,
     check_spec=check_spec,
+    check_inputs="ferbench.harness.variants.pseudo_label.data:check_inputs",
+    unlabeled_pool="ferbench.harness.variants.pseudo_label.data:unlabeled_pool",
 ))

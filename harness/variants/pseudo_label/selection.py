@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-NOT_A_TARGET = -1  # cross_entropy refuses it: a pool image without a pseudo-label can never be trained on
+from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET  # noqa: E402  (a pool image without a (pseudo-)label)
 
 
 @dataclass
