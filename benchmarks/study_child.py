@@ -1,7 +1,7 @@
 """One benchmark study in a process of its own: ``python benchmarks/study_child.py REQUEST_JSON``.
 
 Runs the quick study with the request's overrides through ``ferbench.harness.study.engine.run_study`` (the same
-entry ``ferbench run`` uses), timing its phases (preflight, Ray start-up, ``Tuner.fit``, report)
+entry ``ferbench run`` uses), calling its phases one by one to time them (preflight, Ray start-up, tuning, report)
 and, when asked, sampling the memory of this process and every process it started (Ray's daemons
 and trial workers). Writes timings, every trial's epoch rows and the memory samples as JSON.
 """
@@ -115,57 +115,50 @@ class MemorySampler(threading.Thread):
         }
 
 
-def _timed(timings: dict, key: str, function):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
-
-    return wrapper
-
-
 def main(request: dict) -> None:
     started = time.perf_counter()
-    import ray.tune
-    import ferbench.reports as reports
+    import ray.tune  # noqa: F401  (counted with the imports)
     from ferbench.harness.study import engine
+    from ferbench.harness.study.checkpoints import trial_statuses
+    from ferbench.harness.study.experiment import read_json
+    from ferbench.harness.study.layout import experiment_paths
     from ferbench.harness.spec import load_spec
     from ferbench.reports.collect import read_epochs
 
     timings: dict = {"imports_s": time.perf_counter() - started}
-    # Phase timings: the engine's own steps, wrapped where run_study looks them up.
-    engine.run_preflight = _timed(timings, "preflight_s", engine.run_preflight)
-    engine.init_ray = _timed(timings, "ray_start_s", engine.init_ray)
-    if request.get("render_report", True):
-        reports.build_report = _timed(timings, "report_s", reports.build_report)
-    else:  # a measurement that does not look at the report need not wait for it
-        reports.build_report = lambda experiment_dir: Path(experiment_dir) / "report"
-    ray.tune.Tuner.fit = _timed(timings, "fit_s", ray.tune.Tuner.fit)
-
     spec = load_spec("quick", request["overrides"])
     sampler = MemorySampler() if request.get("sample_memory") else None
     if sampler:
         sampler.start()
-    # init_ray starts a private local Ray of the requested size (RAY_ADDRESS=local).
-    ray_cpus = request["ray_cpus"]
-    engine_init = engine.init_ray
-    engine.init_ray = lambda num_cpus=None, verbose=False: engine_init(num_cpus=ray_cpus, verbose=verbose)
     study_start = time.perf_counter()
-    outcome = engine.run_study(spec, command=["benchmark"])
+    # run_study's phases, one by one, each timed.
+    run = engine.resolve_experiment(spec, None, resume=False)
+    timings["preflight_s"] = _seconds(engine.preflight_study, run)
+    # A private local Ray of the requested size (RAY_ADDRESS=local); start_ray then finds it started.
+    timings["ray_start_s"] = _seconds(lambda: (engine.init_ray(num_cpus=request["ray_cpus"]), engine.start_ray(run)))
+    engine.write_inputs(run, ["benchmark"])
+    timings["fit_s"] = _seconds(engine.tune_arms, run)
+    if request.get("render_report", True):
+        timings["report_s"] = _seconds(engine.report_study, run)
     timings["study_s"] = time.perf_counter() - study_start
+    statuses = trial_statuses(run.experiment_dir, read_json(experiment_paths(run.experiment_dir)["grid"]))
     if sampler:
         sampler.stop_event.set()
         sampler.join()
     epochs = []
-    for trial_dir in sorted(p.parent for p in outcome.experiment_dir.glob("*/params.json")):
+    for trial_dir in sorted(p.parent for p in run.experiment_dir.glob("*/params.json")):
         frame = read_epochs(trial_dir)
         frame["trial_dir"] = trial_dir.name
         epochs += json.loads(frame.to_json(orient="records"))
-    result = {"timings": timings, "epochs": epochs, "statuses": outcome.statuses,
+    result = {"timings": timings, "epochs": epochs, "statuses": statuses,
               "memory": sampler.summary() if sampler else {}}
     Path(request["out"]).write_text(json.dumps(result))
+
+
+def _seconds(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
