@@ -1,0 +1,49 @@
+"""run_study's phases are functions of their own: each can be called (and timed) alone, and nothing
+is written to the experiment folder before ``write_inputs``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferbench.harness.data.splits import load_splits, save_splits
+from ferbench.harness.spec import load_spec
+from ferbench.harness.study import engine
+from ferbench.harness.study.layout import experiment_paths
+
+TINY = ["grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline]", "grid.seed=[0,1]",
+        "data.num_images=300", "train.epochs=1", "resources.cpu=1", "run.name=phases"]
+
+
+def test_resolve_and_preflight_write_nothing_and_plan_every_arm(tmp_path):
+    spec = load_spec("quick", [*TINY, f"run.storage={tmp_path}"])
+    run = engine.resolve_experiment(spec, None, resume=False)
+    assert run.experiment_dir == (tmp_path / "phases").resolve() and run.remote is None
+    engine.preflight_study(run)
+    assert [arm["arm_id"] for arm in run.to_run] == ["small_cnn_random_baseline_s0", "small_cnn_random_baseline_s1"]
+    assert not run.experiment_dir.exists()  # preflight wrote nothing
+    engine.write_inputs(run, ["test"])
+    paths = experiment_paths(run.experiment_dir)
+    assert paths["grid"].is_file() and paths["splits"].is_file() and paths["manifest"].is_file()
+    with pytest.raises(FileExistsError, match="already holds an experiment"):
+        engine.resolve_experiment(spec, None, resume=False)
+
+
+def test_resume_reads_the_stored_splits_and_leaves_them_unchanged(tmp_path):
+    spec = load_spec("quick", [*TINY, f"run.storage={tmp_path}"])
+    first = engine.resolve_experiment(spec, None, resume=False)
+    engine.preflight_study(first)
+    engine.write_inputs(first, ["test"])
+    # The study's record, edited where the splitter would never put it: one image moved from train to val.
+    splits_file = experiment_paths(first.experiment_dir)["splits"]
+    fold = load_splits(splits_file)[0]
+    moved = fold["train"][0]
+    fold = {**fold, "train": fold["train"][1:], "val": np.sort(np.append(fold["val"], moved))}
+    save_splits(splits_file, {0: fold})
+    stored = splits_file.read_bytes()
+    resumed = engine.resolve_experiment(load_spec("quick", TINY), first.experiment_dir, resume=True)
+    engine.preflight_study(resumed)
+    assert len(resumed.to_run) == 2  # no trial has run yet
+    assert moved in resumed.preflight.splits[0]["val"] and moved not in resumed.preflight.splits[0]["train"]
+    engine.write_inputs(resumed, ["test"])
+    assert splits_file.read_bytes() == stored  # read, never recomputed or overwritten
