@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ferbench.harness.study.atomic import atomic_write_text
 from ferbench.harness.study.layout import experiment_paths
-from ferbench.reports.collect import collect, collect_per_class, read_manifest, relative, trial_statuses
+from ferbench.reports.collect import collect, collect_per_class, read_manifest, read_spec, relative, trial_statuses
 from ferbench.reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from ferbench.reports.derived import fold_test_train_ratio
 from ferbench.reports.html import write_html_report
@@ -16,6 +17,7 @@ from ferbench.reports.pseudo_label_section import pseudo_label_section
 from ferbench.reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
 
 __all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
+logger = logging.getLogger(__name__)
 
 
 def build_comparison_report(experiment_dirs: list[Path], out_dir: Path) -> Path:
@@ -34,19 +36,25 @@ def build_report(experiment_dir: str | Path) -> Path:
     """Write ``report/report.md``, ``report/tables/`` (CSV and Parquet) and ``report/figures/``;
     returns the report folder. Works on running, interrupted and finished experiments alike, and on
     damaged ones: a trial file that cannot be read is named (``damaged: FILE``) where its arm would be,
-    and only a damaged ``manifest.json`` or ``grid.json`` stops the report (one ValueError naming it)."""
+    and only a damaged ``manifest.json`` or ``grid.json`` stops the report (one ValueError naming it). The
+    manifest's spec is read into the spec model once (``ferbench.reports.collect.read_spec``); one written by
+    an earlier version renders, with what reading it changed listed in the Study section."""
     experiment_dir = Path(experiment_dir)
     paths = experiment_paths(experiment_dir)
     if not paths["grid"].is_file():
         raise FileNotFoundError(f"{experiment_dir} is not a FERBench experiment (no {paths['grid'].relative_to(experiment_dir)})")
     manifest = read_manifest(experiment_dir)
-    spec = manifest["spec"]
-    window = spec.get("report", {}).get("window", 5)
+    stored = read_spec(experiment_dir, manifest)
+    spec = stored.spec
+    if stored.notes:  # a spec of an earlier version: the report says what it changed, in its Study section
+        logger.warning("%s: %d setting(s) of the stored spec read with a change (listed in the report's Study section): %s",
+                       paths["manifest"], len(stored.notes), "; ".join(stored.notes))
+    window = spec.report.window
     epochs, trials = collect(experiment_dir)
     per_class, confusion = collect_per_class(experiment_dir)
     samples, sample_predictions = collect_sample_probabilities(experiment_dir)
-    ratio = fold_test_train_ratio(spec["split"])
-    comparison = comparison_tables(epochs, trials, window, spec["train"]["epochs"], ratio)
+    ratio = fold_test_train_ratio(spec.split)
+    comparison = comparison_tables(epochs, trials, window, spec.train.epochs, ratio)
     trials = comparison["trials"]
     tables = paths["report"] / "tables"
     named = {"epochs": epochs, "per_class": per_class, "sample_predictions": sample_predictions}
@@ -57,11 +65,12 @@ def build_report(experiment_dir: str | Path) -> Path:
     sections = [
         render_comparison(comparison, per_class, window),
         samples_section(experiment_dir, trials),
-        pseudo_label_section(experiment_dir, epochs, window, paths["report"], trials, ratio),
+        pseudo_label_section(experiment_dir, epochs, spec, paths["report"], trials),
         render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio),
     ]
     data_section = _data_section(manifest, experiment_dir) if "data_summary" in manifest else None  # earlier versions
-    atomic_write_text(paths["report"] / "report.md", render_markdown(manifest, trials, data_section, sections))
+    atomic_write_text(paths["report"] / "report.md",
+                      render_markdown(manifest, spec, trials, data_section, sections, spec_notes=stored.notes))
     write_html_report(paths["report"])
     return paths["report"]
 

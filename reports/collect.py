@@ -25,6 +25,7 @@ import pandas as pd
 
 from ferbench.harness.study.checkpoints import HISTORY_FILE, TRIAL_FAILED, checkpoint_dirs, newest_history, trial_folder
 from ferbench.harness.study.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
+from ferbench.reports.spec_view import StoredSpec, stored_spec
 
 T = TypeVar("T")
 # What reading a damaged file raises: bad JSON or bad contents (ValueError, JSONDecodeError, UnicodeDecodeError,
@@ -150,6 +151,12 @@ def artifact_damage(trial_dir: Path) -> list[Path]:
             if (trial_dir / name).exists() and try_read(trial_dir / name, reader)[0] is None]
 
 
+def _damaged(path: Path, reason: str) -> ValueError:
+    """The one error of a damaged essential file (the CLI prints one line)."""
+    return ValueError(f"{path}: damaged ({reason}); the report cannot be built without it: restore it from a "
+                      "backup or the remote storage, or run the study again")
+
+
 def _essential(path: Path, check: Callable[[Any], None]) -> Any:
     """A file without which there is no report: damaged, it is one error naming it (the CLI prints one line)."""
     try:
@@ -158,9 +165,7 @@ def _essential(path: Path, check: Callable[[Any], None]) -> Any:
     except FileNotFoundError:
         raise
     except (KeyError, ValueError, OSError) as err:
-        reason = f"missing {err}" if isinstance(err, KeyError) else str(err)
-        raise ValueError(f"{path}: damaged ({reason}); the report cannot be built without it: restore it from a "
-                         "backup or the remote storage, or run the study again") from None
+        raise _damaged(path, f"missing {err}" if isinstance(err, KeyError) else str(err)) from None
     return value
 
 
@@ -183,6 +188,19 @@ def _check_grid(grid: Any) -> None:
 def read_manifest(experiment_dir: Path) -> dict:
     """``ferbench/manifest.json``, checked for the fields every report reads."""
     return _essential(experiment_paths(experiment_dir)["manifest"], _check_manifest)
+
+
+def read_spec(experiment_dir: Path, manifest: dict | None = None) -> StoredSpec:
+    """The manifest's stored spec in the spec model, with the notes of reading it
+    (``ferbench.reports.spec_view.stored_spec``: a spec of an earlier version still reads); a spec the
+    report cannot use is a damaged manifest, one error naming it. ``manifest``: already read."""
+    manifest = read_manifest(experiment_dir) if manifest is None else manifest
+    try:
+        return stored_spec(manifest)
+    except ValueError as err:
+        reason = " ".join(str(err).split())  # one line, naming the setting from the spec down
+        reason = reason if reason.startswith("spec") else f"spec.{reason}"
+        raise _damaged(experiment_paths(experiment_dir)["manifest"], reason) from None
 
 
 def read_grid(experiment_dir: Path) -> list[dict]:
@@ -274,7 +292,7 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(epochs, trials) tables as specified in DESIGN.md; ``trials.damaged`` names (``; ``-joined,
     relative to the experiment folder) the files of an arm that could not be read."""
     experiment_dir = Path(experiment_dir)
-    total_epochs = read_manifest(experiment_dir)["spec"]["train"]["epochs"]
+    total_epochs = read_spec(experiment_dir).spec.train.epochs
     epoch_frames, trial_rows = [], []
     arms = read_grid(experiment_dir)
     arm_ids = [arm["arm_id"] for arm in arms]

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ferbench.harness.study.atomic import atomic_write_text
-from ferbench.reports.collect import collect, read_manifest
+from ferbench.harness.spec import StudySpec
+from ferbench.reports.collect import collect, read_manifest, read_spec
 from ferbench.reports.comparison import comparison_tables, write_table
 from ferbench.reports.derived import fold_test_train_ratio
 from ferbench.reports.escaping import md_code, md_text
@@ -28,17 +29,16 @@ COMPARED_METRICS = {  # trial-level metric → label
 }
 
 
-def _experiment_summary(experiment_dir: Path) -> tuple[dict, pd.DataFrame, pd.Series, int]:
-    """(manifest, per-model summary rows of the compared metrics, arm status counts, arms with damaged files)."""
+def _experiment_summary(experiment_dir: Path) -> tuple[dict, StudySpec, pd.DataFrame, pd.Series, int]:
+    """(manifest, its spec, per-model summary rows of the compared metrics, arm status counts, arms with damaged files)."""
     manifest = read_manifest(experiment_dir)
-    spec = manifest["spec"]
+    spec = read_spec(experiment_dir, manifest).spec
     epochs, trials = collect(experiment_dir)
-    tables = comparison_tables(epochs, trials, spec.get("report", {}).get("window", 5), spec["train"]["epochs"],
-                               fold_test_train_ratio(spec["split"]))
+    tables = comparison_tables(epochs, trials, spec.report.window, spec.train.epochs, fold_test_train_ratio(spec.split))
     summary = tables["summary"]
     summary = summary[summary["metric"].isin(COMPARED_METRICS)].copy()
     summary["model"] = summary["backbone"] + "_" + summary["init"] + "_" + summary["variant"]
-    return manifest, summary, trials["status"].value_counts(), int(trials["damaged"].astype(bool).sum())
+    return manifest, spec, summary, trials["status"].value_counts(), int(trials["damaged"].astype(bool).sum())
 
 
 def comparison_table(names: list[str], summaries: list[pd.DataFrame]) -> pd.DataFrame:
@@ -89,15 +89,16 @@ def _metric_table(table: pd.DataFrame, metric: str, names: list[str]) -> pd.Data
     return wide.reindex(index=models, columns=names).fillna("not in this experiment").reset_index()
 
 
-def _header(names: list[str], manifests: list[dict], statuses: list[pd.Series], damaged: list[int]) -> list[str]:
+def _header(names: list[str], manifests: list[dict], specs: list[StudySpec], statuses: list[pd.Series],
+            damaged: list[int]) -> list[str]:
     rows = []
-    for name, manifest, counts, n_damaged in zip(names, manifests, statuses, damaged):
-        dataset, spec = manifest["dataset"], manifest["spec"]
+    for name, manifest, spec, counts, n_damaged in zip(names, manifests, specs, statuses, damaged):
+        dataset = manifest["dataset"]
         arms = ", ".join(f"{n} {s}" for s, n in counts.items())
         arms += f"; {n_damaged} with damaged files (see its report)" if n_damaged else ""
         rows.append({"experiment": name, "study": manifest["study"],
                      "dataset": f"{dataset['name']} ({dataset['fingerprint_sha256'][:12]})", "images": dataset["images"],
-                     "split": split_text(spec["split"]), "epochs": spec["train"]["epochs"], "arms": arms})
+                     "split": split_text(spec.split), "epochs": spec.train.epochs, "arms": arms})
     lines = [markdown_table(pd.DataFrame(rows)).rstrip("\n")]
     notes = [""]
     if len({m["dataset"]["fingerprint_sha256"] for m in manifests}) > 1:
@@ -115,11 +116,11 @@ def build_comparison(experiment_dirs: list[Path], out_dir: Path) -> Path:
     if len(set(names)) != len(names):
         names = [str(d) for d in experiment_dirs]
     loaded = [_experiment_summary(Path(d)) for d in experiment_dirs]
-    manifests, summaries, statuses, damaged = (list(x) for x in zip(*loaded))
+    manifests, specs, summaries, statuses, damaged = (list(x) for x in zip(*loaded))
     table = comparison_table(names, summaries)
     write_table(out_dir / "tables", "comparison", table)
     lines = [f"# FERBench comparison — {' vs '.join(md_text(n) for n in names)}", "",
-             *_header(names, manifests, statuses, damaged), "",
+             *_header(names, manifests, specs, statuses, damaged), "",
              f"Per model: mean over completed seeds [95% t interval] (n seeds); for {md_code(names[0])}'s followers, "
              f"Δ = their mean − {md_code(names[0])}'s with a Welch 95% interval (the experiments are independent, not "
              "paired by seed); a difference is claimed only where the interval excludes 0.", ""]

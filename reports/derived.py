@@ -8,9 +8,13 @@ All functions are pure: DataFrames in, DataFrames out, nothing read or written.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
+from ferbench.harness.spec import SplitSpec
 from ferbench.reports.stats import compare_paired, t_interval
 
 ARM_KEYS = ["backbone", "init", "variant", "seed"]  # + "fold" in k-fold studies
@@ -22,6 +26,7 @@ RATE_KINDS = ("MCR", "MOFR")
 NOT_METRICS = {"trial_id", "arm_id", "seed", "fold", "weights_source", "status", "error", "damaged", "epochs_done",
                "input_size", "resumed_at_epochs"}
 INIT_ORDER = ("pretrained", "random")
+WINDOW_LABEL = re.compile(r"(\d+)-(\d+)")  # an epoch window "a-b" (``window_label``, ``parse_window``)
 DIFFERENCE_COLUMNS = ["comparison", "backbone", "variant", "init", "metric", "n_pairs", "n_unpaired", "mean_diff",
                       "ci_low", "ci_high", "p_value", "p_sign_flip", "method", "claim", "note"]  # the paper lists the pretrained arm first
 
@@ -43,6 +48,25 @@ def epoch_windows(last_epoch: int, window: int = 5) -> list[tuple[int, int]]:
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     return [(a, min(a + window - 1, last_epoch)) for a in range(1, last_epoch + 1, window)]
+
+
+def window_label(first: int, last: int) -> str:
+    """The label of the epoch window first..last in every table, figure and text: ``"1-5"``."""
+    return f"{first}-{last}"
+
+
+def parse_window(label: object) -> tuple[int, int]:
+    """(first, last) epoch of a window label (``window_label``), the one reader of them: a label read
+    back from a CSV or Parquet table is the same text."""
+    match = WINDOW_LABEL.fullmatch(str(label).strip())
+    if match is None:
+        raise ValueError(f"not an epoch window label such as '1-5': {label!r}")
+    return int(match[1]), int(match[2])
+
+
+def window_order(labels: Iterable) -> list:
+    """The distinct window labels of ``labels`` in epoch order ("1-5", "6-10", "11-12"; not as text sorts them)."""
+    return sorted(dict.fromkeys(labels), key=parse_window)
 
 
 def _curves(epochs: pd.DataFrame, column: str, arms: pd.Index, last_epoch: int) -> np.ndarray:
@@ -85,7 +109,7 @@ def mcr_mofr(epochs: pd.DataFrame, window: int = 5, last_epoch: int | None = Non
     epochs = epochs.drop_duplicates(["arm_id", "epoch"], keep="last")  # a replayed epoch: the last wins
     arms = epochs.drop_duplicates("arm_id")[[*keys, "arm_id"]].reset_index(drop=True)
     windows = epoch_windows(last_epoch, window)
-    labels = [f"{a}-{b}" for a, b in windows]
+    labels = [window_label(a, b) for a, b in windows]
     blocks = []
     for metric, (train_col, val_col) in RATE_METRICS.items():
         train = _curves(epochs, train_col, pd.Index(arms["arm_id"]), last_epoch)
@@ -151,7 +175,7 @@ def smelyakov_tables(mcr: pd.DataFrame) -> dict[str, pd.DataFrame]:
     if mcr["variant"].nunique() > 1:
         names = names + "_" + models["variant"].astype(str)
     rows = pd.MultiIndex.from_frame(models)
-    windows = sorted(mcr["window"].unique(), key=lambda label: int(str(label).split("-")[0]))
+    windows = window_order(mcr["window"].unique())
     means = mcr.groupby([*GROUP_KEYS, "metric", "kind", "window"])["value"].mean().unstack("window")
     tables = {}
     for kind in RATE_KINDS:
@@ -263,10 +287,29 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_trai
     return pd.DataFrame(rows).assign(metric=metric)[DIFFERENCE_COLUMNS]
 
 
-def fold_test_train_ratio(split: dict) -> float | None:
+def fold_test_train_ratio(split: SplitSpec) -> float | None:
     """n_test / n_train of a subject k-fold split (1/(k − 1)): the corrected resampled t's term.
     None for a single fixed split, where seeds are the independent units."""
-    return 1 / (split["k"] - 1) if split.get("kind") == "subject_kfold" else None
+    return 1 / (split.k - 1) if split.kind == "subject_kfold" else None
+
+
+def pareto_optimal(points: pd.DataFrame, objectives: dict[str, bool]) -> pd.DataFrame:
+    """The rows of ``points`` on the Pareto front of ``objectives`` (column → True where higher is
+    better, False where lower is): those no other row dominates, i.e. is at least as good on every
+    objective and strictly better on one. Equal points all stay; a row without a finite value in
+    every objective is left out (it neither dominates nor is ranked). Rows keep their order.
+
+    The one Pareto rule of the report: the Recommendation's Pareto set and the accuracy-vs-cost figures."""
+    values = np.column_stack([pd.to_numeric(points[column], errors="coerce").to_numpy(dtype=float) * (1.0 if higher else -1.0)
+                              for column, higher in objectives.items()]) if len(points) else np.empty((0, len(objectives)))
+    finite = np.isfinite(values).all(axis=1)
+    candidates = values[finite]
+    no_worse = (candidates[None, :, :] >= candidates[:, None, :]).all(axis=2)  # [i, j]: j at least as good as i
+    better = (candidates[None, :, :] > candidates[:, None, :]).any(axis=2)
+    dominated = (no_worse & better).any(axis=1)
+    keep = np.zeros(len(points), dtype=bool)
+    keep[np.flatnonzero(finite)[~dominated]] = True
+    return points[keep]
 
 
 def did_not_learn(epochs: pd.DataFrame, tolerance: float = 1e-6) -> pd.Series:

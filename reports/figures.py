@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
 from ferbench.harness.study.atomic import atomic_write_bytes
+from ferbench.reports.derived import pareto_optimal, window_order
 
 DPI = 120
 GROUP_KEYS = ["backbone", "init", "variant"]
@@ -277,7 +278,7 @@ def heatmap_data(mcr_mofr: pd.DataFrame) -> dict[str, pd.DataFrame]:
     names = models["backbone"].astype(str) + "_" + models["init"].astype(str)
     if models["variant"].nunique() > 1:
         names = names + "_" + models["variant"].astype(str)
-    windows = sorted(frame["window"].astype(str).unique(), key=lambda w: int(w.split("-")[0]))
+    windows = window_order(frame["window"].astype(str).unique())
     means = frame.assign(window=frame["window"].astype(str)).groupby(
         [*GROUP_KEYS, "metric", "kind", "window"])["value"].mean()
     matrices = {}
@@ -349,17 +350,13 @@ def cost_summary(trials: pd.DataFrame) -> pd.DataFrame:
 def pareto_front(summary: pd.DataFrame, cost: str = "params_trainable") -> pd.DataFrame:
     """The arms no other arm beats: for ``params_trainable`` maximal test_acc_mean and minimal cost,
     for ``train_images_per_s`` maximal accuracy and maximal throughput. An arm is dominated when
-    another is at least as good on both and strictly better on one (equal points all stay). Rows
-    without a finite accuracy and cost (or with params <= 0) are left out. Sorted by cost ascending."""
+    another is at least as good on both and strictly better on one (equal points all stay:
+    ``ferbench.reports.derived.pareto_optimal``). Rows without a finite accuracy and cost (or with
+    params <= 0, which a log axis cannot show) are left out. Sorted by cost ascending."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
-    valid = _cost_points(summary, cost)
-    acc = valid["test_acc_mean"].to_numpy(float)
-    gain = -valid[cost].to_numpy(float) if COSTS[cost][1] == "min" else valid[cost].to_numpy(float)
-    no_worse = (acc[None, :] >= acc[:, None]) & (gain[None, :] >= gain[:, None])
-    better = (acc[None, :] > acc[:, None]) | (gain[None, :] > gain[:, None])
-    dominated = (no_worse & better).any(axis=1)
-    return valid[~dominated].sort_values([cost, "test_acc_mean"], kind="stable")
+    front = pareto_optimal(_cost_points(summary, cost), {"test_acc_mean": True, cost: COSTS[cost][1] == "max"})
+    return front.sort_values([cost, "test_acc_mean"], kind="stable")
 
 
 def _cost_points(summary: pd.DataFrame, cost: str) -> pd.DataFrame:

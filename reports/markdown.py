@@ -9,49 +9,50 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from ferbench.harness.spec import FreezeSpec, ModelSpec, SplitSpec, StudySpec
 from ferbench.reports.escaping import md_code, md_text
 
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
 
-def split_text(split: dict) -> str:
-    kind = split.get("kind", "stratified")
+def split_text(split: SplitSpec) -> str:
+    kind = split.kind
     if kind == "official":
-        text = f"the dataset's official split (FER2013: test = {split['test']}, val = the other test part; " \
-               f"otherwise val = {split['val_fraction']} of train)"
+        text = f"the dataset's official split (FER2013: test = {split.test}, val = the other test part; " \
+               f"otherwise val = {split.val_fraction} of train)"
     elif kind == "subject_kfold":
-        folds = split["folds"] if split.get("folds") is not None else f"all {split['k']}"
-        text = f"subject-exclusive {split['k']}-fold (folds run: {folds}), val = {split['val_fraction']} of the training subjects"
+        folds = split.folds if split.folds is not None else f"all {split.k}"
+        text = f"subject-exclusive {split.k}-fold (folds run: {folds}), val = {split.val_fraction} of the training subjects"
     else:
-        text = f"stratified train/val/test {split['ratios']}"
-    if split.get("unlabeled_fraction"):
-        text += f"; {split['unlabeled_fraction']} of train held out as unlabeled"
-    return f"{text} (seed {split['seed']})"
+        text = f"stratified train/val/test {list(split.ratios)}"
+    if split.unlabeled_fraction:
+        text += f"; {split.unlabeled_fraction} of train held out as unlabeled"
+    return f"{text} (seed {split.seed})"
 
 
-def _freezing(freeze: dict) -> str:
-    policy = freeze.get("policy", "none")
+def _freezing(freeze: FreezeSpec) -> str:
+    policy = freeze.policy
     if policy == "last_k":
-        return f"last_k (k={freeze.get('k')})"
+        return f"last_k (k={freeze.k})"
     if policy == "keras_last_k":
-        return f"keras_last_k (the last {freeze.get('k')} Keras layers after excluding the last one)"
+        return f"keras_last_k (the last {freeze.k} Keras layers after excluding the last one)"
     if policy == "two_stage":
-        return f"two_stage (unfreeze at epoch {freeze.get('unfreeze_epoch')}, lr × {freeze.get('unfreeze_lr_factor')})"
+        return f"two_stage (unfreeze at epoch {freeze.unfreeze_epoch}, lr × {freeze.unfreeze_lr_factor})"
     return policy
 
 
-def _model_options(model: dict) -> str:
+def _model_options(model: ModelSpec) -> str:
     """The backbones' endings where they differ from deepface's and timm's today (the defaults)."""
     parts = []
-    if model.get("vggface_descriptor", "fc7") != "fc7":
-        parts.append(f"VGG-Face descriptor {model['vggface_descriptor']}")
-    if not model.get("openface_l2_norm", True):
+    if model.vggface_descriptor != "fc7":
+        parts.append(f"VGG-Face descriptor {model.vggface_descriptor}")
+    if not model.openface_l2_norm:
         parts.append("OpenFace without L2 normalisation")
-    if model.get("resnet_mobilenet_final_relu", "keep") == "drop":
+    if model.resnet_mobilenet_final_relu == "drop":
         parts.append("ResNet-50 and MobileNet without their last ReLU")
     return "".join(f", {part}" for part in parts)
 
@@ -134,12 +135,23 @@ def _partial_banner(manifest: dict, counts: pd.Series) -> list[str]:
             "only the epochs recorded so far; statistics count completed arms only.", ""]
 
 
+def _spec_notes(notes: Sequence[str]) -> list[str]:
+    """What reading a stored spec of an earlier version changed (``ferbench.reports.spec_view``), or nothing."""
+    if not notes:
+        return []
+    return [f"- Stored spec: written by another version of FERBench; read with {len(notes)} change(s): "
+            + "; ".join(md_cell(note) for note in notes)]
+
+
 def render_markdown(
-    manifest: dict, trials: pd.DataFrame, data_section: str | None = None, sections: list[str] | None = None
+    manifest: dict, spec: StudySpec, trials: pd.DataFrame, data_section: str | None = None,
+    sections: list[str] | None = None, spec_notes: Sequence[str] = (),
 ) -> str:
-    spec = manifest["spec"]
+    """report.md: ``manifest`` (dataset, versions, hardware), the study's settings from ``spec`` (the
+    manifest's, read by ``ferbench.reports.collect.read_spec``, whose ``notes`` are ``spec_notes``),
+    the arms in ``trials``, then ``sections`` and the data section."""
     dataset = manifest["dataset"]
-    grid = spec["grid"]
+    grid, train = spec.grid, spec.train
     hardware = manifest["hardware"]
     counts = trials["status"].value_counts()
     status_line = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts)
@@ -154,16 +166,17 @@ def render_markdown(
         f"- Dataset: **{md_text(dataset['name'])}**, {dataset['images']} images "
         f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
         f"classes {', '.join(md_text(name) for name in dataset['class_names'])}",
-        f"- Split: {split_text(spec['split'])}",
-        f"- Grid: backbone {md_cell(grid['backbone'])} × init {md_cell(grid['init'])} × variant "
-        f"{md_cell(grid['variant'])} × seed {md_cell(grid['seed'])}"
-        + (f", excluding {md_cell(grid['exclude'])}" if grid["exclude"] else ""),
-        f"- Training: {spec['train']['epochs']} epochs, {spec['train']['optimizer']} lr {spec['train']['lr']}, "
-        f"batch {spec['train']['batch_size']}, input size {spec['train']['input_size']}, "
-        f"augmentation {'on' if spec['train']['augment']['enabled'] else 'off'}, "
-        f"head {spec['train'].get('head', 'linear')}, freezing {_freezing(spec['train'].get('freeze', {}))}, "
-        f"random init {spec['train'].get('random_init', 'torch')}{_model_options(spec.get('model', {}))}",
-        f"- Resources per trial: {spec['resources']['cpu']} CPU, {spec['resources']['gpu']} GPU",
+        f"- Split: {split_text(spec.split)}",
+        f"- Grid: backbone {md_cell(grid.backbone)} × init {md_cell(grid.init)} × variant "
+        f"{md_cell(grid.variant)} × seed {md_cell(grid.seed)}"
+        + (f", excluding {md_cell(grid.exclude)}" if grid.exclude else ""),
+        f"- Training: {train.epochs} epochs, {train.optimizer} lr {train.lr}, "
+        f"batch {train.batch_size}, input size {train.input_size}, "
+        f"augmentation {'on' if train.augment.enabled else 'off'}, "
+        f"head {train.head}, freezing {_freezing(train.freeze)}, "
+        f"random init {train.random_init}{_model_options(spec.model)}",
+        f"- Resources per trial: {spec.resources.cpu} CPU, {spec.resources.gpu} GPU",
+        *_spec_notes(spec_notes),
         "",
         "## Arms",
         "",

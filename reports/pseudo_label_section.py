@@ -15,10 +15,11 @@ from matplotlib.figure import Figure
 
 from ferbench.harness.train.selection import ROUND_RULE
 from ferbench.harness.variants.pseudo_label import uses_pseudo_label
+from ferbench.harness.spec import StudySpec, TrainSpec
 from ferbench.harness.study.layout import ROUNDS_FILE
-from ferbench.reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_manifest, read_rounds, try_read
+from ferbench.reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_rounds, try_read
 from ferbench.reports.comparison import write_table
-from ferbench.reports.derived import mcr_mofr
+from ferbench.reports.derived import fold_test_train_ratio, mcr_mofr
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
 from ferbench.reports.stats import compare_paired, format_difference
@@ -126,11 +127,10 @@ def _versus_table(versus: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().rename_axis(columns=None)
 
 
-def _tested_text(experiment_dir: Path) -> str:
-    train = read_manifest(experiment_dir)["spec"]["train"]
-    if train.get("select", "last") == "last":
+def _tested_text(train: TrainSpec) -> str:
+    if train.select == "last":
         return "its last epoch, `train.select: last`"
-    return (f"its epoch with the best {md_text(train.get('select_metric', 'val_acc'))}, `train.select: best_val`; the epoch is "
+    return (f"its epoch with the best {md_text(train.select_metric)}, `train.select: best_val`; the epoch is "
             "`selected_epoch` in `tables/pseudo_label_rounds.csv`")
 
 
@@ -212,11 +212,14 @@ def _pool_text(rounds: pd.DataFrame) -> str:
     return f"external, without labels: {'; '.join(described)}"
 
 
-def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int, report_dir: Path,
-                         trials: pd.DataFrame | None = None, test_train_ratio: float | None = None) -> str:
+def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, spec: StudySpec, report_dir: Path,
+                         trials: pd.DataFrame | None = None) -> str:
     """Write ``tables/pseudo_label_rounds``, ``pseudo_label_per_class``, ``pseudo_label_mcr_mofr``,
     ``pseudo_label_vs_baseline`` and the figures; return the Markdown section ("" without pseudo_label
-    arms). ``trials`` (collected again when not given) holds the baseline arms' test metrics."""
+    arms). ``spec``: the study's (``ferbench.reports.collect.read_spec``), for the MCR/MOFR window, the
+    split's fold correction and ``train.select``; ``trials`` (collected again when not given) holds the
+    baseline arms' test metrics."""
+    window, test_train_ratio = spec.report.window, fold_test_train_ratio(spec.split)
     rounds, per_class = collect_rounds(experiment_dir)
     trials = collect(experiment_dir)[1] if trials is None else trials
     damaged = damaged_lines(damaged_arms(trials, ROUNDS_FILE))
@@ -246,7 +249,7 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, window: int
         "union. *added*: images new in the round's training set; *precision*: share of pseudo-labels equal to the "
         "hidden true label (of the added ones, and of all pseudo-labelled images in the round's training set; "
         "– where no true label exists). "
-        f"Val/test scores are those of the weights the round tested ({_tested_text(experiment_dir)}). "
+        f"Val/test scores are those of the weights the round tested ({_tested_text(spec.train)}). "
         f"**The arm's result is {ROUND_RULE}** (*selected* ✓; `pl_selected_round` in `trials.csv`, "
         "`pl_last_round` beside it): its test metrics are the arm's in every other table, and test scores never "
         "choose. Per-class counts, precision and test F1 per round are in "

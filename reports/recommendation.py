@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ferbench.reports.derived import GROUP_KEYS, unit_pairs
+from ferbench.reports.derived import GROUP_KEYS, pareto_optimal, unit_pairs, window_order
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
 
@@ -94,10 +94,6 @@ def _metric_stats(summary: pd.DataFrame, metric: str, multi_variant: bool, model
     return frame[STAT_COLUMNS].reset_index(drop=True)
 
 
-def _window_order(label) -> int:
-    return int(str(label).split("-")[0])
-
-
 def _rate_stats(mcr: pd.DataFrame, kind: str, first: bool, multi_variant: bool, models: list[str]) -> tuple[str | None, pd.DataFrame]:
     """Accuracy-based ``kind`` over the first (or last) window: per model, mean / std / t interval
     over seeds (NaN seeds skipped)."""
@@ -106,7 +102,7 @@ def _rate_stats(mcr: pd.DataFrame, kind: str, first: bool, multi_variant: bool, 
     selected = mcr[(mcr["metric"] == "accuracy") & (mcr["kind"] == kind)]
     if selected.empty:
         return None, pd.DataFrame(columns=STAT_COLUMNS)
-    windows = sorted(selected["window"].unique(), key=_window_order)
+    windows = window_order(selected["window"].unique())
     window = windows[0] if first else windows[-1]
     chosen = selected[selected["window"] == window]
     chosen = chosen.assign(model=_names(chosen, multi_variant))
@@ -237,14 +233,12 @@ def _line(ranker: Ranker, label: str, what: str, stats: pd.DataFrame, metric: st
 
 
 def _pareto(acc: pd.DataFrame, params: pd.DataFrame) -> pd.DataFrame:
+    """model, acc, params of the models on the front of (max mean accuracy, min mean parameters)
+    (``ferbench.reports.derived.pareto_optimal``), fewest parameters first."""
     points = acc[["model", "mean"]].rename(columns={"mean": "acc"}).merge(
         params[["model", "mean"]].rename(columns={"mean": "params"}), on="model")
-    keep = []
-    for row in points.itertuples(index=False):
-        dominated = ((points["acc"] >= row.acc) & (points["params"] <= row.params)
-                     & ((points["acc"] > row.acc) | (points["params"] < row.params))).any()
-        keep.append(not dominated)
-    return points[keep].sort_values(["params", "acc"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    front = pareto_optimal(points, {"acc": True, "params": False})
+    return front.sort_values(["params", "acc"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
 def pareto_models(summary: pd.DataFrame) -> list[str]:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from ferbench.harness.spec import SplitSpec
 from ferbench.reports.derived import (
     DIFFERENCE_COLUMNS,
     did_not_learn,
@@ -316,9 +317,9 @@ def test_two_seed_pairs_claim_nothing_even_when_both_agree():
 
 
 def test_fold_ratio_only_for_subject_kfold():
-    assert fold_test_train_ratio({"kind": "subject_kfold", "k": 10}) == pytest.approx(1 / 9)
-    assert fold_test_train_ratio({"kind": "stratified", "k": 10}) is None
-    assert fold_test_train_ratio({"ratios": [0.7, 0.1, 0.2]}) is None
+    assert fold_test_train_ratio(SplitSpec(kind="subject_kfold", k=10)) == pytest.approx(1 / 9)
+    assert fold_test_train_ratio(SplitSpec(kind="stratified", k=10)) is None
+    assert fold_test_train_ratio(SplitSpec(ratios=(0.7, 0.1, 0.2))) is None
 
 
 def test_did_not_learn_flags_flat_training_curves_only():

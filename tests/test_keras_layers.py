@@ -318,8 +318,8 @@ def test_a_paper_trial_builds_its_model_with_the_papers_options():
 def test_report_names_the_freezing_policy_and_the_papers_options():
     from ferbench.reports.markdown import _freezing, _model_options
 
-    spec = load_spec("smelyakov2022").model_dump(mode="json")
-    assert _freezing(spec["train"]["freeze"]) == "keras_last_k (the last 4 Keras layers after excluding the last one)"
-    assert _model_options(spec["model"]) == \
+    spec = load_spec("smelyakov2022")
+    assert _freezing(spec.train.freeze) == "keras_last_k (the last 4 Keras layers after excluding the last one)"
+    assert _model_options(spec.model) == \
         ", VGG-Face descriptor fc8, OpenFace without L2 normalisation, ResNet-50 and MobileNet without their last ReLU"
-    assert _model_options(load_spec("quick").model_dump(mode="json")["model"]) == ""
+    assert _model_options(load_spec("quick").model) == ""
