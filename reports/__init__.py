@@ -7,13 +7,16 @@ from pathlib import Path
 
 from ferbench.harness.study.atomic import atomic_write_text
 from ferbench.harness.study.layout import experiment_paths
-from ferbench.reports.collect import collect, collect_per_class, read_manifest, read_spec, relative, trial_statuses
+from ferbench.harness.tasks import get_task_info
+from ferbench.harness.variants import used_variants
+from ferbench.harness.variants.registry import load_object
+from ferbench.reports.collect import collect, read_grid, read_manifest, read_spec, relative, trial_statuses
 from ferbench.reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from ferbench.reports.derived import fold_test_train_ratio
 from ferbench.reports.html import write_html_report
 from ferbench.reports.markdown import md_cell, render_markdown
 from ferbench.reports.recommendation import render_recommendation
-from ferbench.reports.pseudo_label_section import pseudo_label_section
+from ferbench.reports.context import ReportContext
 from ferbench.reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
 
 __all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
@@ -51,21 +54,25 @@ def build_report(experiment_dir: str | Path) -> Path:
                        paths["manifest"], len(stored.notes), "; ".join(stored.notes))
     window = spec.report.window
     epochs, trials = collect(experiment_dir)
-    per_class, confusion = collect_per_class(experiment_dir)
     samples, sample_predictions = collect_sample_probabilities(experiment_dir)
     ratio = fold_test_train_ratio(spec.split)
     comparison = comparison_tables(epochs, trials, window, spec.train.epochs, ratio)
     trials = comparison["trials"]
     tables = paths["report"] / "tables"
-    named = {"epochs": epochs, "per_class": per_class, "sample_predictions": sample_predictions}
+    named = {"epochs": epochs, "sample_predictions": sample_predictions}
     for name, frame in {**named, **comparison}.items():
         write_table(tables, name, frame)
-    draw_figures(epochs, trials, comparison, confusion, paths["report"] / "figures")
+    draw_figures(epochs, trials, comparison, paths["report"] / "figures")
     plot_sample_predictions(samples, sample_predictions, paths["report"] / "figures" / "sample_predictions.png")
+    # The skeleton knows no task and no variant: each one's part comes through its registry entry.
+    context = ReportContext(experiment_dir, paths["report"], spec, epochs, trials)
+    task_part = load_object(get_task_info(spec.task).report)(context)
+    variant_sections = [load_object(info.report_section)(context)
+                        for info in used_variants(read_grid(experiment_dir)) if info.report_section]
     sections = [
-        render_comparison(comparison, per_class, window),
+        render_comparison(comparison, window) + (f"\n{task_part}" if task_part else ""),
         samples_section(experiment_dir, trials),
-        pseudo_label_section(experiment_dir, epochs, spec, paths["report"], trials),
+        *variant_sections,
         render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio),
     ]
     data_section = _data_section(manifest, experiment_dir) if "data_summary" in manifest else None  # earlier versions

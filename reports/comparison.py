@@ -10,8 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ferbench.reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
-from ferbench.harness.study.layout import TEST_PER_CLASS_FILE
-from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
+from ferbench.reports.markdown import markdown_table
 
 SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table
     "test_acc": "test acc", "test_macro_f1": "test macro F1", "test_weighted_f1": "test weighted F1",
@@ -85,18 +84,10 @@ def _p_text(p: float, flip: float) -> str:
     return f"{p:.2g}" + ("" if pd.isna(flip) else f"; {flip:.2g}")
 
 
-def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
-    frame = per_class.assign(model=per_class["backbone"] + "_" + per_class["init"] + "_" + per_class["variant"])
-    classes = list(dict.fromkeys(frame["class"]))
-    return frame.pivot_table(index="model", columns="class", values="f1", aggfunc="mean", sort=False)[classes].reset_index()
-
-
-def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], confusion: dict, folder) -> None:
+def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], folder) -> None:
     """The comparison figures, PNG, into the report's ``figures`` folder (placeholders when empty)."""
     from ferbench.reports import figures
-    from ferbench.reports.confusion import plot_confusion_matrices
 
-    plot_confusion_matrices(confusion, trials, folder / "confusion.png")
     figures.plot_curves(epochs, folder / "curves.png")
     figures.plot_initial_bars(epochs, folder / "initial.png")
     figures.plot_mcr_mofr_heatmaps(tables["mcr_mofr"], folder / "mcr_mofr.png")
@@ -105,9 +96,9 @@ def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, p
     figures.plot_accuracy_vs_cost(costs, folder / "accuracy_vs_throughput.png", cost="train_images_per_s")
 
 
-def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, window: int) -> str:
-    """Markdown sections: curves, convergence and overfitting, across seeds, pretrained vs random,
-    per class; figures linked from ``figures/`` (see ``draw_figures``)."""
+def render_comparison(tables: dict[str, pd.DataFrame], window: int) -> str:
+    """Markdown sections: curves, convergence and overfitting, across seeds, pretrained vs random;
+    figures linked from ``figures/`` (see ``draw_figures``). The task's part follows (``ferbench.reports.tasks``)."""
     lines = [
         "## Learning curves (Smelyakov et al., Figs 5–10)", "",
         "![Accuracy and loss over epochs per backbone: train and val, pretrained solid, random dashed](figures/curves.png)", "",
@@ -146,12 +137,6 @@ def render_comparison(tables: dict[str, pd.DataFrame], per_class: pd.DataFrame, 
             "why not otherwise, and how many seeds a difference of the size seen would need.", "",
             markdown_table(_differences_table(tables["differences"]), formatted=DIFFERENCE_CELLS),
         ]
-    damaged = damaged_lines(damaged_arms(tables["trials"], TEST_PER_CLASS_FILE))
-    if not per_class.empty or damaged:
-        lines += ["## Per-class F1 on the test split", "",
-                  "Mean over seeds; precision, recall, support and every arm are in `tables/per_class.csv`.", ""]
-        lines += [markdown_table(_per_class_table(per_class))] if not per_class.empty else []
-        lines += [*damaged, *([""] if damaged else []), "![Normalised confusion matrices](figures/confusion.png)", ""]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ferbench.reports.derived import GROUP_KEYS, pareto_optimal, unit_pairs, window_order
+from ferbench.reports.derived import pareto_optimal, unit_pairs, window_order
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
 

@@ -210,7 +210,7 @@ def test_round_tables_are_complete(study):
     report = (study.report_dir / "report.md").read_text()
     assert "## Pseudo-labelling (Arsirii & Petrosiuk 2023)" in report and "stopped:" in report
     assert (study.report_dir / "figures" / "pseudo_label_rounds.png").stat().st_size > 1000
-    from ferbench.reports.pseudo_label_section import round_confusion
+    from ferbench.reports.variants.pseudo_label import round_confusion
 
     confusion, units = round_confusion(study.experiment_dir)  # drawn as figures/pseudo_label_confusion.png
     assert [confusion[u]["matrix"] for u in units["arm_id"]] == [r["test_confusion_matrix"] for r in stored["rounds"]]

@@ -62,7 +62,8 @@ def outside_units(monkeypatch):
     monkeypatch.setitem(registry._VARIANTS, "first_half",
                         registry.VariantInfo(name="first_half", description="test", trainer=f"{__name__}:FirstHalf"))
     monkeypatch.setitem(tasks.registry._TASKS, "top_two",
-                        tasks.TaskInfo(name="top_two", description="test", implementation=f"{__name__}:TopTwo"))
+                        tasks.TaskInfo(name="top_two", description="test", implementation=f"{__name__}:TopTwo",
+                                       report=tasks.CLASSIFICATION.report))
 
 
 def _trial(variant: str, *overrides: str):
@@ -93,3 +94,60 @@ def test_the_trial_scores_with_the_task_the_spec_names(outside_units):
     assert row["train_acc"] == pytest.approx(float(top_two))
     with pytest.raises(SpecError, match="unknown task 'nope'; registered: classification"):
         load_spec("quick", ["task=nope"])
+
+
+def first_half_report(context) -> str:
+    """An outside variant's report section: it sees the skeleton's tables of its own arms."""
+    arms = context.trials[context.trials["variant"] == "first_half"]["arm_id"].tolist()
+    return f"## First half\n\nArms: {', '.join(arms)}; epochs per arm: {context.spec.train.epochs}\n"
+
+
+def top_two_report(context) -> str:
+    """An outside task's report part, in place of classification's per-class tables."""
+    (context.report_dir / "tables" / "top_two.csv").write_text("arm_id\n" + "\n".join(context.trials["arm_id"]) + "\n")
+    return "## Top-two accuracy\n"
+
+
+def _finished_experiment(folder, spec: StudySpec):
+    """An experiment folder as a finished study leaves it (one row per epoch, no checkpoints)."""
+    import json
+
+    from ferbench.harness.study.atomic import atomic_write_json
+    from ferbench.harness.study.layout import experiment_paths
+
+    arms = [{**arm, "status": "scheduled"} for arm in spec.arms()]
+    for number, arm in enumerate(arms):
+        trial = folder / f"{arm['arm_id']}_00000_{number:05d}"
+        atomic_write_json(trial / "params.json", {})
+        rows = [{"epoch": e, "train_acc": 0.3 + 0.1 * e, "val_acc": 0.3 + 0.05 * e, "train_loss": 1.5 - 0.1 * e,
+                 "val_loss": 1.6 - 0.05 * e, "lr": 1e-3, "epoch_time_s": 2.0 * (e > 0), "input_size": 24,
+                 "train_images_per_s": 100.0 if e else float("nan"), "params_total": 1000, "params_trainable": 1000,
+                 **({"trial_finished": True, "test_acc": 0.4, "test_macro_f1": 0.3, "test_loss": 1.0} if e == 2 else {})}
+                for e in range(3)]
+        (trial / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_json(experiment_paths(folder)["manifest"], {
+        "study": "quick", "experiment": folder.name, "created": "2026-01-01T00:00:00+00:00", "spec": spec.model_dump(mode="json"),
+        "versions": {"ferbench": "0.0"}, "git_commit": None, "hardware": {"processor": "x86_64", "cpu_count": 2},
+        "dataset": {"name": "SynthFER", "images": 90, "image_size": [24, 24], "channels": 1, "class_names": list("abc"),
+                    "fingerprint_sha256": "0" * 64},
+        "split_class_counts": {part: dict.fromkeys("abc", n) for part, n in (("train", 20), ("val", 5), ("test", 5))},
+    })
+    atomic_write_json(experiment_paths(folder)["grid"], arms)
+    return folder
+
+
+def test_the_report_skeleton_takes_a_task_and_a_variant_part_through_their_registry_entries(outside_units, monkeypatch, tmp_path):
+    from ferbench.reports import build_report
+
+    monkeypatch.setitem(registry._VARIANTS, "first_half", registry.VariantInfo(
+        name="first_half", description="test", trainer=f"{__name__}:FirstHalf", report_section=f"{__name__}:first_half_report"))
+    monkeypatch.setitem(tasks.registry._TASKS, "top_two", tasks.TaskInfo(
+        name="top_two", description="test", implementation=f"{__name__}:TopTwo", report=f"{__name__}:top_two_report"))
+    spec = load_spec("quick", ["grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline,first_half]",
+                               "train.epochs=2", "task=top_two"])
+    report = (build_report(_finished_experiment(tmp_path / "exp", spec)) / "report.md").read_text()
+    assert "## First half\n\nArms: small_cnn_random_first_half_s0; epochs per arm: 2" in report
+    assert "## Top-two accuracy" in report and "Per-class F1" not in report
+    tables = tmp_path / "exp" / "report" / "tables"
+    assert (tables / "top_two.csv").read_text().count("small_cnn") == 2
+    assert not (tables / "per_class.csv").exists()  # classification's part was not called

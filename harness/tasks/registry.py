@@ -18,6 +18,7 @@ class TaskInfo:
     name: str
     description: str
     implementation: str  # "module:Class"; imported where a trial runs, not where a spec is read
+    report: str  # "module:function(ReportContext) -> str": its tables, figures and Markdown (the report layer)
 
 
 _TASKS: dict[str, TaskInfo] = {}
@@ -34,11 +35,15 @@ def list_tasks() -> list[str]:
     return list(_TASKS)
 
 
-def get_task(name: str):
-    """An instance of the task ``name``'s implementation."""
+def get_task_info(name: str) -> TaskInfo:
     try:
-        info = _TASKS[name]
+        return _TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; registered: {', '.join(_TASKS)}") from None
+
+
+def get_task(name: str):
+    """An instance of the task ``name``'s implementation."""
+    info = get_task_info(name)
     module, _, attribute = info.implementation.partition(":")
     return getattr(importlib.import_module(module), attribute)()

@@ -19,6 +19,7 @@ from ferbench.harness.spec import StudySpec, TrainSpec
 from ferbench.harness.study.layout import ROUNDS_FILE
 from ferbench.reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_rounds, try_read
 from ferbench.reports.comparison import write_table
+from ferbench.reports.context import ReportContext
 from ferbench.reports.derived import fold_test_train_ratio, mcr_mofr
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
@@ -275,3 +276,8 @@ def pseudo_label_section(experiment_dir: Path, epochs: pd.DataFrame, spec: Study
     lines += ["", "![Test confusion matrices per round, rows normalised](figures/pseudo_label_confusion.png)", ""]
     return "\n".join(lines) + "\n"
 
+
+
+def section(context: ReportContext) -> str:
+    """The variant's report section (``VariantInfo.report_section``)."""
+    return pseudo_label_section(context.experiment_dir, context.epochs, context.spec, context.report_dir, context.trials)
