@@ -100,3 +100,17 @@ def test_reports_read_an_experiment_without_the_trainable_or_the_engine():
     graph = import_graph()
     for module in (m for m in graph if m == "ferbench.reports" or m.startswith("ferbench.reports.")):
         assert not {"ferbench.harness.train.trial", "ferbench.harness.study.engine"} & _reachable(graph, module), module
+
+
+def test_the_layers_depend_one_way():
+    """backbones ← harness ← reports: backbones import neither of the others; harness reaches the report only
+    through the package's public entry points (``ferbench.reports``), from the engine's report phase and the
+    ``ferbench report`` command, never a report module directly."""
+    graph = import_graph()
+    for module, targets in graph.items():
+        if module.startswith("ferbench.backbones"):
+            assert not {t for t in targets if t.startswith(("ferbench.harness", "ferbench.reports"))}, module
+        if module.startswith("ferbench.harness"):
+            reports = {t for t in targets if t.startswith("ferbench.reports")}
+            assert reports <= {"ferbench.reports"}, (module, reports)
+            assert not reports or module in {"ferbench.harness.study.engine", "ferbench.harness.cli.main"}, module
