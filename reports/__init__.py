@@ -9,7 +9,7 @@ from ferbench.harness.study.atomic import atomic_write_text
 from ferbench.harness.study.layout import experiment_paths
 from ferbench.harness.tasks import get_task_info
 from ferbench.harness.variants import used_variants
-from ferbench.harness.variants.registry import load_object
+from ferbench.harness.units import load_object
 from ferbench.reports.collect import collect, read_grid, read_manifest, read_spec, relative, trial_statuses
 from ferbench.reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
 from ferbench.reports.derived import fold_test_train_ratio

@@ -59,9 +59,9 @@ class TopTwo(SingleLabelClassification):
 
 @pytest.fixture
 def outside_units(monkeypatch):
-    monkeypatch.setitem(registry._VARIANTS, "first_half",
+    monkeypatch.setitem(registry.VARIANTS.entries, "first_half",
                         registry.VariantInfo(name="first_half", description="test", trainer=f"{__name__}:FirstHalf"))
-    monkeypatch.setitem(tasks.registry._TASKS, "top_two",
+    monkeypatch.setitem(tasks.registry.TASKS.entries, "top_two",
                         tasks.TaskInfo(name="top_two", description="test", implementation=f"{__name__}:TopTwo",
                                        report=tasks.CLASSIFICATION.report))
 
@@ -139,9 +139,9 @@ def _finished_experiment(folder, spec: StudySpec):
 def test_the_report_skeleton_takes_a_task_and_a_variant_part_through_their_registry_entries(outside_units, monkeypatch, tmp_path):
     from ferbench.reports import build_report
 
-    monkeypatch.setitem(registry._VARIANTS, "first_half", registry.VariantInfo(
+    monkeypatch.setitem(registry.VARIANTS.entries, "first_half", registry.VariantInfo(
         name="first_half", description="test", trainer=f"{__name__}:FirstHalf", report_section=f"{__name__}:first_half_report"))
-    monkeypatch.setitem(tasks.registry._TASKS, "top_two", tasks.TaskInfo(
+    monkeypatch.setitem(tasks.registry.TASKS.entries, "top_two", tasks.TaskInfo(
         name="top_two", description="test", implementation=f"{__name__}:TopTwo", report=f"{__name__}:top_two_report"))
     spec = load_spec("quick", ["grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline,first_half]",
                                "train.epochs=2", "task=top_two"])

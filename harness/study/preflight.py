@@ -27,7 +27,7 @@ from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes
 from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET, UnlabeledPool
 from ferbench.harness.variants import used_variants
-from ferbench.harness.variants.registry import load_object
+from ferbench.harness.units import load_object
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,9 @@ models) is one more module registered here.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
+
+from ferbench.harness.units import Registry, load_object
 
 
 @dataclass(frozen=True)
@@ -21,29 +22,12 @@ class TaskInfo:
     report: str  # "module:function(ReportContext) -> str": its tables, figures and Markdown (the report layer)
 
 
-_TASKS: dict[str, TaskInfo] = {}
-
-
-def register_task(info: TaskInfo) -> TaskInfo:
-    if info.name in _TASKS:
-        raise ValueError(f"task {info.name!r} is registered already")
-    _TASKS[info.name] = info
-    return info
-
-
-def list_tasks() -> list[str]:
-    return list(_TASKS)
-
-
-def get_task_info(name: str) -> TaskInfo:
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; registered: {', '.join(_TASKS)}") from None
+TASKS: Registry[TaskInfo] = Registry("task")
+register_task = TASKS.register
+list_tasks = TASKS.names
+get_task_info = TASKS.get
 
 
 def get_task(name: str):
     """An instance of the task ``name``'s implementation."""
-    info = get_task_info(name)
-    module, _, attribute = info.implementation.partition(":")
-    return getattr(importlib.import_module(module), attribute)()
+    return load_object(get_task_info(name).implementation)()

@@ -12,11 +12,12 @@ and at most one variant of a combination may run rounds.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from pydantic import BaseModel
+
+from ferbench.harness.units import Registry
 
 REFERENCE = "baseline"  # the variant every other one is compared with (paired differences)
 COMBINE = "+"
@@ -37,25 +38,17 @@ class VariantInfo:
     check_spec: Callable[[Any], None] | None = None  # cross-section checks when an arm uses it; raises ValueError
 
 
-_VARIANTS: dict[str, VariantInfo] = {}
+VARIANTS: Registry[VariantInfo] = Registry("variant")
 
 
 def register_variant(info: VariantInfo) -> VariantInfo:
-    if info.name in _VARIANTS or COMBINE in info.name:
-        raise ValueError(f"variant {info.name!r}: already registered, or contains {COMBINE!r}")
-    _VARIANTS[info.name] = info
-    return info
+    if COMBINE in info.name:
+        raise ValueError(f"variant {info.name!r}: a name cannot contain {COMBINE!r}, which combines variants")
+    return VARIANTS.register(info)
 
 
-def list_variants() -> list[str]:
-    return list(_VARIANTS)
-
-
-def get_variant(name: str) -> VariantInfo:
-    try:
-        return _VARIANTS[name]
-    except KeyError:
-        raise ValueError(f"unknown variant {name!r}; registered: {', '.join(_VARIANTS)}") from None
+list_variants = VARIANTS.names
+get_variant = VARIANTS.get
 
 
 def parse_combination(variant: str) -> list[VariantInfo]:
@@ -79,15 +72,9 @@ def uses(variant: str, name: str) -> bool:
 def used_variants(arms: list[dict]) -> list[VariantInfo]:
     """The registered variants the arms use, each once, in registration order."""
     names = {name for arm in arms for name in arm["variant"].split(COMBINE)}
-    return [info for name, info in _VARIANTS.items() if name in names]
+    return [info for name, info in VARIANTS.entries.items() if name in names]
 
 
 def settings_sections() -> dict[str, type[BaseModel]]:
     """spec section name → its model, for every registered variant that has settings."""
-    return {info.settings_key: info.settings for info in _VARIANTS.values() if info.settings_key and info.settings}
-
-
-def load_object(path: str) -> Any:
-    """``"module:attribute"`` → the attribute (hooks and report sections are imported only where used)."""
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return {info.settings_key: info.settings for info in VARIANTS.entries.values() if info.settings_key and info.settings}

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ferbench.harness.variants.registry import load_object, parse_combination
+from ferbench.harness.units import load_object
+from ferbench.harness.variants.registry import parse_combination
 
 
 @dataclass
