@@ -197,9 +197,9 @@ class _Trial:
     def predict_probabilities(self, indices: torch.Tensor) -> torch.Tensor:
         return self.task.probabilities(predict(self.model, self.images, indices, **self.eval_kwargs))
 
-    def start_student(self, from_initial: bool) -> None:
-        """A pseudo-labelling round starts a new training run: fresh optimizer (and schedule), from
-        the previous model's or the initial weights."""
+    def restart_training(self, from_initial: bool) -> None:
+        """A new training run within the trial (a variant's next round): a fresh optimizer (and
+        schedule), from the current weights or the arm's initial ones."""
         if from_initial:
             self.model.load_state_dict(self.initial_weights)
         self.optimizer = _make_optimizer(self.spec, self.model)
@@ -224,7 +224,7 @@ class _Trial:
                 task=self.task, **self.precision_kwargs,
             )
             train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
-            epoch_images = stats.images  # what the variant's epoch visited (K·M with balanced oversampling)
+            epoch_images = stats.images  # what the variant's epoch visited (e.g. K·M images when balanced)
         val_acc, val_loss = self.task.accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
         return {
             "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx), "epoch_images": epoch_images,
@@ -289,7 +289,7 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     """Train one arm, reporting every row (epoch 0, before training, to the last) with a checkpoint.
 
     The arm trains in rounds (``ferbench.harness.variants.trainer``): round 0 is ``train.epochs``
-    epochs; the arm's variant decides at each round's end whether another follows (pseudo-labelling's
+    epochs; the arm's variant decides at each round's end whether another follows (e.g. pseudo-labelling
     students) and may change what an epoch trains on. ``epoch`` counts rows across the whole trial;
     ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place a row in its
     round, so MCR/MOFR are computable per round. A round's end tests the weights ``train.select``

@@ -29,7 +29,7 @@ class PseudoLabelTrainer(VariantTrainer):
         return self.spec.train.epochs if round_no == 0 else self.settings.epochs_per_round or self.spec.train.epochs
 
     def start_round(self, trial, round_no: int) -> None:
-        trial.start_student(from_initial=self.settings.student_init == "initial")
+        trial.restart_training(from_initial=self.settings.student_init == "initial")
 
     def test_round(self, rounds: RoundState) -> int | None:
         return rounds.round
