@@ -31,7 +31,7 @@ from benchmarks.overhead import BATCH  # noqa: E402
 TRIAL_TITLE = "ray::ImplicitFunc.train"
 # A line of train_one_epoch → its step, by what the line does (not its number, which moves).
 STEPS = (("model(", "model forward"), (".backward()", "backward"), ("optimizer.", "optimizer"),
-         ("cross_entropy", "loss"), ("adapter(", "harness: gather + input adapter"),
+         ("task.loss(", "loss"), ("adapter(", "harness: gather + input adapter"),
          ("random_affine", "harness: augmentation"), ("labels[", "harness: gather + input adapter"))
 
 
@@ -46,9 +46,9 @@ def train_one_epoch_steps() -> dict[int, str]:
 
 def classify(stack: str, steps: dict[int, str]) -> str:
     """The step a sampled stack (py-spy's raw format, outermost first) was in."""
-    inner = [frame for frame in stack.split(";") if "harness/training.py" in frame]
+    inner = [frame for frame in stack.split(";") if "harness/train/loop.py" in frame]
     if inner:
-        found = re.search(r"^(\w+) \(.*training\.py:(\d+)\)", inner[-1])
+        found = re.search(r"^(\w+) \(.*loop\.py:(\d+)\)", inner[-1])
         if found and found.group(1) == "train_one_epoch":
             return "train: " + steps.get(int(found.group(2)), "harness: bookkeeping")
         return "evaluation" if found and found.group(1) == "predict" else "other harness code"

@@ -1,4 +1,4 @@
-"""Sealed checkpoints: a cut one is never taken for a good one (harness/checkpoints.py)."""
+"""Sealed checkpoints: a cut one is never taken for a good one (harness/study/checkpoints.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Which epoch a round tests (train.select) and which round is a pseudo-labelling arm's result
-(harness/selection.py, ferbench.harness.variants.pseudo_label.rounds.headline_metrics), on known numbers."""
+(harness/train/selection.py, ferbench.harness.variants.pseudo_label.rounds.headline_metrics), on known numbers."""
 
 from __future__ import annotations
 

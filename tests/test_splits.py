@@ -1,4 +1,4 @@
-"""Splits (harness/splits.py): stratified, official, pseudo-labelling, subject k-fold; atomic writes."""
+"""Splits (harness/data/splits.py): stratified, official, pseudo-labelling, subject k-fold; atomic writes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training epoch, evaluation pass and batch boundaries (harness/training.py)."""
+"""Training epoch, evaluation pass and batch boundaries (harness/train/loop.py)."""
 
 from __future__ import annotations
 
