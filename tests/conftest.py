@@ -1,7 +1,16 @@
+"""Fixtures shared by the test modules; plain helpers live in tests/helpers.py (``from helpers import ...``).
+
+One Ray per test session: ``RAY_ADDRESS=local`` keeps every study of the session on a private local Ray
+(never a cluster that happens to run on this machine), started once by ``init_ray`` (the first study, or the
+``local_ray`` fixture) and left running: ``init_ray`` returns at once while it is up. Tests that need another Ray
+(a multi-node cluster, workers with other environment variables) are marked ``e2e``.
+"""
+
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["RAY_ADDRESS"] = "local"  # a private Ray for this session, whatever cluster runs on the machine
 if "FERBENCH_CACHE_DIR" not in os.environ:  # dataset and synth-identity caches: never the user's
     import atexit
     import shutil
@@ -10,10 +19,17 @@ if "FERBENCH_CACHE_DIR" not in os.environ:  # dataset and synth-identity caches:
     os.environ["FERBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="ferbench-test-cache-")
     atexit.register(shutil.rmtree, os.environ["FERBENCH_CACHE_DIR"], True)
 
-from html.parser import HTMLParser  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def _needs(program: str, install: str):
+    """Skip naming the install command, or fail under ``CI=true`` (where a missing program is a broken setup)."""
+    reason = f"{program} is not installed: {install}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -63,26 +79,62 @@ def mount_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def resume_points(experiment: Path, skip: tuple[str, ...] = ()) -> dict[str, int]:
-    """arm → the epoch ``--resume`` must continue at: one after its newest checkpoint whose weights and
-    history are both intact (what the trial restores; a cut one is passed over)."""
-    from ferbench.harness.study.checkpoints import checkpoint_dirs, read_checkpoint
-
-    points = {}
-    for folder in experiment.glob("small_cnn_*"):
-        arm = folder.name.rsplit("_", 2)[0]
-        restored = next(filter(None, map(read_checkpoint, checkpoint_dirs(folder))), None)
-        if restored is not None and arm not in skip:
-            points[arm] = restored[0]["epoch"] + 1
-    return points
+@pytest.fixture
+def benchmarks_on_path(monkeypatch):
+    """The repository root on ``sys.path`` for the test, so that ``benchmarks`` (a folder of scripts, not part
+    of the installed package) imports under plain ``pytest`` as it does under ``python -m pytest``."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
 
 
-def assert_continued(trials, points: dict[str, int]) -> None:
-    """Each arm in ``points`` continued at its epoch (``trials.resumed_at_epochs``), not from scratch."""
-    resumed = {arm: {int(float(e)) for e in str(value).split() if e != "nan"}
-               for arm, value in zip(trials.arm_id, trials.resumed_at_epochs)}
-    for arm, epoch in points.items():
-        assert epoch in resumed[arm], (arm, epoch, resumed)
+# --------------------------------------------------------------------------- one Ray, one reference experiment
+
+
+@pytest.fixture
+def local_ray():
+    """The session's private local Ray (``ray``), started by ``init_ray`` as a study starts it if no study has
+    yet (or an ``e2e`` test stopped it). For tests that use Ray directly; ``run_study`` starts it itself."""
+    import ray
+
+    from ferbench.harness.study.engine import init_ray
+
+    init_ray()
+    return ray
+
+
+@pytest.fixture(scope="session")
+def reference_study(tmp_path_factory):
+    """The session's reference experiment, run once: 2 backbones (small_cnn, mobilenet_v1) × pretrained
+    (weight files written here) and random × seeds 0 and 1, 3 epochs, plus pseudo-labelling arms on the
+    random small_cnn (``helpers.REFERENCE``). The report, HTML, sample-prediction, statistics and damaged-
+    file tests read it (copy it before changing anything); re-runs of its random small_cnn arms
+    (``helpers.SMALL``) must reproduce its numbers. Returns the ``StudyOutcome``."""
+    from helpers import REFERENCE, reference_weight_files
+
+    from ferbench.harness.spec import load_spec
+    from ferbench.harness.study.engine import run_study
+
+    folder = tmp_path_factory.mktemp("reference")
+    spec = load_spec("quick", [*REFERENCE, *reference_weight_files(folder), f"run.storage={folder}", "run.name=reference"])
+    outcome = run_study(spec)
+    assert set(outcome.statuses.values()) == {"completed"}, outcome.statuses
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def folds_study(tmp_path_factory):
+    """A second, different experiment on the reference's data: the random small_cnn (seed 0) with the head
+    alone training (head_only freezing, the arsirii_au head), 1 epoch, on folds 0 and 2 of a subject-exclusive
+    3-fold split. Read by the freezing and k-fold tests, and set beside the reference by ``--compare``."""
+    from helpers import SMALL
+
+    from ferbench.harness.spec import load_spec
+    from ferbench.harness.study.engine import run_study
+
+    storage = tmp_path_factory.mktemp("folds")
+    spec = load_spec("quick", [*SMALL, "grid.seed=[0]", "train.epochs=1", "split.unlabeled_fraction=0",
+                               "train.freeze.policy=head_only", "train.head=arsirii_au", "split.kind=subject_kfold",
+                               "split.k=3", "split.folds=[0,2]", f"run.storage={storage}", "run.name=frozen-folds"])
+    return run_study(spec)
 
 
 # --------------------------------------------------------------------------- report.html in headless Chromium
@@ -91,93 +143,21 @@ CHROMIUM_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
-    """The Chromium binary; without one the test skips naming the install command (fails under CI=true)."""
+def chromium():
+    """``chromium(page, profile, *args)``: headless Chromium on ``page`` (``--dump-dom`` prints the DOM),
+    its stdout. Without Chromium the test skips naming the install command (fails under CI=true)."""
     import shutil
+    import subprocess
 
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("Chromium is needed to test report.html: apt-get update && apt-get install -y chromium")
-        pytest.skip("Chromium is not installed: apt-get update && apt-get install -y chromium")
-    return binary
+        _needs("Chromium (to test report.html)", "apt-get update && apt-get install -y chromium")
 
+    def run(page: Path, profile: Path, *args: str) -> str:
+        command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                   f"--user-data-dir={profile}", "--window-size=1280,4000", *args, page.resolve().as_uri()]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
 
-def run_chromium(binary: str, page: Path, profile: Path, *args: str) -> str:
-    import subprocess
-
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-               f"--user-data-dir={profile}", "--window-size=1280,4000", *args, page.resolve().as_uri()]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-class Page(HTMLParser):
-    """What the tests look at in a page: images, tables (cell texts per row), links, headings, attributes."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[dict] = []
-        self.tables: list[list[list[str]]] = []
-        self.links: list[str] = []
-        self.ids: list[str] = []
-        self.body: dict = {}
-        self.headers: list[dict] = []  # attributes of every <th>
-        self.dts: list[str] = []
-        self._cell: list[str] | None = None
-        self._dt: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if "id" in attrs:
-            self.ids.append(attrs["id"])
-        if tag == "img":
-            self.images.append(attrs)
-        elif tag == "a" and "href" in attrs:
-            self.links.append(attrs["href"])
-        elif tag == "body":
-            self.body = attrs
-        elif tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-            if tag == "th":
-                self.headers.append(attrs)
-        elif tag == "dt":
-            self._dt = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.tables[-1][-1].append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "dt" and self._dt is not None:
-            self.dts.append("".join(self._dt).strip())
-            self._dt = None
-
-    def handle_data(self, data):
-        for buffer in (self._cell, self._dt):
-            if buffer is not None:
-                buffer.append(data)
-
-
-
-
-# --------------------------------------------------------------------------- the pseudo-labelling studies' settings
-
-PL_ARM = "small_cnn_random_pseudo_label_s0"
-PL_STUDY = [
-    "data.num_images=600", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "train.augment.enabled=false",
-    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline,pseudo_label]", "grid.exclude=[]",
-    "split.unlabeled_fraction=0.3", "pseudo_label.threshold=0.3", "pseudo_label.max_rounds=2",
-    "pseudo_label.epochs_per_round=1", "train.lr=3e-3", "resources.cpu=1", "run.keep_checkpoints=20",
-]
-
-
-def only_trial_folder(outcome, arm: str) -> Path:
-    """The arm's one trial folder in a study's outcome (a study run once, not resumed)."""
-    (folder,) = [p for p in outcome.experiment_dir.glob(f"{arm}_*") if p.is_dir()]
-    return folder
+    return run

@@ -1,5 +1,6 @@
-"""Balanced variants: Moravčík's per-class sampling rule, the class weights, a real balanced study,
-and the arsirii2023 study's preflight on a missing or ill-formed RAF-DB path."""
+"""Balanced variants: Moravčík's per-class sampling rule, the class weights, a balanced trial's epochs
+(in process; the real balanced study through run_study is marked ``e2e``), and the arsirii2023 study's
+preflight on a missing or ill-formed RAF-DB path."""
 
 from __future__ import annotations
 
@@ -49,13 +50,43 @@ def test_balanced_spec_needs_one_method():
         load_spec("quick", ["balanced.fraction=0"])
 
 
+BALANCED_STUDY = [
+    "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "grid.backbone=[small_cnn]",
+    "grid.init=[random]", "grid.variant=[balanced,pseudo_label+balanced]", "grid.exclude=[]", "balanced.class_weighted_loss=true",
+    "pseudo_label.threshold=0.2", "pseudo_label.max_rounds=1", "pseudo_label.epochs_per_round=1", "resources.cpu=1",
+]
+
+
+def _k_times_m(labels: torch.Tensor, train: torch.Tensor) -> int:
+    counts = torch.bincount(labels[train])
+    return int((counts > 0).sum()) * target_count(counts, 0.8)
+
+
+def test_a_balanced_trial_trains_on_k_times_m_images_per_epoch():
+    """The study below, in process: each arm's trial (built as a worker builds it, on the study's data and
+    splits) trains its teacher epochs on K · M images. The study itself runs under ``e2e``."""
+    import numpy as np
+
+    from ferbench.harness.study.preflight import run_preflight
+    from ferbench.harness.train.trial import StudyPayload, _build_trial
+
+    spec = load_spec("quick", BALANCED_STUDY)
+    preflight = run_preflight(spec)
+    payload = StudyPayload(spec=spec.model_dump(mode="json"), images=preflight.dataset.images, labels=preflight.dataset.labels,
+                           class_names=tuple(preflight.dataset.class_names), splits=preflight.splits, weight_files={})
+    expected = _k_times_m(torch.from_numpy(preflight.dataset.labels), torch.from_numpy(preflight.splits[0]["train"]))
+    assert sorted(arm["variant"] for arm in preflight.runnable_arms) == ["balanced", "pseudo_label+balanced"]
+    for arm in preflight.runnable_arms:
+        trial = _build_trial({"arm": arm}, payload)
+        train_idx, targets = trial.variant.training_set(trial.labels, trial.split["train"])
+        assert np.array_equal(np.sort(train_idx.numpy()), np.sort(preflight.splits[0]["train"]))  # the pool is not in it
+        rows = [trial.run_epoch(epoch, 0, epoch, train_idx, targets) for epoch in range(1, spec.train.epochs + 1)]
+        assert [row["epoch_images"] for row in rows] == [expected] * spec.train.epochs, arm["variant"]
+
+
+@pytest.mark.e2e  # the same through run_study on the session's Ray (in process: covered by the test above)
 def test_balanced_study_trains_on_k_times_m_images_per_epoch(tmp_path):
-    spec = load_spec("quick", [
-        "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32", "grid.backbone=[small_cnn]",
-        "grid.init=[random]", "grid.variant=[balanced,pseudo_label+balanced]", "grid.exclude=[]", "balanced.class_weighted_loss=true",
-        "pseudo_label.threshold=0.2", "pseudo_label.max_rounds=1", "pseudo_label.epochs_per_round=1", "resources.cpu=1",
-        f"run.storage={tmp_path}", "run.name=balanced",
-    ])
+    spec = load_spec("quick", [*BALANCED_STUDY, f"run.storage={tmp_path}", "run.name=balanced"])
     outcome = run_study(spec)
     assert set(outcome.statuses.values()) == {"completed"}
     epochs = pd.read_csv(outcome.report_dir / "tables" / "epochs.csv")
@@ -64,8 +95,7 @@ def test_balanced_study_trains_on_k_times_m_images_per_epoch(tmp_path):
 
     labels = torch.from_numpy(load_dataset(spec.data).labels)
     train = torch.from_numpy(load_splits(outcome.experiment_dir / "ferbench" / "splits.npz")[0]["train"])
-    counts = torch.bincount(labels[train])
-    expected = int((counts > 0).sum()) * target_count(counts, 0.8)
+    expected = _k_times_m(labels, train)
     for arm_id in outcome.statuses:
         folder = next(p for p in outcome.experiment_dir.glob(f"{arm_id}_*") if p.is_dir())
         rows = pd.read_json(folder / "result.json", lines=True)

@@ -1,5 +1,6 @@
 """cluster.yaml passes Ray's own config validation; the submitted run.py joins a running cluster and
-refuses results storage that trials on other machines could not write to."""
+refuses results storage that trials on other machines could not write to (marker ``e2e``: a multi-node
+Ray cluster on this machine and run.py in a subprocess)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def _submitted_run(args: list[str], home: Path, **env: str) -> subprocess.Comple
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.e2e
 def test_head_local_storage_refused_when_trials_run_elsewhere(ray_cluster, tmp_path):
     result = _submitted_run([*TINY_STUDY, "--storage", "results"], tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -91,6 +93,7 @@ def test_head_local_storage_refused_when_trials_run_elsewhere(ray_cluster, tmp_p
     assert not (tmp_path / "results").exists(), "nothing is written before the refusal"
 
 
+@pytest.mark.e2e
 def test_storage_accepted_when_every_node_shares_this_machine(ray_cluster, tmp_path):
     ray_cluster.add_node(num_cpus=1)  # a second node, on this machine: same disk as the driver
     result = _submitted_run([*TINY_STUDY, "--storage", "results"], tmp_path)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_formats import by_value, write_class_tree, write_image, write_rafdb
-from test_loaders import USAGES, write_fer_csv
+from helpers import USAGES, by_value, write_class_tree, write_fer_csv, write_image, write_rafdb
 
 from ferbench.harness.data.cache import cache_root, write_cache
 from ferbench.harness.data.dataset import FerDataset

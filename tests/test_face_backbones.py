@@ -122,7 +122,25 @@ def test_face_classifier_state_dicts_load_back_into_the_trunk(tmp_path):
         assert torch.equal(model.trunk.state_dict()[key], value), key
 
 
-def test_offline_study_without_face_weights_stops_in_preflight_naming_files_and_fetch_command(tmp_path, isolated_weights):
+def test_offline_study_without_face_weights_stops_in_preflight_naming_files_and_fetch_command(tmp_path, isolated_weights,
+                                                                                            monkeypatch, capsys):
+    weights_dir, _ = isolated_weights
+    storage = tmp_path / "results"
+    monkeypatch.setenv("DEEPFACE_HOME", str(tmp_path / "deepface_home"))
+    code = main(["run", "quick", "--storage", str(storage), "--set", "grid.backbone=[vggface,openface]",
+                 "--set", "grid.init=[pretrained]", "--set", "weights.source=published"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for name, filename in (("vggface", "vgg_face_weights.pth"), ("openface", "openface_weights.pth")):
+        assert str(weights_dir / filename) in err
+        assert f"`ferbench weights fetch {name}`" in err
+    assert "Traceback" not in err
+    assert not storage.exists()  # stopped before the experiment folder and before Ray
+
+
+@pytest.mark.e2e
+def test_run_py_offline_without_face_weights_exits_2_in_preflight(tmp_path, isolated_weights):
+    """The same through ``harness/run.py`` in a fresh process (marker ``e2e``)."""
     weights_dir, hub_cache = isolated_weights
     storage = tmp_path / "results"
     env = {**os.environ, "DEEPFACE_HOME": str(tmp_path / "deepface_home"), "HF_HUB_CACHE": str(hub_cache)}

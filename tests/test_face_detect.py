@@ -134,5 +134,5 @@ def test_bad_inputs_and_missing_cascade_are_reported():
         crop_faces([np.zeros((32, 32, 4), np.uint8)], 16)
     with pytest.raises(ValueError, match="mix"):
         crop_faces([np.zeros((32, 32), np.uint8), np.zeros((32, 32, 3), np.uint8)], 16)
-    with pytest.raises(RuntimeError, match=r"no_such_cascade\.xml.*harness/cascades/no_such_cascade\.xml"):
+    with pytest.raises(RuntimeError, match=r"no_such_cascade\.xml.*harness/data/cascades/no_such_cascade\.xml"):
         face_detect.cascade_path("no_such_cascade.xml")

@@ -1,6 +1,7 @@
-"""What clusters do to a study, done for real: a trial's worker process killed mid-study, the
-driver killed, a node of a multi-node Ray cluster removed. Each time nothing is lost or duplicated,
-and on CPU the resumed curves equal an uninterrupted run."""
+"""What clusters do to a study, done for real (marker ``e2e``): a trial's worker process killed mid-study,
+the driver killed (run.py in a subprocess), a node of a multi-node Ray cluster removed. Each time nothing
+is lost or duplicated, and on CPU the resumed curves equal an uninterrupted run. (Trials that fail and
+are retried in-process, once or on every attempt: test_study_e2e.py.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pytest
 from ferbench.harness.study.engine import run_study
 from ferbench.harness.spec import load_spec
 from ferbench.reports.collect import collect
+
+pytestmark = pytest.mark.e2e
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
@@ -66,8 +69,7 @@ def _wait_for_epoch(storage: Path, epoch: int, timeout: float = 240) -> None:
 
 
 def _start_run_py(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}  # a Ray of its own
     return subprocess.Popen([sys.executable, str(RUN_PY), *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -200,26 +202,3 @@ def test_node_removed_mid_study_trials_reschedule_on_the_remaining_node(tmp_path
     assert trials["resumed_at_epochs"].notna().any()  # the trial on the removed node resumed elsewhere
     assert not epochs.duplicated(["arm_id", "epoch"]).any()
     pd.testing.assert_frame_equal(_curves(epochs), _curves(uninterrupted[0]))
-
-
-def test_trial_failing_on_every_retry_is_failed_and_the_others_unaffected(tmp_path, uninterrupted, monkeypatch):
-    from ferbench.harness.train.trial import FAIL_ALWAYS_ENV, FAIL_MARKER_ENV, FAIL_ONCE_ENV
-
-    monkeypatch.setenv(FAIL_ONCE_ENV, "1")
-    monkeypatch.setenv(FAIL_MARKER_ENV, str(tmp_path / "markers"))
-    monkeypatch.setenv(FAIL_ALWAYS_ENV, "small_cnn_random_baseline_s1")
-    outcome = run_study(load_spec("quick", [*STUDY, "grid.seed=[0,1]", f"run.storage={tmp_path}", "run.name=broken"]))
-    assert outcome.statuses == {"small_cnn_random_baseline_s0": "completed", "small_cnn_random_baseline_s1": "failed"}
-    epochs, trials = _tables(outcome.experiment_dir)
-    failed = trials.set_index("arm_id").loc["small_cnn_random_baseline_s1"]
-    # each of its 3 attempts (run.max_failures=2) got one epoch further before failing
-    assert "injected permanent test failure after epoch 3" in failed["error"]
-    assert failed["epochs_done"] == 3  # what ran before the failure is kept, once
-    assert not epochs.duplicated(["arm_id", "epoch"]).any()
-    report = (outcome.report_dir / "report.md").read_text()
-    assert "`small_cnn_random_baseline_s1` — **failed**: RuntimeError: injected permanent test failure" in report
-    # The other arm failed once too, resumed, and ends as if nothing had happened.
-    done = epochs[epochs["arm_id"] == "small_cnn_random_baseline_s0"]
-    reference = uninterrupted[0][uninterrupted[0]["arm_id"] == "small_cnn_random_baseline_s0"]
-    pd.testing.assert_frame_equal(_curves(done), _curves(reference))
-    assert trials.set_index("arm_id").loc["small_cnn_random_baseline_s0", "resumed_at_epochs"] == "2"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CANONICAL, RAFDB_LIST, by_value, write_class_tree, write_fer_csv, write_image, write_rafdb
 from PIL import Image
 
 from ferbench.harness.data.formats.images import decode_files
@@ -15,24 +16,6 @@ from ferbench.harness.data.loaders import DataError, load_dataset
 from ferbench.harness.spec import DataSpec
 
 CKPLUS48 = Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48"
-CANONICAL = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "contempt")
-
-
-def write_image(path: Path, value: int = 0, size: tuple[int, int] = (8, 8), colour: bool = False) -> np.ndarray:
-    """A PNG/JPG/BMP whose pixels are ``value`` plus a small gradient; returns what was written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = (value + np.add.outer(np.arange(size[0]), np.arange(size[1])) % 3).astype(np.uint8)
-    if colour:
-        pixels = np.stack([pixels, pixels // 2, 255 - pixels], axis=-1)
-    Image.fromarray(pixels).save(path)
-    return pixels
-
-
-def write_class_tree(root: Path, classes: dict[str, int], value_of=lambda name: 0, name="{i:03d}.png") -> None:
-    """``root/<class>/<name>`` with ``classes[class]`` images each, pixel base ``value_of(class)``."""
-    for folder, count in classes.items():
-        for i in range(count):
-            write_image(root / folder / name.format(i=i), value_of(folder))
 
 
 def load(path, data_format="auto", **options):
@@ -46,11 +29,6 @@ def names(dataset) -> list[str]:
 def value_class(dataset) -> list[str]:
     """The class each image's pixels were written for (``write_image`` value = 10 × class index)."""
     return [CANONICAL[int(image.min()) // 10] for image in dataset.images]
-
-
-def by_value(folder: str) -> int:
-    canonical = {"anger": "angry", "happiness": "happy", "surprised": "surprise", "joy": "happy", "sadness": "sad"}
-    return 10 * CANONICAL.index(canonical.get(folder.lower(), folder.lower()))
 
 
 # ---- fer2013_folders -------------------------------------------------------------------------
@@ -165,17 +143,6 @@ def test_real_ckplus48_folder():
 
 # ---- rafdb -----------------------------------------------------------------------------------
 
-RAFDB_LIST = ["train_00001.jpg 5", "train_00002.jpg 1", "test_0001.jpg 7", "test_0002.jpg 4"]
-
-
-def write_rafdb(root: Path, lines=RAFDB_LIST, grey: tuple[str, ...] = ()) -> None:
-    (root / "EmoLabel").mkdir(parents=True)
-    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
-    for line in lines:
-        stem = line.split()[0].removesuffix(".jpg")
-        write_image(root / "Image" / "aligned" / f"{stem}_aligned.jpg", size=(10, 10), colour=stem not in grey)
-
-
 def test_rafdb_labels_split_colour_and_sources(tmp_path):
     write_rafdb(tmp_path)
     dataset = load(tmp_path, "rafdb")
@@ -276,8 +243,6 @@ def test_process_pool_decoding_keeps_file_order(tmp_path):
 
 
 def test_auto_detects_every_format_and_says_so(tmp_path, caplog):
-    from test_loaders import write_fer_csv
-
     caplog.set_level("INFO", logger="ferbench")
 
     write_fer_csv(tmp_path / "fer.csv", [0, 3])

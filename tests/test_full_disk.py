@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import assert_continued, resume_points
 
-from conftest import assert_continued, resume_points
+pytestmark = pytest.mark.e2e  # run.py in a subprocess, twice, on a tmpfs mount
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 STUDY = [

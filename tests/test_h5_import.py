@@ -1,17 +1,13 @@
 """deepface Keras .h5 → PyTorch state dicts, checked against files written in Keras' own layout.
 
 No TensorFlow here, so the .h5 files are written with h5py the way Keras 2's ``save_weights`` /
-``save`` lays them out, from a randomly initialised PyTorch model. The Keras layer names and their
-order are read from deepface's Keras model source (``tf/OpenFace.py``, ``tf/VGGFace.py``), and the
-tensors are converted to Keras layout here, independently of the code under test; a separate test
-pins the layout conventions to Keras' arithmetic.
+``save`` lays them out, from a randomly initialised PyTorch model (the writer is in helpers.py). The
+Keras layer names and their order are read from deepface's Keras model source (``tf/OpenFace.py``,
+``tf/VGGFace.py``), and the tensors are converted to Keras layout there, independently of the code
+under test; a separate test pins the layout conventions to Keras' arithmetic.
 """
 
 from __future__ import annotations
-
-import ast
-import importlib.util
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -20,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from deepface.models.facial_recognition.pytorch.OpenFace import OpenFaceNet
 from deepface.models.facial_recognition.pytorch.VGGFace import VggFaceBaseModel
+from helpers import KERAS_WEIGHTED, keras_layers_in_source, keras_layers_of, openface_h5, random_openface, write_keras_h5
 from torch import nn
 
 from ferbench.backbones.h5_import import (
@@ -30,104 +27,6 @@ from ferbench.backbones.h5_import import (
     openface_keras_name,
     weighted_modules,
 )
-
-DEEPFACE_TF = Path(importlib.util.find_spec("deepface").origin).parent / "models" / "facial_recognition" / "tf"
-KERAS_WEIGHTED = {"Conv2D", "Convolution2D", "BatchNormalization", "Dense"}
-# Keras 2 auto-names unnamed layers <snake_case class>_<n>.
-KERAS_AUTO_NAMES = {
-    "Input": "input", "Conv2D": "conv2d", "Convolution2D": "conv2d", "BatchNormalization": "batch_normalization",
-    "Dense": "dense", "ZeroPadding2D": "zero_padding2d", "MaxPooling2D": "max_pooling2d",
-    "AveragePooling2D": "average_pooling2d", "Activation": "activation", "Lambda": "lambda",
-    "Flatten": "flatten", "Dropout": "dropout",
-}
-
-
-def _string(node: ast.expr) -> str:
-    """A layer name written as a literal or a sum of literals (``"inception_4a_3x3_conv" + "1"``)."""
-    if isinstance(node, ast.Constant):
-        return node.value
-    assert isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add)
-    return _string(node.left) + _string(node.right)
-
-
-def keras_layers_in_source(filename: str, function: str) -> list[tuple[str, str]]:
-    """(Keras class, layer name) of every layer deepface's Keras ``function`` builds, in model order;
-    unnamed layers get Keras 2's automatic names."""
-    tree = ast.parse((DEEPFACE_TF / filename).read_text())
-    body = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == function)
-    calls = sorted(
-        (node for node in ast.walk(body)
-         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in KERAS_AUTO_NAMES),
-        key=lambda node: (node.lineno, node.col_offset),
-    )
-    counters: dict[str, int] = {}
-    layers = []
-    for call in calls:
-        name = next((_string(kw.value) for kw in call.keywords if kw.arg == "name"), None)
-        if name is None:
-            auto = KERAS_AUTO_NAMES[call.func.id]
-            counters[auto] = counters.get(auto, 0) + 1
-            name = f"{auto}_{counters[auto]}"
-        layers.append((call.func.id, name))
-    return layers
-
-
-def keras_arrays(module: nn.Module) -> dict[str, np.ndarray]:
-    """A PyTorch layer's tensors as Keras stores them (written out here, not taken from the code under test)."""
-    numpy = {name: tensor.detach().numpy().copy() for name, tensor in module.state_dict().items()}
-    if isinstance(module, nn.BatchNorm2d):
-        return {"gamma": numpy["weight"], "beta": numpy["bias"],
-                "moving_mean": numpy["running_mean"], "moving_variance": numpy["running_var"]}
-    if isinstance(module, nn.Conv2d):  # (out, in, h, w) → (h, w, in, out)
-        return {"kernel": np.ascontiguousarray(numpy["weight"].transpose(2, 3, 1, 0)), "bias": numpy["bias"]}
-    assert isinstance(module, nn.Linear)  # (out, in) → (in, out)
-    return {"kernel": np.ascontiguousarray(numpy["weight"].T), "bias": numpy["bias"]}
-
-
-def keras_layers_of(model: nn.Module, source: list[tuple[str, str]]) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Pair deepface's Keras layers (source order) with the PyTorch modules holding weights (registration order)."""
-    modules = [model.get_submodule(name) for name, m in model.named_modules() if list(m.parameters(recurse=False))]
-    assert sum(cls in KERAS_WEIGHTED for cls, _ in source) == len(modules)
-    pending = iter(modules)
-    return [(name, keras_arrays(next(pending)) if cls in KERAS_WEIGHTED else {}) for cls, name in source]
-
-
-def write_keras_h5(path: Path, layers: list[tuple[str, dict[str, np.ndarray]]], full_model: bool = False) -> Path:
-    """Write ``layers`` as Keras 2 does: ``layer_names`` on the root (``model_weights`` for a full save),
-    one group per layer with ``weight_names`` and datasets ``<layer>/<layer>/<weight>:0``."""
-    with h5py.File(path, "w") as handle:
-        root = handle.create_group("model_weights") if full_model else handle
-        if full_model:
-            handle.attrs["model_config"] = b'{"class_name": "Model"}'
-        root.attrs["layer_names"] = np.array([name.encode() for name, _ in layers])
-        root.attrs["backend"], root.attrs["keras_version"] = b"tensorflow", b"2.2.4"
-        for name, weights in layers:
-            group = root.create_group(name)
-            weight_names = [f"{name}/{role}:0".encode() for role in weights]
-            group.attrs["weight_names"] = np.array(weight_names) if weight_names else np.array([], dtype="S1")
-            for role, array in weights.items():
-                group.create_dataset(f"{name}/{role}:0", data=array)
-    return path
-
-
-def random_openface(seed: int = 0) -> OpenFaceNet:
-    """OpenFaceNet with every tensor random, BatchNorm included (its defaults, ones and zeros, would hide swaps)."""
-    torch.manual_seed(seed)
-    model = OpenFaceNet()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_()
-                module.running_mean.normal_()
-                module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
-
-
-def openface_h5(path: Path, model: OpenFaceNet, full_model: bool = False, drop: str | None = None) -> Path:
-    layers = keras_layers_of(model, keras_layers_in_source("OpenFace.py", "load_model"))
-    return write_keras_h5(path, [layer for layer in layers if layer[0] != drop], full_model)
-
 
 def assert_same_model(state: dict[str, torch.Tensor], reference: nn.Module, fresh: nn.Module, x: torch.Tensor | None) -> None:
     """``state`` loads strictly into ``fresh``, every tensor equals the reference's, and so do outputs on ``x``."""

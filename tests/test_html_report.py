@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import Page, run_chromium  # noqa: E402
+from helpers import REFERENCE_ARMS, Page  # noqa: E402
 from ferbench.reports.html import render_html, write_html_report  # noqa: E402
 
 
@@ -140,7 +140,7 @@ document.body.setAttribute("data-seen", JSON.stringify(seen));
 def test_clicking_a_header_sorts_numerically_in_chromium(chromium, tmp_path):
     page = tmp_path / "sort.html"
     page.write_text(render_html(SORT_TABLE, tmp_path).replace("</body>", CLICKS), encoding="utf-8")
-    dom = Page(run_chromium(chromium, page, tmp_path / "profile", "--dump-dom"))
+    dom = Page(chromium(page, tmp_path / "profile", "--dump-dom"))
     assert "data-seen" in dom.body, "the test's click script did not run"
     seen = json.loads(dom.body["data-seen"])
     missing_last = ["Alpha", "eta"]  # blank and "–" cells stay last, in their original order, both ways
@@ -154,12 +154,6 @@ def test_clicking_a_header_sorts_numerically_in_chromium(chromium, tmp_path):
         "Alpha | –", "beta | 12", "delta | 0.42 ± 0.01 [0.40, 0.44]", "epsilon | −0.5", "eta | – (fewer than 2 seed pairs)",
         "gamma | 1,234", "zeta | 0.423"])]
 
-
-TINY = [
-    "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32",
-    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.seed=[0,1]", "grid.exclude=[]", "grid.variant=[baseline]",
-    "resources.cpu=1", "run.allow_unavailable=true",
-]
 
 def markdown_tables(text: str) -> list[list[list[str]]]:
     """The pipe tables of report.md as cell texts (inline code and bold marks dropped, escapes read)."""
@@ -185,13 +179,10 @@ document.body.setAttribute("data-layout", JSON.stringify({
 </script></body>"""
 
 
-@pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory) -> Path:
-    from ferbench.harness.study.engine import run_study
-    from ferbench.harness.spec import load_spec
-
-    storage = tmp_path_factory.mktemp("results")
-    return run_study(load_spec("quick", [*TINY, f"run.storage={storage}", "run.name=html"])).report_dir
+@pytest.fixture
+def tiny_report(reference_study) -> Path:
+    """The session's reference experiment's report folder (read only)."""
+    return reference_study.report_dir
 
 
 def test_report_html_of_a_real_experiment_in_chromium(chromium, tiny_report, tmp_path):
@@ -203,7 +194,7 @@ def test_report_html_of_a_real_experiment_in_chromium(chromium, tiny_report, tmp
     alone = tmp_path / "alone" / "report.html"  # without figures/ beside it: everything must be inside
     alone.parent.mkdir()
     alone.write_text(text.replace("</body>", LAYOUT), encoding="utf-8")
-    dom = Page(run_chromium(chromium, alone, tmp_path / "profile", "--dump-dom"))
+    dom = Page(chromium(alone, tmp_path / "profile", "--dump-dom"))
 
     linked = re.findall(r"!\[([^\]]*)\]\((figures/[^)]+\.png)\)", markdown_text)
     assert len(linked) >= 7 and len(dom.images) == len(linked)
@@ -212,7 +203,7 @@ def test_report_html_of_a_real_experiment_in_chromium(chromium, tiny_report, tmp
     md_tables = markdown_tables(markdown_text)
     assert len(md_tables) >= 5 and dom.tables == md_tables  # every cell, as report.md has it
     arms = next(t for t in dom.tables if t[0][:2] == ["arm", "status"])
-    assert sorted(row[0] for row in arms[1:]) == ["small_cnn_random_baseline_s0", "small_cnn_random_baseline_s1"]
+    assert sorted(row[0] for row in arms[1:]) == sorted(REFERENCE_ARMS)
     assert all(h.get("title") == "Sort by this column" and h.get("tabindex") == "0" for h in dom.headers)  # script ran
 
     layout = json.loads(dom.body["data-layout"])
@@ -222,7 +213,7 @@ def test_report_html_of_a_real_experiment_in_chromium(chromium, tiny_report, tmp
     assert layout["wrappedTables"] == len(md_tables)
 
     shot = tmp_path / "report.png"
-    run_chromium(chromium, tiny_report / "report.html", tmp_path / "profile", f"--screenshot={shot}")
+    chromium(tiny_report / "report.html", tmp_path / "profile", f"--screenshot={shot}")
     from PIL import Image
 
     with Image.open(shot) as image:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_class_tree, write_image
 
 from ferbench.harness.cli.main import main
 from ferbench.harness.data.checks import inspect
@@ -26,7 +27,6 @@ from ferbench.harness.study.preflight import PreflightError, run_preflight
 from ferbench.harness.spec import DataSpec, SpecError, load_spec
 from ferbench.harness.data.splits import named_index_sets
 from ferbench.reports.data_section import render_data_section
-from test_formats import write_class_tree, write_image
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 TINY = ["grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseline]", "grid.exclude=[]",
@@ -35,14 +35,29 @@ TINY = ["grid.backbone=[small_cnn]", "grid.init=[random]", "grid.variant=[baseli
 
 @pytest.fixture(autouse=True)
 def no_ray(monkeypatch):
-    """Every check here must end before Ray starts; none is attached to a cluster."""
+    """Every check here must end before Ray starts. The session's Ray may be up already (it is never shut
+    down for this), so starting Ray, or a study reaching it, is what is refused and recorded."""
     import ray
+    from ray import tune
 
-    if ray.is_initialized():
-        ray.shutdown()
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    from ferbench.harness.study import engine
+
+    reached: list[str] = []
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            reached.append(what)
+            raise AssertionError(f"{what} was called: the error came only after Ray had started")
+        return refused
+
+    was_up = ray.is_initialized()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # not attached to a cluster: preflight checks this machine
+    monkeypatch.setattr(engine, "init_ray", refuse("init_ray"))
+    monkeypatch.setattr(ray, "init", refuse("ray.init"))
+    monkeypatch.setattr(tune.Tuner, "fit", refuse("Tuner.fit"))
     yield
-    assert not ray.is_initialized(), "the error came only after Ray had started"
+    assert not reached, f"the error came only after Ray had started ({', '.join(reached)})"
+    assert ray.is_initialized() == was_up
 
 
 def ferbench(capsys, *argv: str) -> tuple[int, str]:

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import USAGES, write_fer_csv
 
 from ferbench.harness.data.dataset import FER2013_CLASSES
 from ferbench.harness.data.loaders import DataError, load_dataset
 from ferbench.harness.spec import DataSpec
 
-USAGES = ("Training", "PublicTest", "PrivateTest")
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
-
-
-def write_fer_csv(path, labels, side=4, header="emotion,pixels,Usage", sep=",", seed=0):
-    """A FER2013-style CSV with random pixels; returns the images it holds (N, side, side)."""
-    images = np.random.default_rng(seed).integers(0, 256, size=(len(labels), side * side))
-    rows = [header]
-    for i, (label, pixels) in enumerate(zip(labels, images)):
-        fields = {"emotion": str(label), "pixels": " ".join(map(str, pixels)), "Usage": USAGES[i % 3]}
-        rows.append(sep.join(fields[name.strip()] for name in header.split(",")))
-    path.write_text("\n".join(rows) + "\n")
-    return images.reshape(-1, side, side).astype(np.uint8)
 
 
 def load(path, **options):

@@ -13,6 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = ("harness", "backbones", "reports")
 
@@ -30,6 +32,7 @@ def _project_with_its_own_folders(tmp_path: Path) -> Path:
     return project
 
 
+@pytest.mark.e2e  # a fresh interpreter started in the project folder (its folders first on sys.path)
 def test_a_project_with_its_own_reports_harness_and_backbones_folders_gets_ferbench(tmp_path):
     project = _project_with_its_own_folders(tmp_path)
     code = (
@@ -61,6 +64,7 @@ def test_every_package_folder_is_installed():
     assert listed == found
 
 
+@pytest.mark.e2e  # harness/run.py in a subprocess
 def test_run_py_copied_alone_runs_from_a_folder_with_a_harness_of_its_own(tmp_path):
     """``ray submit`` copies harness/run.py alone to the head's home; there it imports the installed ferbench."""
     project = _project_with_its_own_folders(tmp_path)
@@ -71,6 +75,7 @@ def test_run_py_copied_alone_runs_from_a_folder_with_a_harness_of_its_own(tmp_pa
     assert "study: quick" in result.stdout
 
 
+@pytest.mark.e2e  # harness/run.py in a subprocess
 def test_run_py_from_the_checkout_prints_the_spec():
     result = subprocess.run([sys.executable, "harness/run.py", "--print-spec", "--set", "train.epochs=3"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)

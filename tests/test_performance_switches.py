@@ -1,4 +1,4 @@
-"""The execution switches (harness/performance.py): ``auto`` resolves to the fast path on CUDA and
+"""The execution switches (harness/train/performance.py): ``auto`` resolves to the fast path on CUDA and
 to fp32, deterministic kernels on the CPU; forced bf16 autocast and channels_last run on the CPU
 through the training step, evaluation and a trial's epoch. No test needs a GPU."""
 
@@ -190,6 +190,8 @@ def _run_quick_benchmark(section: str, tmp_path) -> tuple[str, dict]:
     return done.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.e2e  # the benchmark's bare loop in a process of its own, started twice
+@pytest.mark.usefixtures("benchmarks_on_path")  # benchmarks/ imports under plain pytest too
 def test_bare_loop_process_serves_passes_before_and_after_and_reports_its_failure():
     """The benchmark's bare loop stays warm in its own process between the passes before a trial and
     those after it; a loop that cannot start raises with the child's own error, not a broken pipe."""
@@ -205,6 +207,7 @@ def test_bare_loop_process_serves_passes_before_and_after_and_reports_its_failur
         BareLoopProcess("no_such_net", size=16, train_images=64)
 
 
+@pytest.mark.usefixtures("benchmarks_on_path")  # benchmarks/ imports under plain pytest too
 def test_study_overhead_splits_into_once_per_study_and_per_trial_and_finds_the_trial_length_meeting_the_target():
     """Grids made from a known overhead (18 slot-s once, 0.5 per trial, 4 s trials on 2 slots): the
     split recovers both, and trials of the length it names put a grid of 16 exactly at the target."""
@@ -221,8 +224,9 @@ def test_study_overhead_splits_into_once_per_study_and_per_trial_and_finds_the_t
     assert (long["study_s"] * 2 - long["trial_own_s"]) / long["trial_own_s"] == pytest.approx(TARGET.bound)
 
 
+@pytest.mark.usefixtures("benchmarks_on_path")  # benchmarks/ imports under plain pytest too
 def test_trial_profile_files_each_sample_under_what_its_line_does():
-    """py-spy's raw stacks are filed by the innermost ``harness/training.py`` frame, by the text of
+    """py-spy's raw stacks are filed by the innermost ``harness/train/loop.py`` frame, by the text of
     the line (forward, backward, the harness's own gather), not by a line number that moves."""
     import inspect
 
@@ -232,20 +236,22 @@ def test_trial_profile_files_each_sample_under_what_its_line_does():
     source, first = inspect.getsourcelines(train_one_epoch)
     line_of = lambda text: first + next(i for i, line in enumerate(source) if text in line)  # noqa: E731
     steps = train_one_epoch_steps()
-    worker = "main_loop (ray/_private/worker.py:1069);run_trial (harness/trainable.py:310);run_epoch (harness/trainable.py:205)"
+    worker = "main_loop (ray/_private/worker.py:1069);run_trial (harness/train/trial.py:310);run_epoch (harness/train/trial.py:205)"
 
     def at(line: int, leaf: str = "") -> str:
-        return f"{worker};train_one_epoch (harness/training.py:{line}){';' + leaf if leaf else ''}"
+        return f"{worker};train_one_epoch (harness/train/loop.py:{line}){';' + leaf if leaf else ''}"
 
     assert classify(at(line_of("loss.backward()"), "backward (torch/_tensor.py:625)"), steps) == "train: backward"
     assert classify(at(line_of("model(")), steps) == "train: model forward"
     assert classify(at(line_of("x = adapter(")), steps) == "train: harness: gather + input adapter"
+    assert classify(at(line_of("task.loss(")), steps) == "train: loss"
     assert classify(at(line_of("correct +=")), steps) == "train: harness: bookkeeping"
-    assert classify(f"{worker};predict (harness/training.py:114)", steps) == "evaluation"
-    assert classify("run_trial (harness/trainable.py:322);_save (torch/serialization.py:1312)", steps).startswith("checkpoint")
+    assert classify(f"{worker};predict (harness/train/loop.py:114)", steps) == "evaluation"
+    assert classify("run_trial (harness/train/trial.py:322);_save (torch/serialization.py:1312)", steps).startswith("checkpoint")
     assert classify("Condition.wait (threading.py:327)", steps) == "other (Ray, waiting)"
 
 
+@pytest.mark.usefixtures("benchmarks_on_path")  # benchmarks/ imports under plain pytest too
 def test_trial_profile_refuses_a_size_that_is_not_a_number_in_one_line():
     from benchmarks.profile_trial import main
 
@@ -253,6 +259,7 @@ def test_trial_profile_refuses_a_size_that_is_not_a_number_in_one_line():
         main(["resnet50", "big"])
 
 
+@pytest.mark.usefixtures("benchmarks_on_path")  # benchmarks/ imports under plain pytest too
 @pytest.mark.slow
 def test_trial_profile_samples_a_running_trial_worker():
     """``benchmarks/profile_trial.py`` finds the trial's Ray worker, samples it with py-spy and
@@ -293,12 +300,12 @@ def test_benchmark_overhead_section_brackets_each_trial_with_bare_runs(tmp_path)
         assert f"harness/bare {r['backbone']} 48px" in stdout
 
 
-def test_ray_workers_start_with_one_allocator_arena():
+def test_ray_workers_start_with_one_allocator_arena(local_ray):
     """glibc reads MALLOC_ARENA_MAX when a process starts: it must be in a worker's environment at
-    launch (``/proc/self/environ``), not set later in Python, in tasks and in actors (Tune's trials)."""
-    import ray
+    launch (``/proc/self/environ``), not set later in Python, in tasks and in actors (Tune's trials).
+    Probed on the session's Ray, which ``init_ray`` started as a study starts it."""
+    ray = local_ray
 
-    from ferbench.harness.study.engine import init_ray
     from ferbench.harness.train.performance import TRIAL_WORKER_ENV
 
     def launch_environment() -> dict:
@@ -310,14 +317,10 @@ def test_ray_workers_start_with_one_allocator_arena():
         def environment(self) -> dict:
             return launch_environment()
 
-    if ray.is_initialized():  # started elsewhere in this session, perhaps without init_ray's settings
-        ray.shutdown()
-    init_ray(num_cpus=1)
-    try:
-        task_env = ray.get(ray.remote(num_cpus=0)(launch_environment).remote())
-        actor_env = ray.get(Probe.remote().environment.remote())
-    finally:
-        ray.shutdown()  # a Ray of one CPU must not serve later tests
+    task_env = ray.get(ray.remote(num_cpus=0)(launch_environment).remote())
+    probe = Probe.remote()
+    actor_env = ray.get(probe.environment.remote())
+    ray.kill(probe)
     assert TRIAL_WORKER_ENV == {"MALLOC_ARENA_MAX": "1"}
     for env in (task_env, actor_env):
         assert env.get("MALLOC_ARENA_MAX") == "1"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
+from helpers import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 from ferbench.harness.variants.pseudo_label import selection as pl
 from ferbench.harness.study.engine import run_study
 from ferbench.harness.spec import SpecError, load_spec
@@ -324,14 +324,27 @@ def test_failed_trial_resumes_in_the_right_round_with_identical_results(study, t
     assert trials.loc[PL_ARM, "selected_epoch"] == 1  # round 1's first epoch: the one rotated out before the failure
 
 
-def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops_the_rounds(tmp_path):
+def _with_pool_labels_shifted(run_trial, pool: np.ndarray):
+    """``run_trial`` on the payload's labels with those of the pool shifted by ``config["shift"]`` classes."""
+
+    def trial(config, payload):
+        import dataclasses
+
+        labels = payload.labels.copy()
+        labels[pool] = (labels[pool] + config["shift"]) % 7
+        return run_trial({"arm": config["arm"]}, dataclasses.replace(payload, labels=labels))
+
+    return trial
+
+
+def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops_the_rounds(tmp_path, local_ray):
     """The same trial with the pool's true labels changed trains identically: only the reported
     precision of the pseudo-labels, which compares them with those labels, differs. A threshold this
-    low labels the whole pool in round 1 (so every pool image trains), and no second student follows."""
-    import ray
+    low labels the whole pool in round 1 (so every pool image trains), and no second student follows.
+    Both trials (true labels, labels shifted by 3 classes) run side by side in one Tuner."""
+    import ray.cloudpickle
     from ray import tune
 
-    from ferbench.harness.study.engine import init_ray
     from ferbench.harness.study.preflight import run_preflight
     from ferbench.harness.train.trial import StudyPayload, run_trial
 
@@ -339,23 +352,21 @@ def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops
     preflight = run_preflight(spec)
     (arm,) = preflight.runnable_arms
     pool = preflight.splits[0]["unlabeled"]
+    payload = StudyPayload(spec=spec.model_dump(mode="json"), images=preflight.dataset.images, labels=preflight.dataset.labels,
+                           class_names=tuple(preflight.dataset.class_names), splits=preflight.splits, weight_files={})
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    tuner = tune.Tuner(tune.with_parameters(_with_pool_labels_shifted(run_trial, pool), payload=payload),
+                       param_space={"arm": arm, "shift": tune.grid_search([0, 3])},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="hidden", verbose=0,
+                                                 sync_config=tune.SyncConfig(sync_artifacts=True)))
+    results = {result.config["shift"]: result for result in tuner.fit()}
     outcomes = []
-    for name, shift in (("true", 0), ("shifted", 3)):
-        labels = preflight.dataset.labels.copy()
-        labels[pool] = (labels[pool] + shift) % 7
-        payload = StudyPayload(spec=spec.model_dump(mode="json"), images=preflight.dataset.images, labels=labels,
-                               class_names=tuple(preflight.dataset.class_names), splits=preflight.splits, weight_files={})
-        init_ray(num_cpus=2)
-        tuner = tune.Tuner(tune.with_parameters(run_trial, payload=payload), param_space={"arm": arm},
-                           run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0,
-                                                     sync_config=tune.SyncConfig(sync_artifacts=True)))
-        result = tuner.fit()[0]
-        assert result.error is None
-        folder = Path(result.path)
+    for shift in (0, 3):
+        assert results[shift].error is None
+        folder = Path(results[shift].path)
         history = pd.DataFrame(json.loads(line) for line in (folder / "result.json").read_text().splitlines())
         stored = json.loads((folder / ROUNDS_FILE).read_text())
         outcomes.append((history, pd.DataFrame(stored["rounds"])))
-    ray.shutdown()
     (history, rounds), (history_2, rounds_2) = outcomes
     pd.testing.assert_frame_equal(history[METRICS], history_2[METRICS])
     same = ["round", "images_added", "pseudo_labelled", "val_acc", "test_acc", "test_macro_f1"]
@@ -366,16 +377,19 @@ def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops
     assert stored["finished"] and stored["stop_reason"] == "every pool image is pseudo-labelled already"
 
 
-def test_a_teacher_sure_of_nothing_ends_the_trial_after_round_0(tmp_path):
-    outcome = run_study(load_spec("quick", [*STUDY, "grid.variant=[pseudo_label]", "pseudo_label.threshold=0.999999",
-                                            f"run.storage={tmp_path}", "run.name=unsure"]))
-    assert outcome.statuses == {PL_ARM: "completed"}
+def test_a_teacher_sure_of_nothing_ends_the_trial_after_round_0(reference_study):
+    """The session's reference experiment: its pseudo-labelling arms ask for a confidence above 0.999999
+    (helpers.REFERENCE), which no prediction of its teachers reaches."""
+    outcome = reference_study
+    assert outcome.statuses[PL_ARM] == "completed"
     rounds = pd.read_csv(outcome.report_dir / "tables" / "pseudo_label_rounds.csv")
+    rounds = rounds[rounds["arm_id"] == PL_ARM]
     assert rounds["round"].tolist() == [0] and rounds["images_added"].tolist() == [0]
     assert rounds["stop_reason"].iloc[0]  # the report says why no student trained
     trials = pd.read_csv(outcome.report_dir / "tables" / "trials.csv").set_index("arm_id")
     assert trials.loc[PL_ARM, "pl_rounds"] == 0 and trials.loc[PL_ARM, "test_acc"] == pytest.approx(rounds["test_acc"].iloc[0])
     assert trials.loc[PL_ARM, "pl_selected_round"] == trials.loc[PL_ARM, "pl_last_round"] == 0
-    assert trials.loc[PL_ARM, "selected_epoch"] == 2  # train.select last: the round's last epoch
+    assert trials.loc[PL_ARM, "selected_epoch"] == 3  # train.select last: the round's last epoch
     epochs = pd.read_csv(outcome.report_dir / "tables" / "epochs.csv")
-    assert epochs["epoch"].tolist() == [0, 1, 2] and (epochs["round"] == 0).all()
+    epochs = epochs[epochs["arm_id"] == PL_ARM]
+    assert epochs["epoch"].tolist() == [0, 1, 2, 3] and (epochs["round"] == 0).all()

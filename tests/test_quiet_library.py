@@ -68,6 +68,7 @@ load_dataset(DataSpec(format="auto", path=sys.argv[1]))
 """
 
 
+@pytest.mark.e2e  # two fresh interpreters (the library as a program imports it, with no logging configured)
 def test_without_logging_configured_not_even_a_warning_reaches_the_terminal(tmp_path):
     """In a fresh interpreter, as a Python program would call the library: the notices and a warning
     (the dataset cache cannot be written: FERBENCH_CACHE_DIR is below a file) print nothing, not even

@@ -1,7 +1,8 @@
-"""The full comparison report from a tiny real study: 2 backbones × 2 inits × 2 seeds × 3 epochs
-on a local Ray, pretrained arms loading weight files written here. Every table and figure is
-present, and the numbers the report states are the numbers in its CSVs. Also ``--compare`` and a
-partial (interrupted) experiment."""
+"""The full comparison report from the session's reference experiment (conftest's ``reference_study``):
+2 backbones × 2 inits × 2 seeds × 3 epochs on a local Ray, pretrained arms loading weight files written
+there, plus pseudo-labelling arms on the random small_cnn. Every table and figure is present, and the
+numbers the report states are the numbers in its CSVs. Also ``--compare`` (beside conftest's
+``folds_study``) and a partial (interrupted) experiment (a copy of ``folds_study`` missing a trial)."""
 
 from __future__ import annotations
 
@@ -11,42 +12,22 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from helpers import REFERENCE_ARMS
 from scipy import stats
 
-from ferbench.backbones import create_backbone
 from ferbench.harness.cli.main import main
-from ferbench.harness.study.engine import run_study
-from ferbench.harness.spec import load_spec
 from ferbench.reports.stats import welch_interval
 
-TINY = [
-    "data.num_images=240", "data.image_size=24", "train.epochs=3", "train.batch_size=32",
-    "grid.backbone=[small_cnn,mobilenet_v1]", "grid.init=[pretrained,random]", "grid.seed=[0,1]", "grid.exclude=[]",
-    "grid.variant=[baseline]",
-    "resources.cpu=1", "weights.source=published", "run.allow_unavailable=false",
-]
 TABLES = ("epochs", "trials", "per_class", "mcr_mofr", "summary", "differences", "sample_predictions")
 FIGURES = ("curves", "initial", "mcr_mofr", "accuracy_vs_params", "accuracy_vs_throughput", "confusion", "class_counts",
            "sample_predictions")
+MODELS = {f"{b}_{i}_baseline" for b in ("small_cnn", "mobilenet_v1") for i in ("pretrained", "random")} | {
+    "small_cnn_random_pseudo_label"}
 
 
-def _weight_files(folder) -> list[str]:
-    """A state dict per backbone, as a user's pretrained file would be (another seed than the arms)."""
-    overrides = []
-    for backbone in ("small_cnn", "mobilenet_v1"):
-        torch.manual_seed(99)
-        path = folder / f"{backbone}.pth"
-        torch.save(create_backbone(backbone, 7).state_dict(), path)
-        overrides.append(f"weights.files.{backbone}={path}")
-    return overrides
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("report_e2e")
-    spec = load_spec("quick", [*TINY, *_weight_files(folder), f"run.storage={folder}", "run.name=grid"])
-    return run_study(spec)
+@pytest.fixture
+def study(reference_study):
+    return reference_study
 
 
 def _tables(outcome) -> dict[str, pd.DataFrame]:
@@ -58,7 +39,7 @@ def _line(report: str, start: str) -> str:
 
 
 def test_every_arm_completes_and_every_table_and_figure_is_written(study):
-    assert sorted(study.statuses.values()) == ["completed"] * 8
+    assert study.statuses == {arm: "completed" for arm in REFERENCE_ARMS}
     tables = _tables(study)
     for name in TABLES:
         parquet = pd.read_parquet(study.report_dir / "tables" / f"{name}.parquet")
@@ -74,7 +55,7 @@ def test_every_arm_completes_and_every_table_and_figure_is_written(study):
         assert heading in report, heading
     assert "Partial results" not in report
     samples = tables["sample_predictions"]
-    assert set(samples["model"]) == {f"{b}_{i}_baseline" for b in ("small_cnn", "mobilenet_v1") for i in ("pretrained", "random")}
+    assert set(samples["model"]) == MODELS
     sums = samples.groupby(["sample", "model"])["probability"].sum()
     assert np.allclose(sums, 1.0, atol=1e-4)  # each model's mean softmax over the classes
 
@@ -92,19 +73,22 @@ def test_report_numbers_are_the_csv_numbers(study):
     tables = _tables(study)
     report = (study.report_dir / "report.md").read_text()
     trials = tables["trials"]
+    assert len(trials) == len(REFERENCE_ARMS)
     for row in trials.itertuples():
         assert re.search(rf"\| {row.arm_id} \| completed \|.*\| {row.test_acc:.3f} \| {row.test_macro_f1:.3f} \|", report)
     summary = tables["summary"].set_index(["backbone", "init", "variant", "metric"])
     # Across seeds: mean ± std [interval] of test accuracy per model
-    for (backbone, init), group in trials.groupby(["backbone", "init"]):
-        row = summary.loc[(backbone, init, "baseline", "test_acc")]
+    for (backbone, init, variant), group in trials.groupby(["backbone", "init", "variant"]):
+        row = summary.loc[(backbone, init, variant, "test_acc")]
         assert row["mean"] == pytest.approx(group["test_acc"].mean()) and row["n"] == 2
         cell = f"{row['mean']:.3f} ± {row['std']:.3f} [{row['ci95_low']:.3f}, {row['ci95_high']:.3f}]"
-        assert cell in _line(report, f"| {backbone}_{init}_baseline |")
-    # Pretrained vs random: the paired differences of the CSV, per backbone
+        assert cell in _line(report.split("## Across seeds", 1)[1], f"| {backbone}_{init}_{variant} |")
+    # Pretrained vs random: the paired differences of the CSV, per backbone (baseline arms)
     differences = tables["differences"]
-    for row in differences[differences["metric"] == "test_acc"].itertuples():
-        pairs = trials.pivot(index="seed", columns=["backbone", "init"], values="test_acc")
+    compared = differences[(differences["metric"] == "test_acc") & (differences["comparison"] == "pretrained − random")]
+    assert sorted(compared["backbone"]) == ["mobilenet_v1", "small_cnn"]
+    pairs = trials[trials.variant == "baseline"].pivot(index="seed", columns=["backbone", "init"], values="test_acc")
+    for row in compared.itertuples():
         expected = (pairs[(row.backbone, "pretrained")] - pairs[(row.backbone, "random")]).mean()
         assert row.mean_diff == pytest.approx(expected)
         assert f"{row.mean_diff:+.3f}" in report
@@ -112,10 +96,10 @@ def test_report_numbers_are_the_csv_numbers(study):
     assert "too few seeds (n = 2): no claim" in report
     # Recommendation: the best test accuracy is the best mean in summary.csv
     means = summary.xs("test_acc", level="metric")["mean"]
-    best = means.idxmax()
-    assert f"`{best[0]}_{best[1]}` {means.max():.3f}" in _line(report, "- **Best test accuracy**")
+    best = ["_".join(model) for model, mean in means.items() if mean == means.max()]  # ties: any of them
+    assert any(f"`{model}` {means.max():.3f}" in _line(report, "- **Best test accuracy**") for model in best)
     latency = summary.xs("infer_latency_ms", level="metric")["mean"]
-    assert f"`{latency.idxmin()[0]}_{latency.idxmin()[1]}`" in _line(report, "- **Lowest inference latency**")
+    assert f"`{'_'.join(latency.idxmin())}`" in _line(report, "- **Lowest inference latency**")
 
 
 def test_welch_interval_agrees_with_scipy():
@@ -126,18 +110,21 @@ def test_welch_interval_agrees_with_scipy():
     assert np.isnan(welch_interval(0.5, np.nan, 1, 0.6, 0.1, 3)[0])
 
 
-def test_compare_sets_two_experiments_side_by_side(study, tmp_path, capsys):
-    other = run_study(load_spec("quick", [*TINY, "grid.backbone=[small_cnn]", "grid.init=[random]", "train.lr=3e-3",
-                                          f"run.storage={tmp_path}", "run.name=faster"]))
+def test_compare_sets_two_experiments_side_by_side(study, folds_study, tmp_path, capsys):
+    """The reference beside another experiment on the same data (conftest's ``folds_study``: the random
+    small_cnn, head only, on two folds). ``--compare`` renders each experiment's report again: copies."""
+    first_dir = shutil.copytree(study.experiment_dir, tmp_path / study.experiment_dir.name)
+    other_dir = shutil.copytree(folds_study.experiment_dir, tmp_path / folds_study.experiment_dir.name)
     out = tmp_path / "cmp"
-    assert main(["report", str(study.experiment_dir), str(other.experiment_dir), "--compare", "--out", str(out)]) == 0
+    assert main(["report", str(first_dir), str(other_dir), "--compare", "--out", str(out)]) == 0
     assert f"Comparison: {out / 'report.md'}" in capsys.readouterr().out
     table = pd.read_csv(out / "tables" / "comparison.csv")
     first = pd.read_csv(study.report_dir / "tables" / "trials.csv")
-    second = pd.read_csv(other.report_dir / "tables" / "trials.csv")
-    a = first[(first.backbone == "small_cnn") & (first.init == "random")]["test_acc"].to_numpy()
+    second = pd.read_csv(folds_study.report_dir / "tables" / "trials.csv")
+    a = first[(first.backbone == "small_cnn") & (first.init == "random") & (first.variant == "baseline")]["test_acc"].to_numpy()
     b = second["test_acc"].to_numpy()
-    row = table[(table.experiment == "faster") & (table.model == "small_cnn_random_baseline")
+    assert len(a) == len(b) == 2
+    row = table[(table.experiment == other_dir.name) & (table.model == "small_cnn_random_baseline")
                 & (table.metric == "test_acc")].iloc[0]
     assert row["diff_vs_first"] == pytest.approx(b.mean() - a.mean())
     if a.std() > 0 and b.std() > 0:
@@ -156,16 +143,17 @@ def test_compare_needs_two_experiments(study, capsys):
     assert "--compare needs two or more" in capsys.readouterr().err
 
 
-def test_interrupted_experiment_renders_as_partial(study, tmp_path, capsys):
+def test_interrupted_experiment_renders_as_partial(folds_study, tmp_path, capsys):
+    """A copy of conftest's ``folds_study`` (2 arms: folds 0 and 2) without its fold-2 trial."""
     copy = tmp_path / "interrupted"
-    shutil.copytree(study.experiment_dir, copy, ignore=shutil.ignore_patterns("report"))
-    for trial_dir in copy.glob("mobilenet_v1_random_baseline_s1_*"):
+    shutil.copytree(folds_study.experiment_dir, copy, ignore=shutil.ignore_patterns("report"))
+    for trial_dir in copy.glob("small_cnn_random_baseline_s0_f2_*"):
         shutil.rmtree(trial_dir)  # as if that trial had not started when the study stopped
     assert main(["report", str(copy)]) == 0
     report = (copy / "report" / "report.md").read_text()
-    assert "**Partial results**: 1 of 8 arms have not finished" in report
-    assert "`mobilenet_v1_random_baseline_s1` — **incomplete**" in report
+    assert "**Partial results**: 1 of 2 arms have not finished" in report
+    assert "`small_cnn_random_baseline_s0_f2` — **incomplete**" in report
     trials = pd.read_csv(copy / "report" / "tables" / "trials.csv")
-    assert (trials["status"] == "completed").sum() == 7
+    assert (trials["status"] == "completed").sum() == 1
     summary = pd.read_csv(copy / "report" / "tables" / "summary.csv").set_index(["backbone", "init", "metric"])
-    assert summary.loc[("mobilenet_v1", "random", "test_acc"), "n"] == 1
+    assert summary.loc[("small_cnn", "random", "test_acc"), "n"] == 1

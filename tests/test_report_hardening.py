@@ -1,7 +1,8 @@
 """Nothing lost, nothing executed: a damaged trial file marks its one arm (``damaged: FILE``) and the rest of
 the report renders; a damaged manifest or grid is one error naming it; and names a user chose (study, run,
 backbone, class, file names, error messages) reach report.md and report.html as text, never as a link or
-script. One tiny real study (4 arms, 2 epochs) is copied and damaged per test."""
+script. The session's reference experiment (conftest's ``reference_study``, with pseudo-labelling arms) is
+copied and damaged per test."""
 
 from __future__ import annotations
 
@@ -23,29 +24,18 @@ from ferbench.reports.collect import _checkpoint_history, _trial_dir, collect, r
 from ferbench.reports.escaping import md_code
 from ferbench.reports.html import render_html, safe_href, safe_src
 from ferbench.reports.markdown import markdown_table, md_cell
-from conftest import Page, run_chromium
+from helpers import Page
 
-TINY = [
-    "data.num_images=240", "data.image_size=24", "train.epochs=2", "train.batch_size=32",
-    "grid.backbone=[small_cnn]", "grid.init=[random]", "grid.seed=[0,1]", "grid.exclude=[]",
-    "grid.variant=[baseline,pseudo_label]", "pseudo_label.max_rounds=1", "pseudo_label.epochs_per_round=1",
-    "resources.cpu=1", "run.allow_unavailable=true",
-]
 BASE0, BASE1 = "small_cnn_random_baseline_s0", "small_cnn_random_baseline_s1"
 PL0, PL1 = "small_cnn_random_pseudo_label_s0", "small_cnn_random_pseudo_label_s1"
 NUMBERS = ["trial_id", "status", "epochs_done", "final_val_acc", "best_val_acc", "test_acc", "test_macro_f1", "params_trainable"]
 EVIL = "[r](javascript:alert(1))"
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    from ferbench.harness.study.engine import run_study
-    from ferbench.harness.spec import load_spec
-
-    storage = tmp_path_factory.mktemp("hardening")
-    outcome = run_study(load_spec("quick", [*TINY, f"run.storage={storage}", "run.name=tiny"]))
-    assert set(outcome.statuses.values()) == {"completed"}
-    return outcome.experiment_dir
+@pytest.fixture
+def study(reference_study) -> Path:
+    """The reference experiment's folder: read only."""
+    return reference_study.experiment_dir
 
 
 @pytest.fixture
@@ -117,7 +107,7 @@ def test_damaged_files_mark_their_arm_and_the_rest_renders(study, experiment, ca
     trials, before = _trials(report_dir), _trials(reference)
     damaged = {BASE0: _rel(cut_scores, experiment), BASE1: _rel(empty_predictions, experiment),
                PL0: _rel(cut_rounds, experiment), PL1: ""}
-    assert trials["damaged"].to_dict() == damaged
+    assert trials["damaged"].to_dict() == {**{arm: "" for arm in trials.index}, **damaged}
     pd.testing.assert_frame_equal(trials[NUMBERS], before[NUMBERS])  # every arm's numbers as before
     assert not trials.index.str.contains("fffff").any() and trials.loc[BASE0, "trial_id"] != "fffff_00099"
 
@@ -137,10 +127,10 @@ def test_damaged_files_mark_their_arm_and_the_rest_renders(study, experiment, ca
     assert set(rounds["arm_id"]) == {PL1}
     pd.testing.assert_frame_equal(rounds, rounds_before[rounds_before["arm_id"] == PL1].reset_index(drop=True))
     samples, samples_before = _table(report_dir, "sample_predictions"), _table(reference, "sample_predictions")
-    pl = "small_cnn_random_pseudo_label"
-    pd.testing.assert_frame_equal(samples[samples["model"] == pl].reset_index(drop=True),
-                                  samples_before[samples_before["model"] == pl].reset_index(drop=True))
-    assert set(samples.loc[samples["model"] != pl, "n_trials"]) == {1}  # the baseline from its intact seed
+    base = "small_cnn_random_baseline"  # BASE1's predictions are the damaged file
+    pd.testing.assert_frame_equal(samples[samples["model"] != base].reset_index(drop=True),
+                                  samples_before[samples_before["model"] != base].reset_index(drop=True))
+    assert set(samples.loc[samples["model"] == base, "n_trials"]) == {1}  # the baseline from its intact seed
     assert (report_dir / "report.html").stat().st_size > 10_000
 
 
@@ -313,7 +303,7 @@ def test_untrusted_names_reach_the_page_as_text_in_chromium(chromium, experiment
     markdown_text = (report_dir / "report.md").read_text()
     outside_code = re.sub(r"(`+).+?\1", "", re.sub(r"\\.", "", markdown_text))  # escapes, then code spans, out
     assert not re.search(r"\]\(\s*(javascript|vbscript|data)|<(script|img)", outside_code, re.I)
-    page = Elements(run_chromium(chromium, report_dir / "report.html", tmp_path / "profile", "--dump-dom"))
+    page = Elements(chromium(report_dir / "report.html", tmp_path / "profile", "--dump-dom"))
     tags = [tag for tag, _ in page.elements]
     assert tags.count("script") == 1  # the report's own sorting script, nothing else
     assert "img" in tags and all(a["src"].startswith("data:image/png;base64,") for t, a in page.elements if t == "img")

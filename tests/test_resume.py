@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+from helpers import assert_continued, resume_points
 
-from conftest import assert_continued, resume_points
+pytestmark = pytest.mark.e2e  # run.py in a subprocess, stopped by a signal
 
 RUN_PY = Path(__file__).resolve().parents[1] / "harness" / "run.py"
 STUDY = [

@@ -1,6 +1,7 @@
 """Results on S3-compatible object storage, against a real S3-protocol server (moto's standalone
-server) on 127.0.0.1: a study written to the bucket, its report rendered from the bucket, an
-interrupted study resumed from it."""
+server) on 127.0.0.1: files uploaded and downloaded; a study written to the bucket, its report rendered
+from the bucket, an interrupted study resumed from it (those two marked ``e2e``: their Ray workers need
+the credentials, so they stop the session's Ray and start their own)."""
 
 from __future__ import annotations
 
@@ -53,16 +54,23 @@ def s3_endpoint():
 
 
 @pytest.fixture
-def aws_env(monkeypatch, s3_endpoint, tmp_path):
-    """Credentials and endpoint as a user would export them; a fresh Ray so its workers inherit them."""
+def aws_credentials(monkeypatch, s3_endpoint, tmp_path):
+    """Credentials and endpoint as a user would export them."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL_S3": s3_endpoint, "FERBENCH_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(key, value)
+    return s3_endpoint
+
+
+@pytest.fixture
+def aws_env(aws_credentials):
+    """The credentials, and a fresh Ray so that its workers inherit them (the session's Ray is stopped for
+    it: these tests are marked ``e2e``)."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_ENDPOINT_URL_S3": s3_endpoint, "FERBENCH_CACHE_DIR": str(tmp_path / "cache")}.items():
-        monkeypatch.setenv(key, value)
-    yield s3_endpoint
+    yield aws_credentials
     ray.shutdown()  # its workers hold this test's credentials
 
 
@@ -77,7 +85,7 @@ def test_storage_uris_parse_and_refuse_other_schemes():
         split_experiment_uri("s3://bucket")
 
 
-def test_upload_then_download_round_trip_skips_weights(aws_env, tmp_path):
+def test_upload_then_download_round_trip_skips_weights(aws_credentials, tmp_path):
     storage = parse_remote(f"s3://{BUCKET}/roundtrip")
     local = tmp_path / "exp"
     (local / "ferbench").mkdir(parents=True)
@@ -107,6 +115,7 @@ def _keys(prefix: str) -> set[str]:
     return {info.path[len(BUCKET) + 1:] for info in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True))}
 
 
+@pytest.mark.e2e
 def test_study_on_s3_writes_trials_and_report_to_the_bucket_and_renders_from_it(aws_env, tmp_path, capsys):
     from ferbench.harness.cli.main import main
 
@@ -139,6 +148,7 @@ def test_study_on_s3_writes_trials_and_report_to_the_bucket_and_renders_from_it(
     assert "already holds an experiment" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_interrupted_study_on_s3_resumes_from_the_bucket(aws_env, tmp_path, capsys):
     """Stopped after its first trial (as a Ctrl-C would), the study continues with --resume from
     the bucket, the local mirror deleted in between."""

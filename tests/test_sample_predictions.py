@@ -124,29 +124,27 @@ def test_models_share_the_backbone_colour_random_is_lighter_and_hatched():
     assert sum(styles["b_random_baseline"]["color"]) > sum(styles["b_pretrained_baseline"]["color"])
 
 
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory):
-    from tests.test_study_e2e import tiny_spec
-    from ferbench.harness.study.engine import run_study
+def test_real_study_stores_sample_images_and_the_report_can_draw_them(reference_study, tmp_path):
+    """The session's reference experiment (``report.samples_per_class=1``)."""
+    from helpers import REFERENCE
 
-    storage = tmp_path_factory.mktemp("results")
-    return run_study(tiny_spec(storage, "samples", "report.samples_per_class=3", "grid.init=[random]", "grid.seed=[0]"))
+    from ferbench.harness.spec import load_spec
 
-
-def test_real_study_stores_sample_images_and_the_report_can_draw_them(tiny_study, tmp_path):
-    experiment = tiny_study.report_dir.parent
+    per_class = load_spec("quick", REFERENCE).report.samples_per_class
+    experiment = reference_study.report_dir.parent
     samples = load_samples(experiment_paths(experiment)["samples"])
     test = load_splits(experiment_paths(experiment)["splits"])[0]["test"]
     in_test = read_json(experiment_paths(experiment)["manifest"])["split_class_counts"]["test"]
     counts = np.bincount(samples["labels"], minlength=len(samples["class_names"]))
-    assert dict(zip(samples["class_names"], counts.tolist())) == {name: min(3, n) for name, n in in_test.items()}
-    assert counts.max() == 3
+    assert dict(zip(samples["class_names"], counts.tolist())) == {name: min(per_class, n) for name, n in in_test.items()}
+    assert counts.max() == per_class
     assert set(samples["indices"]) <= set(test) and samples["images"].dtype == np.uint8
     assert len(samples["images"]) == len(samples["indices"])
     _, probs = collect_sample_probabilities(experiment)
-    assert set(probs["model"]) == {"small_cnn_random_baseline"}
-    assert len(probs) == len(samples["indices"]) * len(samples["class_names"])
-    np.testing.assert_allclose(probs.groupby("sample")["probability"].sum(), 1.0, rtol=1e-5)
+    models = {f"{b}_{i}_baseline" for b in ("small_cnn", "mobilenet_v1") for i in ("pretrained", "random")}
+    assert set(probs["model"]) == models | {"small_cnn_random_pseudo_label"}
+    assert len(probs) == len(set(probs["model"])) * len(samples["indices"]) * len(samples["class_names"])
+    np.testing.assert_allclose(probs.groupby(["sample", "model"])["probability"].sum(), 1.0, rtol=1e-5)
     with Image.open(plot_sample_predictions(samples, probs, tmp_path / "real.png")) as image:
         assert image.format == "PNG"
 

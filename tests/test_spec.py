@@ -305,16 +305,26 @@ def test_study_file_with_unknown_section(capsys, tmp_path):
 
 @pytest.fixture
 def no_ray_cluster(monkeypatch):
-    """Preflight checks local resources only when not attached to a cluster. A Ray left running by
-    an earlier in-process study is stopped first, so the check below sees only this test's doing."""
+    """Preflight checks local resources only when not attached to a cluster. The session's Ray may be
+    up already (an earlier in-process study started it, and it stays for the next), so what is checked
+    is that this test starts none: starting one is refused and recorded."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    from ferbench.harness.study import engine
+
+    started: list[str] = []
+
+    def refuse(*args, **kwargs):
+        started.append("Ray")
+        raise AssertionError("a failing preflight must not start Ray")
+
+    was_up = ray.is_initialized()
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(engine, "init_ray", refuse)
+    monkeypatch.setattr(ray, "init", refuse)
     yield
 
-    assert not ray.is_initialized(), "a failing preflight must not start Ray"
+    assert not started and ray.is_initialized() == was_up, "a failing preflight must not start Ray"
 
 
 def test_smelyakov_without_data_path_fails_in_preflight(capsys, tmp_path, no_ray_cluster):

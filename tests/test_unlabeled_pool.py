@@ -19,7 +19,7 @@ from ferbench.harness.spec import load_spec
 from ferbench.harness.data.synthfer import generate_synthfer
 from ferbench.harness.study.layout import ROUNDS_FILE
 from ferbench.harness.data.unlabeled_pool import load_unlabeled_pool
-from conftest import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
+from helpers import PL_ARM, PL_STUDY as STUDY, only_trial_folder as _trial_dir
 
 HAPPY = 3  # FER2013 class order
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from deepface.models.facial_recognition.pytorch.OpenFace import OpenFaceNet
-from test_h5_import import openface_h5, random_openface  # the Keras-layout .h5 writer
+from helpers import openface_h5, random_openface  # the Keras-layout .h5 writer
 
 from ferbench.backbones import download, resolve_pretrained
 from ferbench.backbones.download import DownloadError, fetch, weight_source
