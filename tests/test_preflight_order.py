@@ -148,3 +148,18 @@ def test_ferbench_run_refuses_a_gpu_request_in_one_line_with_nothing_made(tmp_pa
     captured = capsys.readouterr()
     assert code == 2 and captured.err.splitlines() == [f"ferbench: error: {GPU_LINE}, or submit the study to a GPU cluster"]
     assert captured.out == "" and written(cache) == [] and not (tmp_path / "results").exists()
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("address, refused", [("local", True), ("", True), ("ray://head:10001", False)])
+def test_the_gpu_check_is_skipped_only_on_a_cluster(tmp_path, cache, monkeypatch, address, refused):
+    """RAY_ADDRESS=local is a private Ray on this machine: a GPU request is refused there as without it;
+    on a cluster the autoscaler may add GPU nodes."""
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    faces = write_faces(tmp_path / "faces", {"angry": 20, "happy": 20, "sad": 20})
+    spec = faces_study(faces, tmp_path, "resources.gpu=1", "grid.init=[random]")
+    if refused:
+        with pytest.raises(PreflightError, match="resources.gpu"):
+            run_preflight(spec)
+    else:
+        assert run_preflight(spec).runnable_arms

@@ -279,9 +279,10 @@ def class_problems(spec: StudySpec, dataset: FerDataset) -> list[str]:
 def check_local_resources(spec: StudySpec) -> list[str]:
     """A trial asking for more than a local machine has would wait forever; say so now.
 
-    When attached to a cluster (``RAY_ADDRESS``) the autoscaler may still add such nodes.
+    When attached to a cluster (``RAY_ADDRESS``, set by the engine for a recorded cluster too) the
+    autoscaler may still add such nodes; ``RAY_ADDRESS=local`` is a private Ray on this machine.
     """
-    if os.environ.get("RAY_ADDRESS"):
+    if (os.environ.get("RAY_ADDRESS") or "local") != "local":
         return []
     import torch
 
