@@ -181,7 +181,7 @@ def _check_login(cluster: LocalCluster, key: Path) -> None:
     login = subprocess.run(
         ["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
          "-o", "ConnectTimeout=10", "-o", f"ProxyCommand=nc 127.0.0.1 {cluster.ssh_port}", f"{cluster.user}@127.0.0.1",
-         "bash --login -c -i 'source ~/.bashrc; python -c \"import harness, ray; print(ray.__version__)\"'"],
+         "bash --login -c -i 'source ~/.bashrc; python -c \"import ferbench.harness, ray; print(ray.__version__)\"'"],
         capture_output=True, text=True, timeout=60,
     )
     assert login.returncode == 0, login.stderr[-2000:] + (cluster.root / "sshd.log").read_text()[-2000:]
