@@ -1,6 +1,6 @@
 """FERBench backbones: registry, builders and pretrained-weight resolution."""
 
-from ferbench.backbones import face_backbones, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones)
+from ferbench.backbones import face_backbones, hf_hub, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones and families)
 from ferbench.backbones.registry import (
     BackboneInfo,
     BackboneOptions,
@@ -10,6 +10,7 @@ from ferbench.backbones.registry import (
     get_backbone_info,
     is_known_backbone,
     list_backbones,
+    meta_backbone,
     register_backbone,
 )
 from ferbench.backbones.weights import WeightStatus, resolve_pretrained
@@ -24,6 +25,7 @@ __all__ = [
     "get_backbone_info",
     "is_known_backbone",
     "list_backbones",
+    "meta_backbone",
     "register_backbone",
     "resolve_pretrained",
 ]

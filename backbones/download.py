@@ -3,8 +3,10 @@
 Why a module of its own: the weights resolver (``ferbench.backbones.weights``) never touches the network,
 so studies preflight offline in seconds; downloading is an explicit step (``ferbench weights
 fetch``) that streams to a temporary file beside the target, verifies SHA-256 where a hash is
-pinned, renames atomically (a reader never sees half a file) and, offline, fails within the
-timeout with a message saying which file to place where.
+pinned, renames atomically (a reader never sees half a file), records the hash in the weights
+folder's ledger (``ferbench.backbones.integrity``) and, offline, fails within the timeout with a
+message saying which file to place where. ``timm:hf-hub:ORG/REPO`` backbones are fetched with
+huggingface_hub into the Hugging Face cache, checked against the Hub's LFS hash.
 """
 
 from __future__ import annotations
@@ -21,18 +23,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
+from ferbench.backbones import hf_hub
+from ferbench.backbones.integrity import (
+    PINNED_SHA256, check_weight_file, hub_blob, published_sha256, record_weight_file, sha256_file,
+)
 from ferbench.backbones.registry import get_backbone_info
-from ferbench.backbones.weights import weight_file_stem
+from ferbench.backbones.weights import default_weights_dir, weight_file_stem
+
+__all__ = ["PINNED_SHA256", "DownloadError", "WeightSource", "fetch", "fetch_weights", "present_weights", "sha256_file",
+           "weight_source"]
 
 DEEPFACE_HF_MIRROR = "https://huggingface.co/serengil/deepface/resolve/main"
 HF_RESOLVE = "https://huggingface.co/{repo_id}/resolve/main/model.safetensors"
 USER_AGENT = "ferbench-weights/0.1 (python-urllib)"
 CHUNK_BYTES = 1 << 20
 PROGRESS_MIN_BYTES = 32 << 20  # smaller files download without progress lines
-
-# File name in the weights folder → SHA-256 hex digest. Consulted by ``fetch_weights`` when present;
-# add an entry only for a hash checked against the publisher's file, never a guessed one.
-PINNED_SHA256: dict[str, str] = {}
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +53,15 @@ class WeightSource:
     backbone: str
     filename: str  # the name ``resolve_pretrained`` looks for in a weights folder
     urls: tuple[str, ...]  # mirrors, tried in order
+    hub_repo: str | None = None  # a timm:hf-hub: backbone's repository: fetched with huggingface_hub instead
 
 
 def weight_source(backbone: str) -> WeightSource | None:
-    """The download source of ``backbone``'s pretrained weights, or None when none is published."""
+    """The download source of ``backbone``'s pretrained weights, or None when none is published
+    (for a Hub backbone answered from its name alone: its config may not be here yet)."""
+    repo_id = hf_hub.hub_repo_id(backbone)
+    if repo_id:
+        return WeightSource(backbone, f"{weight_file_stem(backbone)}.safetensors", (HF_RESOLVE.format(repo_id=repo_id),), repo_id)
     info = get_backbone_info(backbone)
     urls = [source.removeprefix("url:") for source in info.pretrained_sources if source.startswith("url:")]
     if urls:  # deepface's release files, plus its Hugging Face mirror of the same file
@@ -62,14 +72,6 @@ def weight_source(backbone: str) -> WeightSource | None:
     if hub_ids:
         return WeightSource(backbone, f"{weight_file_stem(backbone)}.safetensors", tuple(HF_RESOLVE.format(repo_id=r) for r in hub_ids))
     return None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Progress:
@@ -164,15 +166,73 @@ def fetch_weights(
     backbone: str, weights_dir: str | Path, *, timeout_s: float = 30, mirror: str | None = None
 ) -> tuple[Path, str]:
     """Download ``backbone``'s pretrained weights into ``weights_dir`` under the name the resolver
-    looks for, checking the pinned hash when there is one; returns (path, sha256).
+    looks for, checking the pinned hash when there is one and recording the hash in the folder's
+    ledger; returns (path, sha256).
 
     ``mirror`` (a base URL serving files under their weights-folder names, e.g. ``python -m
     http.server`` in a copy of a weights folder) replaces the published sources: for clusters
-    whose nodes reach only an internal server.
+    whose nodes reach only an internal server. A Hub backbone goes to the Hugging Face cache
+    instead (``fetch_hub_weights``; ``mirror`` is then a Hub endpoint, as ``HF_ENDPOINT``).
     """
     source = weight_source(backbone)
     if source is None:
         raise ValueError(f"{backbone} has no published pretrained weights to download")
+    if source.hub_repo:
+        return fetch_hub_weights(backbone, source.hub_repo, timeout_s=timeout_s, endpoint=mirror)
     urls = [f"{mirror.rstrip('/')}/{source.filename}"] if mirror else list(source.urls)
     target = Path(weights_dir).expanduser() / source.filename
-    return target, fetch(urls, target, timeout_s=timeout_s, expected_sha256=PINNED_SHA256.get(source.filename))
+    sha256 = fetch(urls, target, timeout_s=timeout_s, expected_sha256=PINNED_SHA256.get(source.filename))
+    record_weight_file(target, target.parent, "downloaded", sha256)
+    return target, sha256
+
+
+def fetch_hub_weights(backbone: str, repo_id: str, *, timeout_s: float = 30, endpoint: str | None = None
+                      ) -> tuple[Path, str]:
+    """Bring a Hub repository's ``config.json`` and weights into the Hugging Face cache (each only
+    when missing), check the weights against the Hub's LFS hash, record it in the default weights
+    folder's ledger; returns (snapshot path, sha256). Offline it fails at once, saying what to copy."""
+    cached = hf_hub.cached_weights(repo_id)
+    try:
+        if hf_hub.cached_file(repo_id, hf_hub.CONFIG_FILENAME) is None:
+            hf_hub.hub_download(repo_id, hf_hub.CONFIG_FILENAME, endpoint=endpoint, timeout_s=timeout_s)
+        path = cached or _download_hub_weights(repo_id, endpoint, timeout_s)
+    except hf_hub.HubUnavailable as err:
+        raise DownloadError(f"could not download {repo_id} from the Hugging Face Hub: {err}. Offline? "
+                            f"To place the files by hand, {hf_hub.copy_instructions(backbone, repo_id)}") from None
+    if cached:  # here before: checked against its record like any use (WeightHashMismatch is a ValueError)
+        return path, check_weight_file(path, backbone, default_weights_dir())
+    sha256 = sha256_file(path)
+    published = published_sha256(path)
+    if published and published[0] != sha256:
+        blob = hub_blob(path)
+        path.unlink(missing_ok=True)
+        if blob is not None:  # else huggingface_hub would link the same bad blob again
+            blob.unlink(missing_ok=True)
+        raise ValueError(f"{path}: SHA-256 mismatch for {backbone}: expected {published[0]} ({published[2]}), got {sha256}; "
+                         "the download was deleted, run the fetch again")
+    record_weight_file(path, default_weights_dir(), f"downloaded from the Hugging Face Hub ({repo_id})", sha256)
+    return path, sha256
+
+
+def _download_hub_weights(repo_id: str, endpoint: str | None, timeout_s: float) -> Path:
+    for filename in hf_hub.HUB_FILENAMES:
+        try:
+            return hf_hub.hub_download(repo_id, filename, endpoint=endpoint, timeout_s=timeout_s)
+        except Exception as err:
+            if not hf_hub.is_missing_on_hub(err):
+                raise
+            continue
+    raise hf_hub.HubUnavailable(f"{repo_id} has none of {', '.join(hf_hub.HUB_FILENAMES)}: is it a timm model repository?")
+
+
+def present_weights(backbone: str, weights_dir: str | Path) -> tuple[Path, Path] | None:
+    """(file, ledger folder) of the weights ``fetch_weights`` would bring, when they are here already."""
+    source = weight_source(backbone)
+    if source is None:
+        return None
+    if source.hub_repo:
+        found = hf_hub.cached_weights(source.hub_repo)
+        config = hf_hub.cached_file(source.hub_repo, hf_hub.CONFIG_FILENAME)
+        return (found, default_weights_dir()) if found and config else None
+    target = Path(weights_dir).expanduser() / source.filename
+    return (target, target.parent) if target.is_file() else None

@@ -98,7 +98,10 @@ def _text(value: bytes | str) -> str:
 
 def read_keras_layers(h5_path: str | Path) -> list[KerasLayer]:
     """The layers with weights of a Keras 2 HDF5 file (``save_weights`` or full ``save``), in file order."""
-    import h5py
+    try:
+        import h5py
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("ferbench weights import-h5 needs h5py: pip install 'ferbench[h5]'", name="h5py") from None
 
     path = Path(h5_path)
     try:

@@ -54,17 +54,23 @@ def timm_pretrained_cfg(timm_name: str) -> dict[str, Any]:
 def timm_info(
     name: str, timm_name: str, description: str = "", keras_conv_bias: bool = False,
     random_init: str = "the timm model's own initialiser (its init_weights / timm defaults)",
+    cfg: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
 ) -> BackboneInfo:
-    """Metadata from timm's pretrained config (input size, normalisation, weight source)."""
-    cfg = BUILTIN_PRETRAINED_CFGS.get(timm_name) or timm_pretrained_cfg(timm_name)
-    full_name = timm_name if "." in timm_name else f"{timm_name}.{cfg['tag']}" if cfg.get("tag") else timm_name
+    """Metadata from timm's pretrained config (input size, normalisation, weight source); ``cfg``
+    gives another one (a Hub repository's), ``extra`` what ``build_timm`` passes to timm with it."""
+    if cfg is None:
+        cfg = BUILTIN_PRETRAINED_CFGS.get(timm_name) or timm_pretrained_cfg(timm_name)
+        full_name = timm_name if "." in timm_name else f"{timm_name}.{cfg['tag']}" if cfg.get("tag") else timm_name
+    else:
+        full_name = timm_name
     hub = cfg.get("hf_hub_id")
+    input_size = tuple(cfg.get("input_size", (3, 224, 224)))
     return BackboneInfo(
         name=name,
         family="timm",
-        input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
-        in_chans=3,
-        channel_order="RGB",
+        input_size=int(input_size[-1]),
+        in_chans=int(input_size[0]),
+        channel_order="RGB" if int(input_size[0]) == 3 else "GRAY",
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         pretrained_sources=(f"hf-hub:{hub}",) if hub else (),
@@ -72,25 +78,29 @@ def timm_info(
         timm_name=full_name,
         keras_conv_bias=keras_conv_bias,
         random_init=random_init,
+        extra=dict(extra or {}),
     )
+
+
+def create_timm(info: BackboneInfo, num_classes: int, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` of ``info``, with the pretrained config and model arguments it carries
+    (a Hub repository's) or timm's own."""
+    import timm
+
+    return timm.create_model(info.timm_name, num_classes=num_classes, pretrained_cfg=info.extra.get("pretrained_cfg"),
+                             **info.extra.get("model_args", {}), **kwargs)
 
 
 def build_timm(info: BackboneInfo, num_classes: int, weights_file: Path | None,
                options: BackboneOptions | None = None) -> nn.Module:
     """Create the timm model; with a weights file, load it through timm (classifier re-initialised)."""
-    import timm
-
     if weights_file is None:
-        model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
+        model = create_timm(info, num_classes, pretrained=False)
     else:
         try:
             with _timm_load_log() as log:
-                model = timm.create_model(
-                    info.timm_name,
-                    pretrained=True,
-                    num_classes=num_classes,
-                    pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None},
-                )
+                model = create_timm(info, num_classes, pretrained=True,
+                                    pretrained_cfg_overlay={"file": str(weights_file), "hf_hub_id": None, "url": None})
         except Exception as err:  # torch's and timm's messages list every key, or advise unpickling code
             raise weights_error(info, num_classes, weights_file, err) from None
         _refuse_partial_load(model, info.name, weights_file, log)
@@ -148,14 +158,12 @@ def weights_error(info: BackboneInfo, num_classes: int, weights_file: Path, err:
     """One line on why timm could not load ``weights_file``: unreadable (a refused pickle, a truncated
     file), or a state_dict of another network (counts and the first mismatch of each kind; timm's
     lenient load reports only the shapes, so the keys are compared here, the classifier aside)."""
-    import timm
-
     state = load_state_dict_file(weights_file)  # raises the unreadable-file message where that is the problem
     reported = parse_load_error(err)
     if reported is None:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         return ValueError(f"{weights_file}: not {info.name} weights ({type(err).__name__}: {first})")
-    model = timm.create_model(info.timm_name, pretrained=False, num_classes=num_classes)
+    model = create_timm(info, num_classes, pretrained=False)
     prefixes = _classifier_prefixes(model)
 
     def backbone_part(tensors: dict) -> dict:
@@ -185,6 +193,8 @@ register_backbone(
 
 
 def _is_timm_model(model: str) -> bool:
+    if ":" in model:  # timm's own sources (hf-hub:, local-dir:) are not timm:<name>; timm:hf-hub: is ferbench.backbones.hf_hub's
+        return False
     import timm
 
     return timm.is_model(model.split(".")[0])

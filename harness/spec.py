@@ -1,14 +1,17 @@
 """Study specification: YAML study files plus ``--set key=value`` overrides, validated up front.
 
-A study is a grid (backbone × init × variant × seed) over one dataset with one training
-recipe. Everything is validated here, before Ray starts, so that a typo costs a second,
+A study is a grid (backbone × init × variant × seed, and any setting an arm trains with as an
+extra axis, e.g. ``grid.train.lr``) over one dataset with one training recipe. Everything is validated here, before Ray starts, so that a typo costs a second,
 not a cluster-hour. Errors are reported as one line per problem naming the key, the bad
 value and what is allowed.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
+import re
 import types
 import typing
 from importlib import resources
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ferbench.harness import tasks, variants
 from ferbench.harness.strict_model import StrictModel as _Strict
@@ -24,6 +27,27 @@ from ferbench.harness.strict_model import StrictModel as _Strict
 BUILTIN_STUDY_PACKAGE = "ferbench.harness.study.studies"
 INITS = ("random", "pretrained")
 GRID_AXES = ("backbone", "init", "variant", "seed")
+# Sections whose settings may be extra grid axes (``grid.train.lr: [1e-4, 3e-4]``): what a trial reads from its own
+# copy of the spec. The registered variants' sections (pseudo_label, balanced, …) are added to these.
+AXIS_SECTIONS = ("train", "model")
+# Keys that are not arm settings, and why: the study's data, splits, weights and resources are prepared once,
+# before any trial (preflight), and the rest describe the whole study or its report.
+NOT_AXES = {
+    "grid": "the grid's own axes are written grid.backbone, grid.init, grid.variant, grid.seed; an extra axis is a "
+            "setting outside grid, e.g. grid.train.lr",
+    "data": "the dataset is read once per study, before any trial; run one study per dataset setting",
+    "split": "the splits are made once per study, before any trial (k-fold studies have their fold axis: split.folds)",
+    "weights": "pretrained weights are resolved once per backbone, before any trial; run one study per weights setting",
+    "resources": "every trial of a study reserves the same CPUs and GPUs",
+    "run": "a setting of the whole run (storage, name, retries), not of an arm",
+    "report": "a setting of the report, not of an arm",
+    "study": "the study's name is one per study",
+    "description": "the study's description is one per study",
+    "task": "what the study predicts is one per study (its report's sections depend on it)",
+}
+NOT_AXIS_PATHS = {
+    "pseudo_label.unlabeled_path": "the unlabeled pool is read once per study, before any trial",
+}
 
 
 class SpecError(ValueError):
@@ -113,6 +137,15 @@ class SplitSpec(_Strict):
 
 
 class GridSpec(_Strict):
+    """The study's arms: backbone × init × variant × seed, and any extra axes over the arms' settings.
+
+    An extra axis is a setting's dotted path with a list of values (``train.lr: [1e-4, 3e-4]``), written
+    nested (``train: {lr: [...]}``) or dotted; it is kept as an extra key under its dotted path, so the
+    stored spec reads back as written and a grid without extra axes is stored as before.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
     backbone: list[str] = Field(min_length=1)
     init: list[Literal["random", "pretrained"]] = Field(["random"], min_length=1)
     variant: list[str] = Field(
@@ -143,9 +176,10 @@ class GridSpec(_Strict):
     @classmethod
     def _known_backbones(cls, names: list[str]) -> list[str]:
         from ferbench.backbones import is_known_backbone, list_backbones
+        from ferbench.backbones.registry import ALLOWED_FORMS
 
         problems = [
-            f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
+            f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or {ALLOWED_FORMS}"
             for index, name in enumerate(names)
             if not is_known_backbone(name)
         ]
@@ -153,14 +187,66 @@ class GridSpec(_Strict):
             raise ValueError("\n".join(problems))
         return names
 
-    @field_validator("exclude")
+    @model_validator(mode="before")
     @classmethod
-    def _exclude_keys(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for rule in rules:
-            unknown = set(rule) - set(GRID_AXES)
-            if unknown or not rule:
-                raise ValueError(f"each rule names grid axes {list(GRID_AXES)}, got {rule}")
-        return rules
+    def _dotted_axes(cls, data: Any) -> Any:
+        """Extra axes (and exclude rules naming them) under their dotted paths, however they were written."""
+        if not isinstance(data, dict):
+            return data
+        fields = {key: value for key, value in data.items() if key in cls.model_fields}
+        axes: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in cls.model_fields:
+                axes.update(_dotted(str(key), value))  # a later spelling wins: --set after the study file's
+        problems = [_axis_list_problem(path, values) for path, values in axes.items()]
+        problems = [problem for problem in problems if problem]
+        if problems:
+            raise ValueError("\n".join(problems))
+        if isinstance(fields.get("exclude"), list):
+            fields["exclude"] = [_flat_rule(rule) for rule in fields["exclude"]]
+        return {**fields, **axes}
+
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        """The extra axes: dotted setting path → its values, in the order written (empty for a plain grid)."""
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _axes_and_rules(self) -> "GridSpec":
+        """Each extra axis is a setting an arm can change, each value valid for that setting (normalised,
+        e.g. "1e-4" → 0.0001, so exclude rules and arm names compare values, not spellings); each exclude
+        rule names axes of this grid."""
+        problems: list[str] = []
+        extra = self.model_extra or {}
+        for path, values in list(extra.items()):
+            located = _axis_field(path)
+            if isinstance(located, str):
+                problems.append(located)
+                continue
+            checked = [_axis_value(path, located, value, f"grid.{path}.{index}") for index, value in enumerate(values)]
+            problems += [problem for _, problem in checked if problem]
+            if any(problem for _, problem in checked):
+                continue
+            normalised = [value for value, _ in checked]
+            if len({repr(v) for v in normalised}) != len(normalised):
+                problems.append(f"grid.{path}: values must be unique, got {values}")
+            elif len({_value_text(v) for v in normalised}) != len(normalised):
+                problems.append(f"grid.{path}: values {values} give the same arm name; use values that differ in "
+                                "letters or digits")
+            extra[path] = normalised
+        names = [*GRID_AXES, *extra]
+        for number, rule in enumerate(self.exclude):
+            if not rule or set(rule) - set(names):
+                problems.append(f"grid.exclude.{number}: each rule names grid axes {names}, got {rule}")
+                continue
+            for path in set(rule) & set(extra):
+                located = _axis_field(path)
+                if not isinstance(located, str):
+                    rule[path], problem = _axis_value(path, located, rule[path], f"grid.exclude.{number}.{path}")
+                    problems += [problem] if problem else []
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class AugmentSpec(_Strict):
@@ -265,6 +351,44 @@ class ResourcesSpec(_Strict):
     gpu: float = Field(0, ge=0, description="GPUs per trial; fractions share one GPU")
 
 
+TrackerName = Literal["mlflow", "wandb"]
+
+
+class MlflowRunSpec(_Strict):
+    """run.loggers: mlflow. Credentials come only from the environment (MLFLOW_TRACKING_TOKEN,
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), never from the spec."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///<run.storage>/mlflow.db"
+    )
+    experiment: str | None = Field(None, description="MLflow experiment the arms' runs go to; default: the study name")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _credentials_elsewhere(cls, value: str | None) -> str | None:
+        """The spec is stored with the results (spec.yaml, the manifest): a password in the URI would be too."""
+        from urllib.parse import urlsplit
+
+        password = urlsplit(value).password if value else None
+        if password is not None:
+            masked = value.replace(f":{password}@", ":***@", 1)
+            raise ValueError(f"got {masked}: a password in the URI would be stored with the results; give credentials "
+                             "in the environment instead: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+                             "MLFLOW_TRACKING_TOKEN")
+        return value
+
+
+class WandbRunSpec(_Strict):
+    """run.loggers: wandb. The API key comes only from the environment (WANDB_API_KEY) or `wandb login`."""
+
+    project: str | None = Field(None, description="W&B project; default: the study name")
+    entity: str | None = Field(None, description="W&B team or user; default: WANDB_ENTITY, else your default entity")
+    group: str | None = Field(None, description="W&B group of the arms' runs; default: the experiment name")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline (uploaded later with `wandb sync`) or disabled; default: WANDB_MODE, else online"
+    )
+
+
 class RunSpec(_Strict):
     storage: str = Field("ferbench_results", description="results root: a directory, or s3://BUCKET/PREFIX")
     s3_endpoint: str | None = Field(
@@ -284,6 +408,16 @@ class RunSpec(_Strict):
         True, description="run one trial after another in the same Ray worker process, skipping a process start and "
         "the torch/timm imports per trial (Tune's reuse_actors)"
     )
+    dashboard: bool = Field(
+        False, description="start Ray's dashboard with a local Ray (as --verbose does; needs ray[default]: pip install "
+        "'ferbench[cluster]'); off by default, so that Ray's daemons leave the CPU to the trials"
+    )
+    loggers: list[TrackerName] = Field(
+        default_factory=list, description="experiment trackers that get one run per arm with its parameters and every "
+        "epoch's metrics: mlflow, wandb (TensorBoard files are written in each trial folder regardless)"
+    )
+    mlflow: MlflowRunSpec = Field(default_factory=MlflowRunSpec)
+    wandb: WandbRunSpec = Field(default_factory=WandbRunSpec)
 
     @field_validator("name")
     @classmethod
@@ -383,6 +517,8 @@ class _StudySpecCore(_Strict):
     @model_validator(mode="after")
     def _keras_layer_lists(self) -> "_StudySpecCore":
         """keras_last_k needs each backbone's recorded Keras list, which describes the linear-head model."""
+        if self.grid.axes:  # checked on each arm's own spec (``_arm_specs``)
+            return self
         if self.train.freeze.policy == "keras_last_k":
             from ferbench.backbones.keras_layers import RECORDED_BACKBONES
 
@@ -412,15 +548,64 @@ class _StudySpecCore(_Strict):
             raise ValueError(f"grid.exclude: the rules {self.grid.exclude} exclude every arm; the grid is empty")
         return self
 
+    @model_validator(mode="after")
+    def _arm_specs(self) -> "_StudySpecCore":
+        """With extra grid axes, each arm's own spec (``arm_spec_data``: its axis values in their sections)
+        passes every check a study does: a value valid alone may not be beside the study's other settings
+        (``train.freeze.policy: keras_last_k`` with a backbone that has no Keras layer list). The
+        keras_last_k check runs on those arm specs only, never on the study's values that the axes replace; the
+        variants' checks run on both (they may settle study-wide things first, e.g. pseudo_label's unlabeled share
+        of the split, which every arm's spec then holds)."""
+        axes = self.grid.axes
+        if not axes:
+            return self
+        data = self.model_dump(mode="json")
+        present: list[dict[str, Any]] = []
+        failures: dict[str, list[dict[str, Any]]] = {}  # problem line → the axis values it holds for
+        for arm in self.arms():
+            settings = arm["settings"]
+            if settings in present:
+                continue
+            present.append(settings)
+            try:
+                lines = self._arm_problems(StudySpec.model_validate(arm_spec_data(data, settings)), settings)
+            except ValidationError as err:
+                lines = _format_validation_error(err).splitlines()
+            for line in lines:
+                failures.setdefault(line, []).append(settings)
+        if failures:
+            raise ValueError("\n".join(_where_settings_fail(axes, present, failures)))
+        return self
+
+    def _arm_problems(self, arm_spec: "_StudySpecCore", settings: dict[str, Any]) -> list[str]:
+        """What an arm's settings break that only the study knows: synth-identity weights are pretrained once
+        per backbone (before any trial) at the study's input size."""
+        if "train.input_size" not in settings or settings["train.input_size"] == self.train.input_size:
+            return []
+        synth = sorted({arm["backbone"] for arm in arm_spec.arms()
+                        if arm["init"] == "pretrained" and self.weights.source_for(arm["backbone"]) == "synth-identity"})
+        if not synth:
+            return []
+        return [f"synth-identity weights of {', '.join(synth)} are pretrained once, at the study's train.input_size "
+                f"({self.train.input_size}); an arm at another size needs published weights (weights.source=published) "
+                "or random init"]
+
     def arms(self) -> list[dict[str, Any]]:
-        """The grid cells in a stable order, with ``grid.exclude`` applied; k-fold studies add a ``fold`` axis."""
+        """The grid cells in a stable order, with ``grid.exclude`` applied; k-fold studies add a ``fold`` axis.
+        With extra axes each cell carries ``settings`` (dotted path → its value), which the trial applies to its
+        own copy of the spec; a plain grid's cells are as they always were (stored experiments keep their ids)."""
         cells = []
         kfold = self.split.kind == "subject_kfold"
-        for backbone, init, variant, seed, fold in itertools.product(
-            self.grid.backbone, self.grid.init, self.grid.variant, self.grid.seed, self.split.fold_ids()
+        axes = self.grid.axes
+        for backbone, init, variant, *values, seed, fold in itertools.product(
+            self.grid.backbone, self.grid.init, self.grid.variant, *axes.values(), self.grid.seed, self.split.fold_ids()
         ):
             cell = {"backbone": backbone, "init": init, "variant": variant, "seed": seed, **({"fold": fold} if kfold else {})}
-            if any(all(cell.get(k) == v for k, v in rule.items()) for rule in self.grid.exclude):
+            settings = dict(zip(axes, values))
+            if settings:
+                cell["settings"] = settings
+            if any(all((settings[k] if k in settings else cell.get(k)) == v for k, v in rule.items())
+                   for rule in self.grid.exclude):
                 continue
             cell["arm_id"] = arm_id(cell)
             cells.append(cell)
@@ -438,10 +623,192 @@ StudySpec = create_model(
 
 
 def arm_id(cell: dict[str, Any]) -> str:
-    """A readable, filesystem-safe key of one grid arm."""
-    backbone = str(cell["backbone"]).replace(":", "-").replace("/", "-")
+    """A readable, filesystem-safe key of one grid arm: ``<backbone>_<init>_<variant>[_<settings>]_s<seed>[_f<fold>]``,
+    the settings of extra axes as ``settings_label`` writes them (``small_cnn_random_baseline_lr1e-04_s0``)."""
+    backbone = str(cell["backbone"]).replace("/", "--").replace(":", "-")  # hub repos: ORG/REPO stays apart from ORG-REPO
     fold = f"_f{cell['fold']}" if "fold" in cell else ""
-    return f"{backbone}_{cell['init']}_{cell['variant']}_s{cell['seed']}{fold}"
+    settings = settings_label(cell.get("settings") or {})
+    return f"{backbone}_{cell['init']}_{cell['variant']}{'_' + settings if settings else ''}_s{cell['seed']}{fold}"
+
+
+# --------------------------------------------------------------------------- extra grid axes
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # what an arm name (a folder name) keeps of a value
+
+
+def axis_sections() -> tuple[str, ...]:
+    """The spec sections whose settings may be extra grid axes: ``AXIS_SECTIONS`` and the variants' sections."""
+    return (*AXIS_SECTIONS, *variants.settings_sections())
+
+
+def axis_names(paths: typing.Iterable[str]) -> dict[str, str]:
+    """Each axis' name in arm names: its last path element (``lr``), or as many of the last ones, joined by
+    ``-``, as tell it from the study's other axes (``freeze-k`` beside another ``k``)."""
+    paths = list(paths)
+    names = {}
+    for path in paths:
+        parts = path.split(".")
+        for count in range(1, len(parts) + 1):
+            name = "-".join(parts[-count:])
+            if all("-".join(other.split(".")[-count:]) != name for other in paths if other != path):
+                break
+        names[path] = _UNSAFE.sub("-", name)
+    return names
+
+
+def _number_text(number: float) -> str:
+    """Short and exact: the shorter of the plain and the exponent form that read back as the same float,
+    the exponent form on a tie (``0.5``, ``20``, ``0.01``; ``1e-03``, ``1e-04``, ``2.5e-04``)."""
+    if number == 0 or not math.isfinite(number):
+        return "0" if number == 0 else repr(number)
+    plain = repr(number).removesuffix(".0")
+    exponent = next(text for digits in range(18) if float(text := f"{number:.{digits}e}") == number)
+    return exponent if len(exponent) <= len(plain) else plain
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as arm names and report tables write it: ``1e-04``, ``0.5``, ``head_only``, ``true``, ``none``."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # a NumPy scalar read back from a table
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float):
+        return _number_text(value)
+    return str(value)
+
+
+def _value_text(value: Any) -> str:
+    """A value as its arm-name part: numbers follow the axis name directly (``lr1e-04``), words after a ``-``
+    (``policy-head_only``), with anything a folder name should not hold replaced by ``-``."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # a NumPy scalar read back from a table
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return setting_text(value)
+    return "-" + (_UNSAFE.sub("-", setting_text(value)) or "x")
+
+
+def settings_label(settings: dict[str, Any]) -> str:
+    """The arm-name part of an arm's extra-axis values, ``lr1e-04_policy-head_only`` ("" for a plain grid);
+    also the suffix of a model's name in reports, so a table's row and a trial folder say the same."""
+    names = axis_names(settings)
+    return "_".join(f"{names[path]}{_value_text(value)}" for path, value in settings.items())
+
+
+def arm_spec_data(spec_data: dict, settings: dict[str, Any]) -> dict:
+    """``spec_data`` (a ``StudySpec.model_dump(mode="json")``) as one arm trains with it: ``settings`` (the arm's
+    values of the extra axes) written into their sections, the axes taken off the grid, and the exclude rules
+    that name them resolved for these values. Validated, it is the arm's own spec (what its trial reads)."""
+    if not settings:
+        return spec_data
+    data = copy.deepcopy(spec_data)
+    grid = data["grid"]
+    axes = [key for key in grid if key not in GridSpec.model_fields]
+    for key in axes:
+        del grid[key]
+    rules = []
+    for rule in grid.get("exclude", []):
+        if all(settings.get(key) == value for key, value in rule.items() if key in axes):
+            rest = {key: value for key, value in rule.items() if key not in axes}
+            if rest:  # a rule on these settings alone excludes every arm that has them: no such arm asks
+                rules.append(rest)
+    grid["exclude"] = rules
+    for path, value in settings.items():
+        *sections, name = path.split(".")
+        node = data
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return data
+
+
+def _dotted(path: str, value: Any) -> dict[str, Any]:
+    """``{"train": {"lr": [...]}}`` under ``train`` → ``{"train.lr": [...]}``: nested and dotted spellings alike."""
+    if isinstance(value, dict) and value:
+        return {key: inner for name, item in value.items() for key, inner in _dotted(f"{path}.{name}", item).items()}
+    return {path: value}
+
+
+def _flat_rule(rule: Any) -> Any:
+    """An exclude rule with the extra axes it names under their dotted paths."""
+    return {key: value for name, item in rule.items() for key, value in _dotted(str(name), item).items()} if isinstance(rule, dict) else rule
+
+
+def _axis_list_problem(path: str, values: Any) -> str:
+    if not isinstance(values, list):
+        return f"grid.{path}: an axis takes a list of values, e.g. grid.{path}: [{values!r}, …]; got {values!r}"
+    return "" if values else f"grid.{path}: an axis needs at least one value, got []"
+
+
+def _setting_paths(model: type[BaseModel], prefix: str) -> list[str]:
+    """Every setting's dotted path under a section (for "did you mean")."""
+    paths = []
+    for name, field in model.model_fields.items():
+        inner = field.annotation
+        paths += _setting_paths(inner, f"{prefix}{name}.") if isinstance(inner, type) and issubclass(inner, BaseModel) else [prefix + name]
+    return paths
+
+
+def _axis_field(path: str) -> tuple[type[BaseModel], tuple[str, ...]] | str:
+    """(the top-level section model, the path inside it) of an extra axis, or the line saying why it cannot be one."""
+    import difflib
+
+    where, parts = f"grid.{path}", path.split(".")
+    if path in NOT_AXIS_PATHS or parts[0] in NOT_AXES:
+        return f"{where}: cannot be a grid axis: {NOT_AXIS_PATHS.get(path) or NOT_AXES[parts[0]]}"
+    model: Any = StudySpec.model_fields[parts[0]].annotation if parts[0] in axis_sections() else None
+    for part in parts[1:]:
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        model = fields[part].annotation if part in fields else None
+    if model is None:
+        known = [*GRID_AXES, *(p for section in axis_sections()
+                               for p in _setting_paths(StudySpec.model_fields[section].annotation, f"{section}."))]
+        close = difflib.get_close_matches(path, known, n=1)
+        hint = f"did you mean grid.{close[0]}? " if close else ""
+        return (f"{where}: unknown setting {path!r}: an extra axis is a setting's dotted path, e.g. grid.train.lr; "
+                f"{hint}check the spelling against `ferbench run --print-spec`")
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return f"{where}: {path} is a section, not a setting; an axis is one of its settings, e.g. grid.{path}.{next(iter(model.model_fields))}"
+    return StudySpec.model_fields[parts[0]].annotation, tuple(parts[1:])
+
+
+def _axis_value(path: str, located: tuple[type[BaseModel], tuple[str, ...]], value: Any, where: str) -> tuple[Any, str]:
+    """(the value as its setting holds it, "") or (value, the line saying why ``where`` is refused). Checked in
+    its section beside the defaults; rules across settings are checked with the study's own, arm by arm."""
+    section, inner = located
+    nested = value
+    for part in reversed(inner):
+        nested = {part: nested}
+    try:
+        model: Any = section.model_validate(nested)
+    except ValidationError as err:
+        for problem in err.errors():
+            if tuple(str(p) for p in problem["loc"][:len(inner)]) == inner:
+                message = problem["msg"].removeprefix("Value error, ")
+                return value, f"{where}: {message}" + ("" if "got " in message else f" (got {value!r})")
+        return value, ""
+    for part in inner:
+        model = getattr(model, part)
+    return model, ""
+
+
+def _where_settings_fail(axes: dict[str, list[Any]], present: list[dict[str, Any]],
+                         failures: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Each problem of the arms' own specs, named by the axis value it comes with (``grid.train.lr.1: …``)
+    where every arm with that value has it, else by the arms' settings."""
+    lines = []
+    for problem, failing in failures.items():
+        covered: list[dict[str, Any]] = []
+        for path, values in axes.items():
+            for index, value in enumerate(values):
+                having = [settings for settings in present if settings[path] == value]
+                if having and all(s in failing for s in having) and not all(s in covered for s in having):
+                    lines.append(f"grid.{path}.{index}: {problem}")
+                    covered += having
+        for settings in failing:
+            if settings not in covered:
+                shown = ", ".join(f"{path}={value}" for path, value in settings.items())
+                lines.append(f"grid (the arms with {shown}): {problem}")
+    return list(dict.fromkeys(lines))
 
 
 def builtin_studies() -> list[str]:
@@ -545,9 +912,10 @@ def ignored_settings(spec: StudySpec) -> list[str]:
     backbone, and weights.files for a backbone whose pretrained arms use synth-identity weights.
     Checked in ``load_spec`` only, so that experiments stored by earlier versions still resume."""
     from ferbench.backbones import is_known_backbone, list_backbones
+    from ferbench.backbones.registry import ALLOWED_FORMS
 
     problems = [
-        f"weights.{key}.{name}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or timm:<model>"
+        f"weights.{key}.{name}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or {ALLOWED_FORMS}"
         for key in ("files", "sources") for name in getattr(spec.weights, key) if not is_known_backbone(name)
     ]
     pretrained = {arm["backbone"] for arm in spec.arms() if arm["init"] == "pretrained"}

@@ -16,10 +16,11 @@ from ferbench.reports.derived import fold_test_train_ratio
 from ferbench.reports.html import write_html_report
 from ferbench.reports.markdown import md_cell, render_markdown
 from ferbench.reports.recommendation import render_recommendation
+from ferbench.reports.default_arm import recommended_arm
 from ferbench.reports.context import ReportContext
 from ferbench.reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
 
-__all__ = ["build_comparison_report", "build_report", "collect", "trial_statuses"]
+__all__ = ["build_comparison_report", "build_report", "collect", "recommended_arm", "tidy_tables", "trial_statuses"]
 logger = logging.getLogger(__name__)
 
 
@@ -33,6 +34,14 @@ def build_comparison_report(experiment_dirs: list[Path], out_dir: Path) -> Path:
     build_comparison(experiment_dirs, out_dir)
     write_html_report(out_dir)
     return out_dir
+
+
+def tidy_tables(experiment_dir: Path, spec) -> dict:
+    """The report's tidy tables (epochs, trials, mcr_mofr, summary, differences) of an experiment, computed
+    with the stored spec's settings: what ``build_report`` writes to ``tables/`` and the Python API returns."""
+    epochs, trials = collect(experiment_dir)
+    return {"epochs": epochs, **comparison_tables(epochs, trials, spec.report.window, spec.train.epochs,
+                                                  fold_test_train_ratio(spec.split))}
 
 
 def build_report(experiment_dir: str | Path) -> Path:
@@ -53,10 +62,10 @@ def build_report(experiment_dir: str | Path) -> Path:
         logger.warning("%s: %d setting(s) of the stored spec read with a change (listed in the report's Study section): %s",
                        paths["manifest"], len(stored.notes), "; ".join(stored.notes))
     window = spec.report.window
-    epochs, trials = collect(experiment_dir)
+    comparison = tidy_tables(experiment_dir, spec)
+    epochs = comparison.pop("epochs")
     samples, sample_predictions = collect_sample_probabilities(experiment_dir)
     ratio = fold_test_train_ratio(spec.split)
-    comparison = comparison_tables(epochs, trials, window, spec.train.epochs, ratio)
     trials = comparison["trials"]
     tables = paths["report"] / "tables"
     named = {"epochs": epochs, "sample_predictions": sample_predictions}

@@ -288,6 +288,20 @@ def _arm_status(epochs: pd.DataFrame, trial_dir: Path | None, total_epochs: int,
     return ("failed", error) if error else ("incomplete", "")
 
 
+def arm_columns(arms: list[dict]) -> list[str]:
+    """The tables' arm descriptor columns: ``ARM_COLUMNS``, ``fold`` in k-fold studies, and each extra grid axis
+    under its dotted setting path (``train.lr``), so a table row says which settings its arm trained with."""
+    axes = dict.fromkeys(path for arm in arms for path in arm.get("settings") or {})
+    return ARM_COLUMNS + (["fold"] if any("fold" in arm for arm in arms) else []) + list(axes)
+
+
+def arm_fields(arm: dict, columns: list[str]) -> dict:
+    """An arm's descriptor values for ``columns`` (``arm_columns`` without ``trial_id``); a setting that is
+    null reads ``none`` (as in the arm's id), so grouping by it never drops the arm."""
+    settings = {k: "none" if v is None else v for k, v in (arm.get("settings") or {}).items()}
+    return {k: settings[k] if k in settings else arm.get(k) for k in columns}
+
+
 def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(epochs, trials) tables as specified in DESIGN.md; ``trials.damaged`` names (``; ``-joined,
     relative to the experiment folder) the files of an arm that could not be read."""
@@ -296,12 +310,12 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     epoch_frames, trial_rows = [], []
     arms = read_grid(experiment_dir)
     arm_ids = [arm["arm_id"] for arm in arms]
-    arm_columns = ARM_COLUMNS + (["fold"] if any("fold" in arm for arm in arms) else [])  # k-fold studies
+    columns = arm_columns(arms)
     for arm in arms:
-        arm_fields = {k: arm[k] for k in arm_columns[1:]}
+        fields = arm_fields(arm, columns[1:])
         source = {"weights_source": arm.get("weights_source", "")}
         if arm["status"] == "unavailable":
-            trial_rows.append({"trial_id": "", **arm_fields, **source, "status": "unavailable", "error": arm["reason"],
+            trial_rows.append({"trial_id": "", **fields, **source, "status": "unavailable", "error": arm["reason"],
                                "damaged": ""})
             continue
         damaged: list[Path] = []
@@ -313,15 +327,15 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         damaged += artifact_damage(trial_dir) if trial_dir else []
         trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
         if not epochs.empty:
-            frame = epochs.reindex(columns=["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]).assign(trial_id=trial_id, **arm_fields)
-            epoch_frames.append(frame[arm_columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]])
-        trial_rows.append({"trial_id": trial_id, **arm_fields, **source, "status": status, "error": error,
+            frame = epochs.reindex(columns=["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]).assign(trial_id=trial_id, **fields)
+            epoch_frames.append(frame[columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]])
+        trial_rows.append({"trial_id": trial_id, **fields, **source, "status": status, "error": error,
                            "damaged": "; ".join(relative(p, experiment_dir) for p in damaged), **_trial_summary(epochs)})
     trials_table = pd.DataFrame(trial_rows)
     for column in INTEGER_COLUMNS.intersection(trials_table.columns):
         trials_table[column] = trials_table[column].astype("Int64")  # stays integer beside missing values
     epochs_table = (
-        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=arm_columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS])
+        pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS])
     )
     return epochs_table, trials_table
 
@@ -364,17 +378,18 @@ def collect_per_class(experiment_dir: Path) -> tuple[pd.DataFrame, dict[str, dic
     rows, confusion = [], {}
     arms = read_grid(experiment_dir)
     arm_ids = [arm["arm_id"] for arm in arms]
+    columns = arm_columns(arms)[1:]
     for arm in arms:
         trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids) if arm["status"] != "unavailable" else None
         path = trial_dir / TEST_PER_CLASS_FILE if trial_dir else None
         scores = try_read(path, read_per_class)[0] if path is not None and path.is_file() else None
         if scores is None:  # not tested yet, or damaged (collect's ``damaged`` names it)
             continue
-        fields = {k: arm[k] for k in ARM_COLUMNS[1:] + (["fold"] if "fold" in arm else [])}
+        fields = arm_fields(arm, columns)
         for i, name in enumerate(scores["class_names"]):
             rows.append({**fields, "class": name, **{k: scores[k][i] for k in ("precision", "recall", "f1", "support")}})
         confusion[arm["arm_id"]] = {"class_names": scores["class_names"], "matrix": scores["confusion_matrix"]}
-    columns = ARM_COLUMNS[1:] + ["class", "precision", "recall", "f1", "support"]
+    columns += ["class", "precision", "recall", "f1", "support"]
     return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)), confusion
 
 

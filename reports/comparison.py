@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ferbench.reports.derived import did_not_learn, initial_metrics, mcr_mofr, paired_differences, seed_summary, smelyakov_tables
+from ferbench.harness.spec import setting_text
+from ferbench.reports.derived import (
+    axis_keys, did_not_learn, initial_metrics, mcr_mofr, model_names, paired_differences, seed_summary, settings_in_variant,
+    smelyakov_tables,
+)
 from ferbench.reports.markdown import markdown_table
 
 SUMMARY_METRICS = {  # trial-level metric → column title in the report's seed table
@@ -55,7 +59,7 @@ def _mean_std(row: pd.Series) -> str:
 
 def _seed_table(summary: pd.DataFrame) -> pd.DataFrame:
     shown = summary[summary["metric"].isin(SUMMARY_METRICS)].copy()
-    shown["model"] = shown["backbone"] + "_" + shown["init"] + "_" + shown["variant"]
+    shown["model"] = model_names(shown)
     shown["cell"] = shown.apply(_mean_std, axis=1)
     n = shown.groupby("model", sort=False)["n"].max()
     table = shown.pivot(index="model", columns="metric", values="cell")
@@ -67,12 +71,15 @@ def _seed_table(summary: pd.DataFrame) -> pd.DataFrame:
 def _differences_table(differences: pd.DataFrame) -> pd.DataFrame:
     table = differences.copy()
     table["within"] = table["variant"].where(table["variant"].notna(), table["init"])
+    for axis in axis_keys(table):  # as the arm ids write them (1e-09, not 0.000)
+        table[axis] = table[axis].map(setting_text)
     table["difference"] = table["mean_diff"].map(lambda v: "–" if pd.isna(v) else f"{v:+.3f}")
     table["95% CI"] = ["–" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]" for low, high in zip(table["ci_low"], table["ci_high"])]
     table["p"] = [_p_text(p, flip) for p, flip in zip(table["p_value"], table["p_sign_flip"])]
     table["verdict"] = ["**differs**" + (f" ({note})" if note else "") if claim else note
                         for claim, note in zip(table["claim"], table["note"])]
-    columns = {"comparison": "comparison", "backbone": "backbone", "within": "variant / init", "metric": "metric",
+    columns = {"comparison": "comparison", "backbone": "backbone", "within": "variant / init",
+               **{axis: axis for axis in axis_keys(table)}, "metric": "metric",  # pairs hold the extra axes fixed
                "n_pairs": "pairs", "difference": "mean difference", "95% CI": "95% CI", "p": "p (t; sign-flip)",
                "verdict": "verdict"}
     return table[list(columns)].rename(columns=columns)
@@ -85,9 +92,12 @@ def _p_text(p: float, flip: float) -> str:
 
 
 def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, pd.DataFrame], folder) -> None:
-    """The comparison figures, PNG, into the report's ``figures`` folder (placeholders when empty)."""
+    """The comparison figures, PNG, into the report's ``figures`` folder (placeholders when empty). The
+    figures tell models apart by backbone, init and variant, so extra-axis values join the variant."""
     from ferbench.reports import figures
 
+    epochs, trials = settings_in_variant(epochs), settings_in_variant(trials)
+    tables = {**tables, "mcr_mofr": settings_in_variant(tables["mcr_mofr"])}
     figures.plot_curves(epochs, folder / "curves.png")
     figures.plot_initial_bars(epochs, folder / "initial.png")
     figures.plot_mcr_mofr_heatmaps(tables["mcr_mofr"], folder / "mcr_mofr.png")

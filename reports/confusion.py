@@ -14,15 +14,16 @@ import numpy as np
 import pandas as pd
 
 from ferbench.harness.study.atomic import atomic_write_bytes
+from ferbench.reports.derived import model_names
 from ferbench.reports.figures import placeholder
 
 
 def normalised_confusion(confusion: dict[str, dict], trials: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:
-    """model (``<backbone>_<init>_<variant>``) → (class names, mean row-normalised matrix).
+    """model (``<backbone>_<init>_<variant>[_<extra-axis values>]``) → (class names, mean row-normalised matrix).
 
     A class without test images has an all-zero row, kept as zeros rather than NaN.
     """
-    models = (trials["backbone"] + "_" + trials["init"] + "_" + trials["variant"]).set_axis(trials["arm_id"])
+    models = model_names(trials).set_axis(trials["arm_id"])
     grouped: dict[str, list[np.ndarray]] = {}
     names: dict[str, list[str]] = {}
     for arm_id, entry in confusion.items():

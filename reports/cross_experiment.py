@@ -18,7 +18,7 @@ from ferbench.harness.study.atomic import atomic_write_text
 from ferbench.harness.spec import StudySpec
 from ferbench.reports.collect import collect, read_manifest, read_spec
 from ferbench.reports.comparison import comparison_tables, write_table
-from ferbench.reports.derived import fold_test_train_ratio
+from ferbench.reports.derived import fold_test_train_ratio, model_names
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.markdown import markdown_table, split_text
 from ferbench.reports.stats import welch_interval
@@ -37,7 +37,7 @@ def _experiment_summary(experiment_dir: Path) -> tuple[dict, StudySpec, pd.DataF
     tables = comparison_tables(epochs, trials, spec.report.window, spec.train.epochs, fold_test_train_ratio(spec.split))
     summary = tables["summary"]
     summary = summary[summary["metric"].isin(COMPARED_METRICS)].copy()
-    summary["model"] = summary["backbone"] + "_" + summary["init"] + "_" + summary["variant"]
+    summary["model"] = model_names(summary)
     return manifest, spec, summary, trials["status"].value_counts(), int(trials["damaged"].astype(bool).sum())
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from ferbench.harness.spec import SplitSpec
+from ferbench.harness.spec import SplitSpec, axis_sections, settings_label
 from ferbench.reports.stats import compare_paired, t_interval
 
 ARM_KEYS = ["backbone", "init", "variant", "seed"]  # + "fold" in k-fold studies
@@ -31,8 +31,52 @@ DIFFERENCE_COLUMNS = ["comparison", "backbone", "variant", "init", "metric", "n_
                       "ci_low", "ci_high", "p_value", "p_sign_flip", "method", "claim", "note"]  # the paper lists the pretrained arm first
 
 
+def axis_keys(frame: pd.DataFrame) -> list[str]:
+    """The study's extra grid axes among ``frame``'s columns: dotted setting paths such as ``train.lr``
+    (``ferbench.reports.collect.arm_columns``). They belong to an arm's identity like its variant: an arm
+    group (seeds pooled) and a pair (pretrained vs random, variant vs baseline) hold them fixed."""
+    sections = set(axis_sections())
+    return [c for c in frame.columns if isinstance(c, str) and "." in c and c.split(".")[0] in sections]
+
+
+def group_keys(frame: pd.DataFrame) -> list[str]:
+    """What makes an arm group (a model, its seeds and folds pooled): ``GROUP_KEYS`` and the extra axes."""
+    return GROUP_KEYS + axis_keys(frame)
+
+
+def settings_labels(frame: pd.DataFrame) -> pd.Series:
+    """Per row, its extra-axis values as arm names write them (``lr1e-04``; "" without extra axes)."""
+    axes = axis_keys(frame)
+    if not axes:
+        return pd.Series("", index=frame.index, dtype=object)
+    return pd.Series([settings_label(dict(zip(axes, values))) for values in frame[axes].itertuples(index=False, name=None)],
+                     index=frame.index, dtype=object)
+
+
+def with_settings(names: pd.Series, frame: pd.DataFrame) -> pd.Series:
+    """``names`` (per row of ``frame``) with the row's extra-axis values appended, as in its arm's id."""
+    labels = settings_labels(frame)
+    return names.astype(str).where(labels == "", names.astype(str) + "_" + labels)
+
+
+def model_names(frame: pd.DataFrame, variant: bool = True) -> pd.Series:
+    """A model per row, the arm without its seed: ``<backbone>_<init>[_<variant>][_<settings>]``."""
+    names = frame["backbone"].astype(str) + "_" + frame["init"].astype(str)
+    if variant:
+        names = names + "_" + frame["variant"].astype(str)
+    return with_settings(names, frame)
+
+
+def settings_in_variant(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each row's extra-axis values appended to its ``variant`` (``baseline_lr1e-04``), for the
+    figures, which tell models apart by backbone, init and variant."""
+    if not axis_keys(frame) or "variant" not in frame.columns:
+        return frame
+    return frame.assign(variant=with_settings(frame["variant"], frame))
+
+
 def _arm_keys(frame: pd.DataFrame) -> list[str]:
-    return ARM_KEYS + (["fold"] if "fold" in frame.columns else [])
+    return ARM_KEYS + axis_keys(frame) + (["fold"] if "fold" in frame.columns else [])
 
 
 def _unit_keys(frame: pd.DataFrame) -> list[str]:
@@ -167,16 +211,16 @@ def _model_order(groups: pd.DataFrame) -> pd.DataFrame:
 def smelyakov_tables(mcr: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The paper's Tables 2-5 ("accuracy-based MCR", "loss-based MCR", "accuracy-based MOFR",
     "loss-based MOFR") from ``mcr_mofr``'s output: one row per model ``<backbone>_<init>``
-    (``_<variant>`` appended when the study has more than one variant), one column per epoch
+    (``_<variant>`` appended when the study has more than one variant, and the values of extra grid
+    axes as the arm ids write them, ``_lr1e-04``), one column per epoch
     window in epoch order, values the mean over seeds and folds (NaN seeds skipped; NaN when no
     seed has a value). Rows: backbones and variants in order of appearance, pretrained first."""
-    models = _model_order(mcr[GROUP_KEYS].drop_duplicates())
-    names = models["backbone"].astype(str) + "_" + models["init"].astype(str)
-    if mcr["variant"].nunique() > 1:
-        names = names + "_" + models["variant"].astype(str)
+    keys = group_keys(mcr)
+    models = _model_order(mcr[keys].drop_duplicates())
+    names = model_names(models, variant=mcr["variant"].nunique() > 1)
     rows = pd.MultiIndex.from_frame(models)
     windows = window_order(mcr["window"].unique())
-    means = mcr.groupby([*GROUP_KEYS, "metric", "kind", "window"])["value"].mean().unstack("window")
+    means = mcr.groupby([*keys, "metric", "kind", "window"])["value"].mean().unstack("window")
     tables = {}
     for kind in RATE_KINDS:
         for metric in RATE_METRICS:
@@ -198,27 +242,28 @@ def _completed(trials: pd.DataFrame) -> pd.DataFrame:
 def default_metrics(trials: pd.DataFrame) -> list[str]:
     """Numeric trial-level columns worth summarising (identifiers and settings left out)."""
     numeric = trials.select_dtypes(include="number").columns
-    return [c for c in numeric if c not in NOT_METRICS]
+    return [c for c in numeric if c not in NOT_METRICS and c not in axis_keys(trials)]
 
 
 def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None, test_train_ratio: float | None = None) -> pd.DataFrame:
     """Mean / std / 95% t interval across seeds (and folds) per arm group, for ``summary.csv``.
 
-    Long format, one row per (backbone, init, variant, metric): columns backbone, init, variant,
-    metric, n, mean, std, ci95_low, ci95_high. Long because n differs per metric (a NaN metric is
+    Long format, one row per (backbone, init, variant, [extra axes], metric): columns backbone, init, variant,
+    the extra grid axes (``train.lr``, …), metric, n, mean, std, ci95_low, ci95_high. Long because n differs per metric (a NaN metric is
     not counted) and the column set stays fixed whatever metrics a study has. Only completed trials
     count; a group with none still appears, with n = 0. std uses ddof=1; with n < 2 std and the
     interval are NaN. In a k-fold study (``test_train_ratio`` given) the interval is the corrected
     resampled one: folds share training data, so the plain t interval would be too narrow.
     """
     metrics = default_metrics(trials) if metrics is None else metrics
-    groups = trials[GROUP_KEYS].drop_duplicates()
+    keys = group_keys(trials)
+    groups = trials[keys].drop_duplicates()
     done = _completed(trials)
-    values = done[GROUP_KEYS + metrics].melt(id_vars=GROUP_KEYS, var_name="metric", value_name="value")
+    values = done[keys + metrics].melt(id_vars=keys, var_name="metric", value_name="value")
     values["value"] = pd.to_numeric(values["value"], errors="coerce").astype(float)
-    summary = values.groupby([*GROUP_KEYS, "metric"], sort=False)["value"].agg(n="count", mean="mean", std="std")
+    summary = values.groupby([*keys, "metric"], sort=False)["value"].agg(n="count", mean="mean", std="std")
     everything = groups.merge(pd.DataFrame({"metric": metrics}), how="cross")
-    summary = everything.merge(summary.reset_index(), on=[*GROUP_KEYS, "metric"], how="left")
+    summary = everything.merge(summary.reset_index(), on=[*keys, "metric"], how="left")
     summary["n"] = summary["n"].fillna(0).astype(int)
     summary.loc[summary["n"] < 2, "std"] = np.nan
     summary["ci95_low"], summary["ci95_high"] = t_interval(summary["mean"], summary["std"], summary["n"],
@@ -246,18 +291,19 @@ def difference_row(a: np.ndarray, b: np.ndarray, test_train_ratio: float | None)
 
 def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metric: str,
            test_train_ratio: float | None) -> list[dict]:
-    """One row per backbone × level of the other factor: ``treated`` - ``reference`` of ``factor``,
-    paired by seed (and fold)."""
+    """One row per backbone × level of the other factor × values of the extra axes: ``treated`` -
+    ``reference`` of ``factor``, paired by seed (and fold). Everything but ``factor`` is held fixed: a
+    pretrained arm at lr 1e-4 pairs with the random arm at lr 1e-4, never with one at another lr."""
     units = _unit_keys(trials)
     held = next(k for k in ("init", "variant") if k != factor)  # the other factor, held fixed
-    scored = _completed(trials)
+    keys = ["backbone", held, *axis_keys(trials)]
     rows = []
-    for (backbone, level), arms in trials.groupby(["backbone", held], sort=False):
+    for values, arms in trials.groupby(keys, sort=False, dropna=False):
         if not {treated, reference} <= set(arms[factor]):  # the grid never forms this pair (an excluded arm)
             continue
-        cell = scored[(scored["backbone"] == backbone) & (scored[held] == level)]
+        cell = _completed(arms)
         a, b, unpaired = unit_pairs(cell, units, cell[factor] == treated, cell[factor] == reference, metric)
-        rows.append({"comparison": f"{treated} − {reference}", "backbone": backbone, held: level, factor: np.nan,
+        rows.append({"comparison": f"{treated} − {reference}", **dict(zip(keys, values)), factor: np.nan,
                      "n_unpaired": unpaired, **difference_row(a, b, test_train_ratio)})
     return rows
 
@@ -265,8 +311,9 @@ def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metr
 def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_train_ratio: float | None = None) -> pd.DataFrame:
     """Does pretraining (or a variant) help beyond seed noise? Paired differences of ``metric``:
     "pretrained − random" per backbone × variant, and "<variant> − baseline" per backbone × init,
-    pairing completed trials by seed (and fold). Columns: comparison, backbone, variant, init,
-    metric, n_pairs, n_unpaired, mean_diff, ci_low, ci_high, p_value, p_sign_flip, method, claim, note.
+    each within the same values of the extra grid axes, pairing completed trials by seed (and fold).
+    Columns: comparison, backbone, variant, init, the extra axes (``train.lr``, …), metric, n_pairs,
+    n_unpaired, mean_diff, ci_low, ci_high, p_value, p_sign_flip, method, claim, note.
 
     The compared factor's column is NaN (its levels are in ``comparison``). ``n_unpaired`` counts
     seeds (folds) present on only one side — failed, missing or NaN partners — which are left out.
@@ -282,9 +329,10 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_trai
     if "baseline" in variants:
         for variant in (v for v in variants if v != "baseline"):
             rows += _pairs(trials, "variant", variant, "baseline", metric, test_train_ratio)
+    columns = [*DIFFERENCE_COLUMNS[:4], *axis_keys(trials), *DIFFERENCE_COLUMNS[4:]]
     if not rows:
-        return pd.DataFrame(columns=DIFFERENCE_COLUMNS)
-    return pd.DataFrame(rows).assign(metric=metric)[DIFFERENCE_COLUMNS]
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows).assign(metric=metric)[columns]
 
 
 def fold_test_train_ratio(split: SplitSpec) -> float | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from ferbench.harness.spec import FreezeSpec, ModelSpec, SplitSpec, StudySpec
+from ferbench.harness.spec import FreezeSpec, ModelSpec, SplitSpec, StudySpec, setting_text
 from ferbench.reports.escaping import md_code, md_text
 
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
@@ -168,8 +168,12 @@ def render_markdown(
         f"classes {', '.join(md_text(name) for name in dataset['class_names'])}",
         f"- Split: {split_text(spec.split)}",
         f"- Grid: backbone {md_cell(grid.backbone)} × init {md_cell(grid.init)} × variant "
-        f"{md_cell(grid.variant)} × seed {md_cell(grid.seed)}"
-        + (f", excluding {md_cell(grid.exclude)}" if grid.exclude else ""),
+        f"{md_cell(grid.variant)}"
+        + "".join(f" × {md_cell(path)} {md_cell('[' + ', '.join(map(setting_text, values)) + ']')}"
+                  for path, values in grid.axes.items())
+        + f" × seed {md_cell(grid.seed)}"
+        + (f", excluding {md_cell(grid.exclude)}" if grid.exclude else "")
+        + (" (each arm trains with its own value of the extra axes, which replaces the setting below)" if grid.axes else ""),
         f"- Training: {train.epochs} epochs, {train.optimizer} lr {train.lr}, "
         f"batch {train.batch_size}, input size {train.input_size}, "
         f"augmentation {'on' if train.augment.enabled else 'off'}, "

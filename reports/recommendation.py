@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ferbench.reports.derived import pareto_optimal, unit_pairs, window_order
+from ferbench.reports.derived import axis_keys, model_names, pareto_optimal, settings_labels, unit_pairs, window_order
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.stats import MIN_PAIRS, PairedDifference, compare_paired, t_interval
 
@@ -49,10 +49,8 @@ def _multi_variant(summary: pd.DataFrame) -> bool:
 
 
 def _names(frame: pd.DataFrame, multi_variant: bool) -> pd.Series:
-    names = frame["backbone"].astype(str) + "_" + frame["init"].astype(str)
-    if multi_variant:
-        names = names + "_" + frame["variant"].astype(str)
-    return names
+    """``<backbone>_<init>[_<variant>][_<extra-axis values>]``: the arm without its seed (``model_names``)."""
+    return model_names(frame, variant=multi_variant)
 
 
 def _value(metric: str, value: float) -> str:
@@ -125,7 +123,7 @@ def _unit_values(trials: pd.DataFrame | None, mcr: pd.DataFrame | None, multi_va
     if trials is not None and not trials.empty:
         done = trials[trials["status"] == "completed"] if "status" in trials.columns else trials
         units = [k for k in ("seed", "fold") if k in done.columns]
-        metrics = [c for c in done.select_dtypes(include="number").columns if c not in units]
+        metrics = [c for c in done.select_dtypes(include="number").columns if c not in units and c not in axis_keys(done)]
         long = done.assign(model=_names(done, multi_variant))[["model", *units, *metrics]]
         frames.append(long.melt(id_vars=["model", *units], var_name="metric", value_name="value"))
     if mcr is not None and not mcr.empty:
@@ -259,6 +257,7 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
         return []
     lines = []
     differences = differences[differences["n_pairs"] > 0]  # pairs the grid never forms say nothing
+    differences = differences.assign(settings_suffix=settings_labels(differences).map(lambda label: f"_{label}" if label else ""))
     for comparison, block in differences.groupby("comparison", sort=False):
         treated = str(comparison).split(" − ")[0]
         is_init = comparison == "pretrained − random"
@@ -266,10 +265,11 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
         actor = "pretraining" if is_init else md_code(treated)
         items = []
         for row in block.itertuples(index=False):
-            if is_init:
-                subject = md_code(row.backbone) + (f" ({md_text(row.variant)})" if multi_variant and not pd.isna(row.variant) else "")
+            if is_init:  # within the same extra-axis values (``_lr1e-04``), as the pairs are
+                subject = md_code(f"{row.backbone}{row.settings_suffix}") + (
+                    f" ({md_text(row.variant)})" if multi_variant and not pd.isna(row.variant) else "")
             else:
-                subject = md_code(f"{row.backbone}_{row.init}")
+                subject = md_code(f"{row.backbone}_{row.init}{row.settings_suffix}")
             label = METRIC_LABELS.get(row.metric, row.metric)
             diff = "–" if pd.isna(row.mean_diff) else f"{row.mean_diff:+.3f}"
             interval = "no interval" if pd.isna(row.ci_low) else f"95% CI [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"

@@ -16,7 +16,8 @@ from matplotlib.patches import Patch
 
 from ferbench.harness.study.layout import TEST_PREDICTIONS_FILE, experiment_paths
 from ferbench.harness.data.samples import Samples, load_samples
-from ferbench.reports.collect import _trial_dir, read_grid, read_predictions, relative, try_read
+from ferbench.harness.spec import settings_label
+from ferbench.reports.collect import _trial_dir, arm_columns, arm_fields, read_grid, read_predictions, relative, try_read
 from ferbench.reports.figures import GROUP_KEYS, _light, _order, _save, _style, backbone_palette, placeholder
 from ferbench.reports.markdown import damaged_arms, damaged_lines, md_cell
 
@@ -49,7 +50,8 @@ def read_samples(path: Path) -> Samples | None:
 def collect_sample_probabilities(experiment_dir: Path) -> tuple[Samples | None, pd.DataFrame]:
     """(samples or None, long table): one row per sample × model × class with the model's mean
     probability over the trials that tested the sample (a k-fold trial whose test part lacks it
-    is left out). A trial counts once it has written its test predictions."""
+    is left out). A trial counts once it has written its test predictions. A model is an arm without
+    its seed: the values of extra grid axes are part of it (columns under their setting paths)."""
     experiment_dir = Path(experiment_dir)
     samples = try_read(experiment_paths(experiment_dir)["samples"], read_samples)[0]  # damaged: as if none
     if samples is None or not len(samples["indices"]):
@@ -58,37 +60,43 @@ def collect_sample_probabilities(experiment_dir: Path) -> tuple[Samples | None, 
     stacks: dict[tuple, dict[int, list[np.ndarray]]] = {}
     arms = read_grid(experiment_dir)
     arm_ids = [arm["arm_id"] for arm in arms]
+    axes = [column for column in arm_columns(arms) if "." in column]
+    keys = [*GROUP_KEYS, *axes]
     for arm in arms:
         trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids) if arm["status"] != "unavailable" else None
         if trial_dir is None or not (trial_dir / TEST_PREDICTIONS_FILE).is_file():
             continue
         found = _trial_probabilities(trial_dir / TEST_PREDICTIONS_FILE, samples["indices"], len(class_names))
         for position, row in found.items():
-            stacks.setdefault(tuple(arm[k] for k in GROUP_KEYS), {}).setdefault(position, []).append(row)
+            stacks.setdefault(tuple(arm_fields(arm, keys).values()), {}).setdefault(position, []).append(row)
     rows = []
     for key, by_sample in stacks.items():
         for position, stack in by_sample.items():
             mean = np.mean(stack, axis=0)
+            settings = settings_label(dict(zip(axes, key[len(GROUP_KEYS):])))
             base = {"sample": position, "index": int(samples["indices"][position]),
-                    "true_class": class_names[int(samples["labels"][position])], "model": "_".join(map(str, key)),
-                    **dict(zip(GROUP_KEYS, key)), "n_trials": len(stack)}
+                    "true_class": class_names[int(samples["labels"][position])],
+                    "model": "_".join(map(str, key[:len(GROUP_KEYS)])) + (f"_{settings}" if settings else ""),
+                    **dict(zip(keys, key)), "n_trials": len(stack)}
             rows += [{**base, "class": name, "probability": float(p)} for name, p in zip(class_names, mean)]
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    at = COLUMNS.index(GROUP_KEYS[-1]) + 1
+    table = pd.DataFrame(rows, columns=[*COLUMNS[:at], *axes, *COLUMNS[at:]])
     return samples, table.sort_values(["sample", "model"], kind="stable").reset_index(drop=True)
 
 
 def model_styles(probs: pd.DataFrame) -> dict[str, dict]:
     """model → bar colour and hatch, as in the report's other figures: the backbone's colour,
     pretrained full, random light and hatched ``//``; further variants add a dotted / crossed hatch."""
-    models = _order(probs[GROUP_KEYS].drop_duplicates())
+    models = _order(probs[[*GROUP_KEYS, "model"]].drop_duplicates())
     palette = backbone_palette(list(models["backbone"]))
-    variants = sorted(set(models["variant"]), key=lambda v: (v != "baseline", v))
+    # the variant with the values of extra grid axes (``baseline_lr1e-04``): what tells a backbone's models apart
+    kinds = [model[len(f"{backbone}_{init}_"):] for backbone, init, _, model in models.itertuples(index=False)]
+    variants = sorted(set(kinds), key=lambda v: (v != "baseline", v))
     styles = {}
-    for backbone, init, variant in models.itertuples(index=False):
+    for (backbone, init, _, model), kind in zip(models.itertuples(index=False), kinds):
         solid = init == "pretrained"
-        hatch = ("" if solid else "//") + VARIANT_HATCHES[variants.index(variant) % len(VARIANT_HATCHES)]
-        styles[f"{backbone}_{init}_{variant}"] = {
-            "color": palette[backbone] if solid else _light(palette[backbone], 0.55), "hatch": hatch or None}
+        hatch = ("" if solid else "//") + VARIANT_HATCHES[variants.index(kind) % len(VARIANT_HATCHES)]
+        styles[model] = {"color": palette[backbone] if solid else _light(palette[backbone], 0.55), "hatch": hatch or None}
     return styles
 
 

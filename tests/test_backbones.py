@@ -10,11 +10,14 @@ import torch
 from safetensors.torch import save_file
 
 from ferbench.backbones import (
+    BackboneOptions,
+    backbone_parameter_counts,
     count_parameters,
     create_backbone,
     get_backbone_info,
     is_known_backbone,
     list_backbones,
+    meta_backbone,
     resolve_pretrained,
 )
 from ferbench.backbones.small_cnn import SmallCNN
@@ -131,6 +134,32 @@ def test_random_init_uses_each_librarys_own_initialiser():
         conv = _largest_conv(create_backbone(name, 7))
         bound = 1 / _conv_fan(conv, "fan_in") ** 0.5 * (1 + 1e-6)  # float32 rounding
         assert 0.99 * bound < conv.weight.abs().max().item() <= bound, name
+
+
+@pytest.mark.parametrize("name, options", [
+    ("small_cnn", {}), ("mobilenet_v1", {}), ("resnet50", {}), ("openface", {"openface_l2_norm": False}),
+    ("vggface", {}), ("vggface", {"vggface_descriptor": "fc8"}),
+])
+def test_counting_on_the_meta_device_equals_a_real_build(name, options):
+    """``ferbench backbones`` counts networks built on the meta device (no storage, no initialisation): the
+    same parameters and buffers, by name and shape, as a real build, so the same counts."""
+    opts = BackboneOptions(**options)
+    meta = meta_backbone(name, 7, options=opts)
+    assert all(t.is_meta for t in [*meta.parameters(), *meta.buffers()])
+    real = create_backbone(name, 7, options=opts)
+    assert {k: v.shape for k, v in meta.state_dict().items()} == {k: v.shape for k, v in real.state_dict().items()}
+    assert count_parameters(meta) == count_parameters(real)
+    assert backbone_parameter_counts(name, options=opts) == backbone_parameter_counts(name, real)  # meta by default
+    del real
+
+
+def test_meta_counts_are_the_papers_keras_counts():
+    """DESIGN.md's Keras counts, from meta builds (VGG-Face with fc8 is deepface's 2022 model, 145,002,878)."""
+    assert backbone_parameter_counts("vggface", options=BackboneOptions(vggface_descriptor="fc8"))["keras_params"] == 145_002_878
+    assert backbone_parameter_counts("vggface")["keras_params"] == 134_260_544
+    assert backbone_parameter_counts("openface")["keras_params"] == 3_743_280
+    assert backbone_parameter_counts("mobilenet_v1")["keras_params"] == 3_228_864
+    assert backbone_parameter_counts("resnet50")["keras_params"] == 23_587_712
 
 
 def test_parameter_counts_match_the_papers_keras_arithmetic():

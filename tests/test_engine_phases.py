@@ -47,3 +47,27 @@ def test_resume_reads_the_stored_splits_and_leaves_them_unchanged(tmp_path):
     assert moved in resumed.preflight.splits[0]["val"] and moved not in resumed.preflight.splits[0]["train"]
     engine.write_inputs(resumed, ["test"])
     assert splits_file.read_bytes() == stored  # read, never recomputed or overwritten
+
+
+def test_a_study_that_asks_for_the_dashboard_without_ray_default_says_so_and_runs_without(monkeypatch, caplog):
+    monkeypatch.setitem(__import__("sys").modules, "aiohttp", None)  # as with ray[tune] alone
+    with caplog.at_level("WARNING", logger="ferbench"):
+        assert engine._dashboard_installed(asked=True) is False
+    assert "pip install 'ferbench[cluster]'" in caplog.text
+    caplog.clear()
+    assert engine._dashboard_installed(asked=False) is False and not caplog.text  # --verbose alone: silent
+
+
+@pytest.mark.e2e
+def test_a_local_ray_starts_without_the_dashboard_unless_asked(tmp_path):
+    """In a fresh interpreter (this session's Ray is already up): init_ray serves no dashboard."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import ray; from ferbench.harness.study.engine import init_ray; init_ray(num_cpus=1); "
+            "from ray._private.worker import global_worker as w; print('URL=' + str(w.node.webui_url or ''))")
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "URL=\n" in done.stdout or done.stdout.strip().endswith("URL=")

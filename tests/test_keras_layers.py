@@ -300,7 +300,7 @@ def test_spec_refuses_bad_keras_settings_in_one_line(overrides, message):
 
 def test_print_spec_shows_the_papers_protocol(capsys):
     assert main(["run", "smelyakov2022", "--print-spec"]) == 0
-    out = capsys.readouterr().out
+    out = "".join(line for line in capsys.readouterr().out.splitlines(keepends=True) if not line.lstrip().startswith("#"))
     for line in ("  freeze:\n    policy: keras_last_k\n    k: 4", "  random_init: keras", "model:\n  vggface_descriptor: fc8\n  openface_l2_norm: false\n  resnet_mobilenet_final_relu: drop",
                  "  augment:\n    enabled: false", "  batch_size: 32", "  lr: 0.0001", "  epochs: 20",
                  "  precision: fp32"):

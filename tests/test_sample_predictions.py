@@ -117,6 +117,7 @@ def test_figure_is_a_png_and_placeholders_keep_the_link(tmp_path):
 def test_models_share_the_backbone_colour_random_is_lighter_and_hatched():
     probs = pd.DataFrame({"backbone": ["b", "b", "a"], "init": ["random", "pretrained", "pretrained"],
                           "variant": ["baseline"] * 3})
+    probs["model"] = probs["backbone"] + "_" + probs["init"] + "_" + probs["variant"]  # as the samples table names them
     styles = model_styles(probs)
     assert list(styles) == ["a_pretrained_baseline", "b_pretrained_baseline", "b_random_baseline"]
     assert styles["b_pretrained_baseline"]["hatch"] is None and styles["b_random_baseline"]["hatch"] == "//"

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from helpers import openface_h5, random_openface  # the Keras-layout .h5 writer
 from ferbench.backbones import download, resolve_pretrained
 from ferbench.backbones.download import DownloadError, fetch, weight_source
 from ferbench.backbones.h5_import import H5_BACKBONES
+from ferbench.backbones.integrity import LEDGER_NAME
 from ferbench.harness.cli.weights_cmd import H5_CHOICES, add_weights_parser, cmd_weights
 
 GITHUB = "https://github.com/serengil/deepface_models/releases/download/v1.0"
@@ -259,6 +261,9 @@ def test_import_h5_writes_a_loadable_state_dict(weights_dir, tmp_path, capsys):
     assert state.keys() == reference.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
     assert resolve_pretrained("openface").path == str(out_file.resolve()) and leftovers(weights_dir) == []
+    entry = ledger_entry(weights_dir, "openface_weights.pth")  # written on purpose: recorded, replacing any earlier
+    assert entry["how"] == "written by ferbench weights import-h5 (openface)"
+    assert entry["sha256"] == hashlib.sha256(out_file.read_bytes()).hexdigest()
 
     elsewhere = tmp_path / "converted" / "of.pth"
     assert ferbench_weights("import-h5", str(h5), "--backbone", "openface", "--out", str(elsewhere)) == 0
@@ -279,3 +284,68 @@ def test_import_h5_bad_input_is_one_line_and_writes_nothing(weights_dir, tmp_pat
         ferbench_weights("import-h5", str(h5), "--backbone", "resnet50")
     assert usage.value.code == 2
     assert H5_CHOICES == H5_BACKBONES
+
+
+# --- the SHA-256 ledger ---------------------------------------------------------------------------
+
+def ledger_entry(folder: Path, key: str) -> dict:
+    return json.loads((folder / LEDGER_NAME).read_text())["files"][key]
+
+
+def test_a_file_changed_after_its_download_is_refused_until_fetched_again_or_accepted(server, weights_dir, capsys):
+    folder, base = server
+    torch.save(random_openface().state_dict(), folder / "openface_weights.pth")
+    assert ferbench_weights("fetch", "openface", "--mirror", base) == 0
+    capsys.readouterr()
+    path = weights_dir / "openface_weights.pth"
+    recorded = hashlib.sha256(path.read_bytes()).hexdigest()
+    entry = ledger_entry(weights_dir, "openface_weights.pth")  # relative: the ledger travels with the folder
+    assert entry["sha256"] == recorded and entry["how"] == "downloaded" and entry["size"] == path.stat().st_size
+    assert resolve_pretrained("openface").available
+
+    torch.manual_seed(5)
+    torch.save(OpenFaceNet().state_dict(), path)  # other weights of the same network: it would load silently
+    changed = hashlib.sha256(path.read_bytes()).hexdigest()
+    status = resolve_pretrained("openface")
+    assert not status.available and status.source == "sha256-mismatch" and "\n" not in status.message
+    assert status.message == (
+        f"openface: {path.resolve()}: SHA-256 mismatch: expected {recorded} (recorded in {weights_dir / LEDGER_NAME} "
+        f"when it was downloaded, {entry['recorded']}), actual {changed}; delete it, then run `ferbench weights fetch "
+        "openface` to download it again, or, if you replaced it on purpose, run `ferbench weights verify --accept "
+        "openface` to record its new hash")
+    assert ferbench_weights("fetch", "openface", "--mirror", base) == 2  # present, changed: not used, not overwritten
+    assert f"SHA-256 mismatch: expected {recorded}" in one_error_line(capsys.readouterr().err)
+    assert ferbench_weights("verify", "openface") == 1
+    assert f"differs from the recorded sha256 {recorded}" in capsys.readouterr().out
+
+    assert ferbench_weights("verify", "--accept", "openface") == 0
+    assert f"openface      OK      {path.resolve()}  sha256={changed}" in capsys.readouterr().out
+    assert ledger_entry(weights_dir, "openface_weights.pth")["how"] == "accepted by ferbench weights verify --accept"
+    assert resolve_pretrained("openface").available
+
+
+def test_the_ledger_travels_with_a_copied_weights_folder(weights_dir, tmp_path):
+    torch.save(random_openface().state_dict(), weights_dir / "openface_weights.pth")
+    assert resolve_pretrained("openface").available  # first use: recorded
+    copy = tmp_path / "cluster_weights"
+    shutil.copytree(weights_dir, copy)
+    assert resolve_pretrained("openface", weights_dir=copy).path == str((copy / "openface_weights.pth").resolve())
+    (copy / "openface_weights.pth").write_bytes(b"truncated")
+    status = resolve_pretrained("openface", weights_dir=copy)
+    assert status.source == "sha256-mismatch" and f"recorded in {copy / LEDGER_NAME}" in status.message
+
+
+def test_an_explicit_weights_file_is_the_users_own_and_not_recorded(weights_dir, tmp_path):
+    mine = tmp_path / "mine.pth"
+    torch.save(random_openface().state_dict(), mine)
+    assert resolve_pretrained("openface", files={"openface": str(mine)}).available
+    mine.write_bytes(b"retrained, say")
+    assert resolve_pretrained("openface", files={"openface": str(mine)}).available
+    assert not (weights_dir / LEDGER_NAME).exists() and not (tmp_path / LEDGER_NAME).exists()
+
+
+def test_an_unreadable_ledger_is_named_with_the_fix(weights_dir):
+    torch.save(random_openface().state_dict(), weights_dir / "openface_weights.pth")
+    (weights_dir / LEDGER_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{weights_dir / LEDGER_NAME}: not a readable SHA-256 ledger .*delete it"):
+        resolve_pretrained("openface")

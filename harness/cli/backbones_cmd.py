@@ -5,6 +5,8 @@ The paper froze "all layers except the last 4" of Keras models after excluding t
 which layers those are, and how many parameters they hold, is not visible from the PyTorch modules,
 so this command shows the recorded Keras list (``ferbench.backbones.keras_layers``) next to the PyTorch
 module each layer maps to. The reading (k, VGG-Face descriptor) is the ``smelyakov2022`` study's.
+Every network is built on the meta device (shapes without storage): counting needs no weights, and
+building VGG-Face's 134 M parameters for real took seconds and over a gigabyte.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _paper_trainable(name: str, k: int, options: Any, model: Any) -> dict[str, i
     """Keras layers after excluding the last one, and the backbone parameters the last ``k`` train
     (Keras' count, and what the PyTorch port trains: the same modules, without Keras-only conv biases).
     ``model`` is the default build, used unless the paper's options add a module (VGG-Face's fc8)."""
-    from ferbench.backbones import create_backbone
+    from ferbench.backbones import meta_backbone
     from ferbench.backbones.keras_layers import keras_layer_list
 
     layers = keras_layer_list(name, options.vggface_descriptor)
@@ -50,7 +52,7 @@ def _paper_trainable(name: str, k: int, options: Any, model: Any) -> dict[str, i
     try:
         modules = [model.get_submodule(path) for path in layers.torch_modules(k)]
     except AttributeError:
-        model = create_backbone(name, num_classes=7, options=options)
+        model = meta_backbone(name, num_classes=7, options=options)
         modules = [model.get_submodule(path) for path in layers.torch_modules(k)]
     torch_count = sum(p.numel() for module in modules for p in module.parameters())
     return {"keras_layers": len(layers.paper_layers), "paper_trainable_params": layers.trainable_params(k),
@@ -58,13 +60,13 @@ def _paper_trainable(name: str, k: int, options: Any, model: Any) -> dict[str, i
 
 
 def backbone_rows() -> list[dict]:
-    from ferbench.backbones import backbone_parameter_counts, create_backbone, get_backbone_info, list_backbones
+    from ferbench.backbones import backbone_parameter_counts, get_backbone_info, list_backbones, meta_backbone
 
     k, options = paper_reading()
     rows = []
     for name in list_backbones():
         info = get_backbone_info(name)
-        model = create_backbone(name, num_classes=7)
+        model = meta_backbone(name, num_classes=7)
         rows.append({
             "name": name, "family": info.family, "input_size": info.input_size,
             "fixed_input_size": info.fixed_input_size, "channels": info.channel_order,
@@ -75,7 +77,6 @@ def backbone_rows() -> list[dict]:
             "pretrained": list(info.pretrained_sources), "random_init": info.random_init,
             "description": info.description,
         })
-        del model
     return rows
 
 
@@ -121,5 +122,6 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     print("params / keras_params: without the classifier, as the papers count them (keras_params adds BatchNorm")
     print("moving statistics and the conv biases Keras' version has). keras_layers: Keras layers after excluding")
     print(f"the last one; paper_trains: the Keras parameters the last {paper_reading()[0]} of them hold ({PAPER_STUDY}: VGG-Face")
-    print("with fc8, as deepface in 2022); ferbench backbones --layers NAME lists them. Any timm model works as timm:<name>.")
+    print("with fc8, as deepface in 2022); ferbench backbones --layers NAME lists them. Any timm model works as timm:<name>,")
+    print("and any timm model on the Hugging Face Hub as timm:hf-hub:ORG/REPO.")
     return EXIT_OK

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ferbench.harness.cli.backbones_cmd import add_backbones_parser, cmd_backbones
 from ferbench.harness.cli.data_cmd import add_data_parser, cmd_data
+from ferbench.harness.cli.export_cmd import add_export_parser, add_predict_parser, cmd_export, cmd_predict
 from ferbench.harness.cli.output import configure_output, restore_output
+from ferbench.harness.cli.spec_cmd import STUDIES_EPILOG, StudiesHelpFormatter, add_spec_parser, cmd_spec, override_hint
 from ferbench.harness.study.interrupts import install_sigterm_handler, terminated
 from ferbench.harness.cli.weights_cmd import add_weights_parser, cmd_weights
 
@@ -22,25 +24,35 @@ EXIT_OK, EXIT_FAILED_TRIALS, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ferbench import __version__
+
     parser = argparse.ArgumentParser(prog="ferbench", description="Benchmark facial-emotion-recognition backbones on Ray Tune.")
+    parser.add_argument("--version", action="version", version=f"ferbench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a study (default: the built-in quick study)")
+    run = commands.add_parser("run", help="run a study (default: the built-in quick study)",
+                              epilog=STUDIES_EPILOG, formatter_class=StudiesHelpFormatter)
     run.add_argument("study", nargs="?", default="quick", help="built-in study name or a YAML file (default: quick)")
     run.add_argument("--study", dest="study_option", metavar="STUDY", help="same as the positional STUDY")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec value, e.g. --set train.epochs=5 --set grid.seed=[0,1,2]")
     run.add_argument("--storage", help="results root directory (same as --set run.storage=DIR)")
+    run.add_argument("--s3-endpoint", metavar="URL",
+                     help="endpoint of an S3-compatible server for --storage s3://…: the same as --set run.s3_endpoint=URL "
+                          "and as `ferbench report --s3-endpoint` (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or AWS)")
     run.add_argument("--resume", action="store_true",
                      help="continue the newest experiment of this study under the storage (or --set run.name=NAME)")
-    run.add_argument("--print-spec", action="store_true", help="print the resolved spec as YAML and exit")
+    run.add_argument("--print-spec", action="store_true",
+                     help="print the resolved spec as a commented study file and exit (= ferbench spec STUDY)")
     run.add_argument("--verbose", action="store_true", help="show Ray's own progress tables and logs")
 
     report = commands.add_parser("report", help="re-render the report of experiment folders, or compare them")
     report.add_argument("experiment_dirs", nargs="+", metavar="EXPERIMENT_DIR",
                         help="an experiment folder, or s3://BUCKET/PREFIX/<experiment>")
-    report.add_argument("--s3-endpoint", metavar="URL", help="endpoint of an S3-compatible server "
-                                                             "(default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or AWS)")
+    report.add_argument("--s3-endpoint", metavar="URL",
+                        help="endpoint of an S3-compatible server for s3:// folders: the same as `ferbench run "
+                             "--s3-endpoint` and the spec key run.s3_endpoint (default: AWS_ENDPOINT_URL_S3 / "
+                             "AWS_ENDPOINT_URL, or AWS)")
     report.add_argument("--compare", action="store_true",
                         help="also write one report setting the experiments side by side (the first is the reference)")
     report.add_argument("--out", help="folder of the comparison (default: beside the first experiment, "
@@ -49,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     add_backbones_parser(commands)
     add_weights_parser(commands)
     add_data_parser(commands)
+    add_export_parser(commands)
+    add_predict_parser(commands)
+    add_spec_parser(commands)
     return parser
 
 
@@ -58,20 +73,25 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ferbench.harness.study.experiment import latest_experiment
-    from ferbench.harness.study.preflight import PreflightError
-    from ferbench.harness.spec import SpecError, load_spec, spec_to_yaml
+    hint = override_hint(args.study)  # before the imports: a typo should cost no second
+    if hint:
+        return _fail(hint)
+    from ferbench.harness.spec import SpecError, load_spec
+    from ferbench.harness.spec_yaml import commented_spec_yaml
 
     study = args.study_option or args.study
-    overrides = list(args.overrides) + ([f"run.storage={args.storage}"] if args.storage else [])
+    overrides = list(args.overrides) + ([f"run.storage={args.storage}"] if args.storage else []) + (
+        [f"run.s3_endpoint={args.s3_endpoint}"] if args.s3_endpoint else [])
     try:
         spec = load_spec(study, overrides)
     except SpecError as err:
         return _fail(str(err).replace("\n", "\nferbench: error: "))
     if args.print_spec:
-        print(spec_to_yaml(spec), end="")
+        print(commented_spec_yaml(spec), end="")
         return EXIT_OK
 
+    from ferbench.harness.study.experiment import latest_experiment  # only a run needs these
+    from ferbench.harness.study.preflight import PreflightError
     from ferbench.harness.study.storage import is_remote
 
     remote = is_remote(spec.run.storage)
@@ -94,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(err).replace("\n", "\nferbench: error: "))
     except OSError as err:  # a results or data path that cannot be written or read
         return _fail(describe_os_error(err), EXIT_FAILED_TRIALS)
-    resume_hint = resume_command(study, storage, outcome.experiment_dir.name)
+    resume_hint = resume_command(study, storage, outcome.experiment_dir.name, spec.run.s3_endpoint)
     for problem in outcome.problems:
         print(f"ferbench: error: {problem}", file=sys.stderr)
     statuses = list(outcome.statuses.values())
@@ -111,10 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_TRIALS if "failed" in statuses else EXIT_OK
 
 
-def resume_command(study: str, storage: Path | str, name: str) -> str:
-    """The exact command that continues this experiment: its storage and its name, never "the newest"."""
+def resume_command(study: str, storage: Path | str, name: str, s3_endpoint: str | None = None) -> str:
+    """The exact command that continues this experiment: its storage (and S3 endpoint) and its name,
+    never "the newest"."""
+    endpoint = ["--s3-endpoint", shlex.quote(s3_endpoint)] if s3_endpoint else []
     return " ".join(["ferbench", "run", shlex.quote(study), "--resume", "--storage", shlex.quote(str(storage)),
-                     "--set", shlex.quote(f"run.name={name}")])
+                     *endpoint, "--set", shlex.quote(f"run.name={name}")])
 
 
 def describe_os_error(err: OSError) -> str:
@@ -175,10 +197,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "backbones": cmd_backbones, "weights": cmd_weights, "data": cmd_data}
+COMMANDS["spec"] = cmd_spec
+
+
+def _recommended_arm(experiment_dir: Path) -> str:
+    """``ferbench export`` without ARM: the report's recommended arm (the report layer, which only this module may import)."""
+    from ferbench.reports import recommended_arm
+
+    return recommended_arm(experiment_dir)
+
+
+COMMANDS["export"] = lambda args: cmd_export(args, recommend=_recommended_arm)
+COMMANDS["predict"] = cmd_predict
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # Hydra's habit, `ferbench run quick train.epochs=2`: say what to type instead
+        hints = [override_hint(arg) for arg in extra] if args.command in ("run", "spec") else []
+        hint = next(filter(None, hints), None)
+        if hint:
+            return _fail(hint)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     install_sigterm_handler()
     configure_output(verbose=getattr(args, "verbose", False))  # the library's notices, as plain lines
     try:

@@ -10,6 +10,7 @@ state is never read.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -81,8 +82,10 @@ def _recorded_cluster_address() -> str | None:
         return None
 
 
-def init_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Attach to the running cluster (``running_cluster_address``), otherwise start a local Ray."""
+def init_ray(num_cpus: int | None = None, verbose: bool = False, dashboard: bool = False) -> None:
+    """Attach to the running cluster (``running_cluster_address``), otherwise start a local Ray with only
+    what a study uses: no dashboard unless ``dashboard`` or ``verbose`` asks for it (and ray[default] is
+    installed), no worker logs streamed to the driver unless ``verbose``."""
     import ray
 
     if ray.is_initialized():
@@ -93,8 +96,19 @@ def init_ray(num_cpus: int | None = None, verbose: bool = False) -> None:
     address = running_cluster_address()
     if address:  # a cluster's resources are its nodes' (and the autoscaler's), never ours to set
         ray.init(address=address, **options)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, **options)
+        return
+    include_dashboard = (dashboard or verbose) and _dashboard_installed(asked=dashboard)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=include_dashboard, **options)
+
+
+def _dashboard_installed(asked: bool) -> bool:
+    """Whether Ray's dashboard can start (ray[default]); a study that asked for it says why it runs without."""
+    if importlib.util.find_spec("aiohttp") is None:  # the dashboard's server; ray[tune] alone lacks it
+        if asked:
+            log.warning("run.dashboard: Ray's dashboard needs ray[default] (pip install 'ferbench[cluster]'); "
+                        "running without it")
+        return False
+    return True
 
 
 # Filesystems every node mounts under the same path: what a trial on a worker writes there, the
@@ -289,7 +303,7 @@ def start_ray(run: StudyRun, verbose: bool = False) -> None:
     check that every trial can write where the driver reads."""
     if not run.to_run:
         return
-    init_ray(verbose=verbose)
+    init_ray(verbose=verbose, dashboard=run.spec.run.dashboard)
     install_sigterm_handler()  # after Ray's own
     check_results_storage(run.spec, run.experiment_dir)
 
@@ -313,9 +327,11 @@ def tune_arms(run: StudyRun, verbose: bool = False) -> None:
     from ray import tune
 
     from ferbench.harness.study.progress import ProgressPrinter
+    from ferbench.harness.study.tracking import tracking_callbacks
 
     runnable = run.preflight.runnable_arms
     progress = ProgressPrinter(len(runnable), run.spec.train.epochs, already_finished=len(runnable) - len(run.to_run))
+    callbacks = [progress, *tracking_callbacks(run.spec, run.experiment_dir)]  # run.loggers: MLflow, W&B
     if not verbose:  # ProgressPrinter speaks instead of Ray's reporter and trial tracebacks
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter prints nothing at verbosity 0
         for name in ("ray.tune.execution.tune_controller", "ray.tune.tune", "ray.tune.execution.experiment_state"):
@@ -327,7 +343,7 @@ def tune_arms(run: StudyRun, verbose: bool = False) -> None:
             max_concurrent_trials=run.spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
             reuse_actors=run.spec.run.reuse_workers,
         ),
-        run_config=_run_config(run.spec, run.experiment_dir, [progress], verbose, run.remote),
+        run_config=_run_config(run.spec, run.experiment_dir, callbacks, verbose, run.remote),
     )
     run.problems += _fit(tuner, run.experiment_dir if run.remote is None else None)
 

@@ -26,6 +26,7 @@ from ferbench.harness.data.loaders import DataError, check_data_source, load_dat
 from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes
 from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET, UnlabeledPool
+from ferbench.harness.study.tracking import tracker_problems
 from ferbench.harness.variants import used_variants
 from ferbench.harness.units import load_object
 
@@ -343,13 +344,14 @@ def run_preflight(spec: StudySpec) -> Preflight:
     """Everything knowable before the first trial, in stages of rising cost. Raises ``PreflightError``
     listing every problem of the first stage that has any; no costlier stage runs after it.
 
-    1. Milliseconds to seconds: resources, results storage, data paths, published weights on disk.
+    1. Milliseconds to seconds: resources, results storage, data paths, published weights on disk, the
+       packages of run.loggers.
     2. The dataset decoded (or read from its cache), classes and splits checked; weight files loaded.
     3. Only when nothing failed: missing published weights downloaded, synth-identity weights pretrained.
     """
     downloader = _Downloader(spec)
     weights = locate_weights(spec, downloader)
-    problems = check_storage_writable(spec) + check_local_resources(spec) + check_data_paths(spec)
+    problems = check_storage_writable(spec) + check_local_resources(spec) + check_data_paths(spec) + tracker_problems(spec)
     problems += weight_problem_lines(spec, weights.problems)
     if problems:
         raise PreflightError("\n".join(problems))

@@ -1,16 +1,20 @@
 """Concise console progress: one line per finished epoch or trial, with an estimate of time left.
 
-Replaces Ray's periodic status tables (still available with ``--verbose``).
+Replaces Ray's periodic status tables (still available with ``--verbose``). The lines are INFO records
+of this module's logger marked for stdout: the CLI shows them, a Python program sees them only when it
+configures logging.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 from ray.tune import Callback
 
 from ferbench.harness.study.checkpoints import TRIAL_FAILED
+
+log = logging.getLogger(__name__)
 
 
 def format_duration(seconds: float) -> str:
@@ -50,7 +54,7 @@ class ProgressPrinter(Callback):
         return f"[{self.trials_finished}/{self.total_trials} trials | {format_duration(elapsed)} elapsed | {left}]"
 
     def _print(self, line: str) -> None:
-        print(line, file=sys.stdout, flush=True)
+        log.info(line, extra={"stream": "stdout"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if TRIAL_FAILED in result:  # stopped for good; on_trial_complete says so

@@ -31,7 +31,7 @@ from ferbench.harness.train.inference_speed import measure_inference
 from ferbench.harness.train.performance import Execution, apply_process_settings, resolve_execution, select_device
 from ferbench.harness.train.schedules import learning_rate_for_epoch
 from ferbench.harness.train.selection import BestEpoch
-from ferbench.harness.spec import StudySpec
+from ferbench.harness.spec import StudySpec, arm_spec_data
 from ferbench.harness.tasks import get_task
 from ferbench.harness.train.loop import NonFiniteLoss, predict, train_one_epoch
 from ferbench.harness.variants.trainer import RoundState, VariantTrainer, trainer_for
@@ -253,8 +253,11 @@ def _weights_here(payload: StudyPayload, backbone: str) -> str:
 
 
 def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
-    spec = StudySpec.model_validate(payload.spec)
-    arm, train = config["arm"], spec.train
+    arm = config["arm"]
+    # The arm's own spec: its values of the study's extra grid axes (``arm["settings"]``, e.g. train.lr) in their
+    # sections, so training, freezing, weights and the variant all read the arm's value (``arm_spec_data``).
+    spec = StudySpec.model_validate(arm_spec_data(payload.spec, arm.get("settings") or {}))
+    train = spec.train
     execution = resolve_execution(train, spec.resources, _device(spec))
     apply_process_settings(execution)
     device = execution.device

@@ -10,11 +10,12 @@ from ferbench.reports.collect import collect_per_class
 from ferbench.reports.comparison import write_table
 from ferbench.reports.confusion import plot_confusion_matrices
 from ferbench.reports.context import ReportContext
+from ferbench.reports.derived import model_names
 from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
 
 
 def _per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
-    frame = per_class.assign(model=per_class["backbone"] + "_" + per_class["init"] + "_" + per_class["variant"])
+    frame = per_class.assign(model=model_names(per_class))
     classes = list(dict.fromkeys(frame["class"]))
     return frame.pivot_table(index="model", columns="class", values="f1", aggfunc="mean", sort=False)[classes].reset_index()
 

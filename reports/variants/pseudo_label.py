@@ -15,12 +15,12 @@ from matplotlib.figure import Figure
 
 from ferbench.harness.train.selection import ROUND_RULE
 from ferbench.harness.variants.pseudo_label import uses_pseudo_label
-from ferbench.harness.spec import StudySpec, TrainSpec
+from ferbench.harness.spec import StudySpec, TrainSpec, settings_label
 from ferbench.harness.study.layout import ROUNDS_FILE
-from ferbench.reports.collect import ARM_COLUMNS, _trial_dir, collect, read_grid, read_rounds, try_read
+from ferbench.reports.collect import _trial_dir, arm_columns, arm_fields, collect, read_grid, read_rounds, try_read
 from ferbench.reports.comparison import write_table
 from ferbench.reports.context import ReportContext
-from ferbench.reports.derived import fold_test_train_ratio, mcr_mofr
+from ferbench.reports.derived import axis_keys, fold_test_train_ratio, mcr_mofr, model_names
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
 from ferbench.reports.stats import compare_paired, format_difference
@@ -52,8 +52,9 @@ def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rounds, per_class): one row per pseudo_label arm × round (per-class added counts as
     ``added_<class>``, the arm's stop reason on its last row), and one per arm × round × class."""
     rows, class_rows = [], []
+    columns = arm_columns(read_grid(experiment_dir))[1:]  # the extra grid axes' values included
     for arm, stored in _stored_rounds(experiment_dir):
-        fields = {k: arm[k] for k in ARM_COLUMNS[1:] + (["fold"] if "fold" in arm else [])}
+        fields = arm_fields(arm, [c for c in columns if c != "fold" or "fold" in arm])
         names = stored["class_names"]
         for position, record in enumerate(stored["rounds"]):
             last = position == len(stored["rounds"]) - 1
@@ -74,14 +75,15 @@ def collect_rounds(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def round_confusion(experiment_dir: Path) -> tuple[dict[str, dict], pd.DataFrame]:
     """Each pseudo_label arm's test confusion matrix per round, shaped for
     ``ferbench.reports.confusion.plot_confusion_matrices``: one entry per arm × round, whose model name
-    (``<backbone>_<init>_<variant>``, ``round r`` in the variant) pools the seeds of a round."""
+    (``<backbone>_<init>_<variant>``, the extra-axis values and ``round r`` in the variant) pools the seeds of a round."""
     confusion, units = {}, []
     for arm, stored in _stored_rounds(experiment_dir):
         for record in stored["rounds"]:
             unit = f"{arm['arm_id']}@round{record['round']}"
             confusion[unit] = {"class_names": stored["class_names"], "matrix": record["test_confusion_matrix"]}
+            settings = settings_label(arm.get("settings") or {})
             units.append({"arm_id": unit, "backbone": arm["backbone"], "init": arm["init"],
-                          "variant": f"{arm['variant']} round {record['round']}"})
+                          "variant": f"{arm['variant']}{'_' + settings if settings else ''} round {record['round']}"})
     return confusion, pd.DataFrame(units, columns=["arm_id", "backbone", "init", "variant"])
 
 
@@ -98,25 +100,27 @@ def round_mcr_mofr(epochs: pd.DataFrame, window: int) -> pd.DataFrame:
 def rounds_vs_baseline(rounds: pd.DataFrame, trials: pd.DataFrame, test_train_ratio: float | None = None) -> pd.DataFrame:
     """Per pseudo_label model and round, and for ``selected`` (each finished arm's selected round),
     the paired difference round − baseline of test accuracy and macro F1: pairs are the completed
-    ``baseline`` arm of the same backbone, init, seed (and fold), compared as every other difference
+    ``baseline`` arm of the same backbone, init, extra-axis values, seed (and fold), compared as every other difference
     (``ferbench.reports.stats.compare_paired``: the corrected resampled t over folds)."""
-    columns = ["backbone", "init", "variant", "round", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
+    axes = [axis for axis in axis_keys(rounds) if axis in trials.columns]
+    columns = ["backbone", "init", "variant", *axes, "round", "metric", "n", "mean_diff", "ci_low", "ci_high", "p_value",
                "claim", "note", "cell"]
     if rounds.empty or trials.empty or not {"variant", "status", *VERSUS_METRICS} <= set(trials.columns):
         return pd.DataFrame(columns=columns)
     folds = "fold" in rounds and "fold" in trials
-    keys = ["backbone", "init", "seed"] + (["fold"] if folds else [])
+    keys = ["backbone", "init", *axes, "seed"] + (["fold"] if folds else [])
     baseline = trials[(trials["variant"] == "baseline") & (trials["status"] == "completed")]
     pairs = rounds.merge(baseline[keys + list(VERSUS_METRICS)], on=keys, suffixes=("", "_baseline"))
     pairs["round"] = pairs["round"].astype(int).astype(str)
     chosen = pairs[pairs["selected"].astype(bool) & pairs["finished"].astype(bool)].assign(round=SELECTED)
     rows = []
-    groups = pd.concat([pairs, chosen], ignore_index=True).groupby(["backbone", "init", "variant", "round"], sort=False)
-    for (backbone, init, variant, round_label), part in groups:
+    group_keys = ["backbone", "init", "variant", *axes, "round"]
+    groups = pd.concat([pairs, chosen], ignore_index=True).groupby(group_keys, sort=False, dropna=False)
+    for values, part in groups:
         for metric in VERSUS_METRICS:
             a, b = part[metric].to_numpy(float), part[f"{metric}_baseline"].to_numpy(float)
             d = compare_paired(a, b, test_train_ratio if folds else None)
-            rows.append({"backbone": backbone, "init": init, "variant": variant, "round": round_label, "metric": metric,
+            rows.append({**dict(zip(group_keys, values)), "metric": metric,
                          "n": d.n, "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
                          "claim": d.claim, "note": d.note, "cell": format_difference(d)})
     return pd.DataFrame(rows, columns=columns)
@@ -136,7 +140,7 @@ def _tested_text(train: TrainSpec) -> str:
 
 
 def _model(frame: pd.DataFrame) -> pd.Series:
-    return frame["backbone"] + "_" + frame["init"] + "_" + frame["variant"]
+    return model_names(frame)
 
 
 def draw_rounds(rounds: pd.DataFrame) -> Figure | None:
