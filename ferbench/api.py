@@ -283,25 +283,13 @@ def _console(verbose: bool) -> Iterator[None]:
 
 
 def _resume_folder(spec: StudySpec) -> Path:
-    """The experiment ``resume=True`` continues: ``run.name`` under the storage, else the study's newest
-    (from the bucket into its mirror for ``s3://``), as ``ferbench run --resume`` finds it."""
-    from ferbench.harness.study.experiment import latest_experiment
-    from ferbench.harness.study.storage import download, is_remote, latest_remote_experiment, parse_remote
+    """The experiment ``resume=True`` continues, as ``ferbench run --resume`` finds it."""
+    from ferbench.harness.study.experiment import resume_folder
 
-    folder: Path | None = None
-    if is_remote(spec.run.storage):
-        storage = parse_remote(spec.run.storage, spec.run.s3_endpoint)
-        name = spec.run.name or latest_remote_experiment(storage, spec.study)
-        with contextlib.suppress(FileNotFoundError):
-            folder = download(storage, name, storage.mirror(name)) if name else None
-        where = storage.uri
-    else:
-        root = Path(spec.run.storage).expanduser().resolve()
-        folder = root / spec.run.name if spec.run.name else latest_experiment(root, spec.study)
-        where = str(root)
-    if folder is None or not folder.exists():
+    folder = resume_folder(spec)
+    if folder is None:
         raise FileNotFoundError(f"resume: no experiment of study {spec.study!r}"
-                                f"{f' named {spec.run.name!r}' if spec.run.name else ''} under {where}; "
+                                f"{f' named {spec.run.name!r}' if spec.run.name else ''} under {spec.run.storage}; "
                                 "run it without resume=True first")
     return folder
 

@@ -89,6 +89,7 @@ def _interrupt_after_epoch(trial_dir: Path, epoch: int) -> None:
     (trial_dir / "result.json").write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.e2e  # a study of its own / a copied experiment re-rendered
 def test_a_partial_experiment_without_a_report_loads_and_reports(reference, reference_study, tmp_path):
     copy = Path(shutil.copytree(reference_study.experiment_dir, tmp_path / "partial", ignore=shutil.ignore_patterns("report")))
     never_started, interrupted = "small_cnn_pretrained_baseline_s1", "mobilenet_v1_random_baseline_s1"
@@ -151,6 +152,7 @@ def test_a_bad_spec_raises_its_message_before_anything_is_written(tmp_path, capf
     assert list(tmp_path.iterdir()) == [] and capfd.readouterr() == ("", "")
 
 
+@pytest.mark.e2e  # a study of its own / a copied experiment re-rendered
 def test_run_is_quiet_and_returns_its_experiment(reference_study, tmp_path, capfd):
     """One arm, one epoch (the reference's data and recipe; the shared fixture has started Ray), then resumed
     with ``verbose``: it says so on stdout and trains nothing again."""

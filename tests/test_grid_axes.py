@@ -219,6 +219,7 @@ def lr_study(tmp_path_factory):
     return outcome, weights
 
 
+@pytest.mark.e2e  # a whole study (pairing itself: the tests above)
 def test_each_trial_trains_with_its_arms_value(lr_study):
     from ferbench.harness.study.checkpoints import checkpoint_dirs, read_checkpoint
 
@@ -254,6 +255,7 @@ def torch_load(path):
     return torch.load(path, weights_only=True)
 
 
+@pytest.mark.e2e  # a whole study (pairing itself: the tests above)
 def test_report_pairs_pretrained_with_random_within_each_lr(lr_study):
     outcome, _ = lr_study
     tables = outcome.report_dir / "tables"

@@ -45,6 +45,7 @@ def tracked(tmp_path_factory):
     return outcome, uri, pd.read_csv(outcome.report_dir / "tables" / "epochs.csv")
 
 
+@pytest.mark.e2e  # a whole study with both trackers
 def test_mlflow_has_one_run_per_arm_with_its_parameters_and_every_epoch(tracked):
     outcome, uri, epochs = tracked
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
@@ -96,6 +97,7 @@ def _items(items) -> dict:
     return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
 
 
+@pytest.mark.e2e  # a whole study with both trackers
 def test_wandb_offline_has_one_run_per_arm_with_its_parameters_and_every_epoch(tracked):
     outcome, _, epochs = tracked
     runs = {}
@@ -117,6 +119,7 @@ def test_wandb_offline_has_one_run_per_arm_with_its_parameters_and_every_epoch(t
             assert [row[metric] for row in history] == pytest.approx(rows[metric].tolist(), rel=1e-6), (arm, metric)
 
 
+@pytest.mark.e2e  # a whole study with both trackers
 def test_no_credential_from_the_environment_lands_in_any_file_of_the_experiment(tracked):
     outcome, uri, _ = tracked
     mlruns = Path(uri.removeprefix("file://"))

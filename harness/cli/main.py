@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(commented_spec_yaml(spec), end="")
         return EXIT_OK
 
-    from ferbench.harness.study.experiment import latest_experiment  # only a run needs these
+    from ferbench.harness.study.experiment import resume_folder  # only a run needs these
     from ferbench.harness.study.preflight import PreflightError
     from ferbench.harness.study.storage import is_remote
 
@@ -99,11 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     experiment_dir = None
     if args.resume:
         try:
-            experiment_dir = _remote_resume_folder(spec) if remote else (
-                storage / spec.run.name if spec.run.name else latest_experiment(storage, spec.study))
+            experiment_dir = resume_folder(spec)
         except (ValueError, OSError) as err:
             return _fail(f"--resume: {err}")
-        if experiment_dir is None or not experiment_dir.exists():
+        if experiment_dir is None:
             return _fail(f"--resume: no experiment of study {spec.study!r} under {storage}; run it without --resume first")
 
     from ferbench.harness.study.engine import run_study
@@ -143,20 +142,6 @@ def describe_os_error(err: OSError) -> str:
     """One line naming the path: "PATH: No space left on device"."""
     where = f"{err.filename}: " if err.filename else ""
     return f"{where}{err.strerror or err}"
-
-
-def _remote_resume_folder(spec) -> Path | None:
-    """Download the experiment to continue (``run.name``, else the newest of the study) from the bucket."""
-    from ferbench.harness.study.storage import download, latest_remote_experiment, parse_remote
-
-    storage = parse_remote(spec.run.storage, spec.run.s3_endpoint)
-    name = spec.run.name or latest_remote_experiment(storage, spec.study)
-    if name is None:
-        return None
-    try:
-        return download(storage, name, storage.mirror(name))
-    except FileNotFoundError:
-        return None
 
 
 def _local_report_folder(target: str, endpoint: str | None) -> tuple[Path, tuple | None]:

@@ -35,6 +35,25 @@ def latest_experiment(storage: Path, study: str) -> Path | None:
     return max(candidates, key=lambda p: experiment_paths(p)["manifest"].stat().st_mtime, default=None)
 
 
+def resume_folder(spec: StudySpec) -> Path | None:
+    """The experiment a resumed study continues: ``run.name`` under ``run.storage``, else the study's newest
+    there (from the bucket into its local mirror for ``s3://…``); None when there is none."""
+    from ferbench.harness.study.storage import download, is_remote, latest_remote_experiment, parse_remote
+
+    if not is_remote(spec.run.storage):
+        root = Path(spec.run.storage).expanduser().resolve()
+        folder = root / spec.run.name if spec.run.name else latest_experiment(root, spec.study)
+        return folder if folder is not None and folder.exists() else None
+    storage = parse_remote(spec.run.storage, spec.run.s3_endpoint)
+    name = spec.run.name or latest_remote_experiment(storage, spec.study)
+    if name is None:
+        return None
+    try:
+        return download(storage, name, storage.mirror(name))
+    except FileNotFoundError:
+        return None
+
+
 def _package_versions() -> dict[str, str]:
     versions = {}
     for name in PACKAGES:
