@@ -4,6 +4,8 @@ through the training step, evaluation and a trial's epoch. No test needs a GPU."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -324,3 +326,34 @@ def test_ray_workers_start_with_one_allocator_arena(local_ray):
     assert TRIAL_WORKER_ENV == {"MALLOC_ARENA_MAX": "1"}
     for env in (task_env, actor_env):
         assert env.get("MALLOC_ARENA_MAX") == "1"
+
+
+@pytest.mark.e2e  # a whole (tiny) study through harness/run.py in a cgroup of its own
+@pytest.mark.usefixtures("benchmarks_on_path")
+def test_first_run_counts_the_cpu_of_every_process_the_study_starts():
+    """benchmarks/first_run.py: the cgroup's counters hold the driver's, Ray's daemons' and the trial
+    workers' CPU time; the driver alone (its own rusage) is a part of it, and the cgroup is removed."""
+    import os
+    import sys
+
+    from benchmarks import first_run
+
+    try:
+        probe, _ = first_run._new_cgroup(f"ferbench-probe-{os.getpid()}")
+        probe.rmdir()
+    except OSError as err:
+        reason = f"creating a cgroup needs root on Linux (run the tests as root): {err}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    run_py = Path(__file__).resolve().parents[1] / "harness" / "run.py"
+    tiny = ["--set", "data.num_images=200", "--set", "train.epochs=1", "--set", "grid.backbone=[small_cnn]",
+            "--set", "grid.init=[random]", "--set", "grid.variant=[baseline]", "--set", "grid.exclude=[]"]
+    row = first_run.measure(sys.executable, tiny, run_py)
+    assert row["returncode"] == 0, row.get("stderr_tail")
+    assert row["user_s"] > 0 and row["cpu_s"] == pytest.approx(row["user_s"] + row["sys_s"])
+    # A Ray study runs in several processes: their CPU time together exceeds what one interpreter
+    # importing torch and the CLI costs (about 5 s on 2 cores); a cgroup missing the children would not.
+    assert row["cpu_s"] > 8
+    parents = (first_run.CGROUP_ROOT, first_run.CGROUP_ROOT / "cpuacct")
+    assert not [p for parent in parents for p in parent.glob("ferbench-first-run-*")]  # removed after the run
