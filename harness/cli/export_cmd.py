@@ -78,7 +78,7 @@ def cmd_export(args: argparse.Namespace, recommend: Callable[[Path], str] | None
     trial = check["max_abs_difference_vs_trial_test_predictions"]
     print(f"  check: on {check['images']} {check['source']} its probabilities are within "
           f"{check['max_abs_difference_vs_pytorch']:.1e} of the PyTorch model's"
-          + (f" and within {trial:.1e} of the trial's own test predictions" if trial is not None else ""))
+          + (f"; the PyTorch model's are within {trial:.1e} of the trial's own test predictions" if trial is not None else ""))
     print(f"  input: {' x '.join(['N', str(config['input']['channels']), str(config['input']['size']), str(config['input']['size'])])} "
           f"float32, {config['input']['channel_handling']}, mean {config['input']['mean']}, std {config['input']['std']}")
     print(f"Use it: ferbench predict {folder} IMAGE...")
