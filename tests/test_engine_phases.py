@@ -71,3 +71,16 @@ def test_a_local_ray_starts_without_the_dashboard_unless_asked(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "URL=\n" in done.stdout or done.stdout.strip().endswith("URL=")
+
+
+def test_arms_with_rounds_start_first_and_the_rest_keep_their_grid_order():
+    """The pseudo-label arm (teacher and students: the longest trial) is launched first, so it overlaps the
+    baselines instead of running alone at the end; the set of arms is unchanged."""
+    arms = load_spec("quick").arms()
+    ordered = engine.launch_order(arms)
+    assert sorted(a["arm_id"] for a in ordered) == sorted(a["arm_id"] for a in arms)
+    assert [a["arm_id"] for a in ordered] == [
+        "timm-regnetx_002_pretrained_pseudo_label_s0", "small_cnn_random_baseline_s0", "small_cnn_pretrained_baseline_s0",
+        "timm-regnetx_002_random_baseline_s0", "timm-regnetx_002_pretrained_baseline_s0"]
+    plain = load_spec("quick", ["grid.variant=[baseline]", "grid.exclude=[]"]).arms()
+    assert engine.launch_order(plain) == plain

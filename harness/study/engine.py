@@ -338,7 +338,7 @@ def tune_arms(run: StudyRun, verbose: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
     tuner = tune.Tuner(
         _build_trainable(run.spec, run.preflight, run.experiment_dir.name, ship_weights=bool(run.cluster_address)),
-        param_space={"arm": tune.grid_search(run.to_run)},
+        param_space={"arm": tune.grid_search(launch_order(run.to_run))},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=run.spec.run.max_concurrent, trial_dirname_creator=_trial_dirname,
             reuse_actors=run.spec.run.reuse_workers,
@@ -346,6 +346,18 @@ def tune_arms(run: StudyRun, verbose: bool = False) -> None:
         run_config=_run_config(run.spec, run.experiment_dir, callbacks, verbose, run.remote),
     )
     run.problems += _fit(tuner, run.experiment_dir if run.remote is None else None)
+
+
+def launch_order(arms: list[dict]) -> list[dict]:
+    """The arms in the order Tune starts them: those of a variant with rounds (teacher, then students: the
+    longest trials) first, the rest in grid order. Started last, a long arm runs alone on one slot while
+    the others idle; started first, it overlaps the short ones. Only the order changes, never an arm."""
+    from ferbench.harness import variants
+
+    def has_rounds(arm: dict) -> bool:
+        return any(info.has_rounds for info in variants.parse_combination(arm["variant"]))
+
+    return sorted(arms, key=lambda arm: not has_rounds(arm))
 
 
 def report_study(run: StudyRun) -> StudyOutcome:
