@@ -255,6 +255,15 @@ def test_spec_is_run_print_spec_without_a_run(capsys, tmp_path):
 # --- ferbench spec --schema ---------------------------------------------------------------------
 
 
+def test_spec_out_on_a_full_disk_is_one_line_and_leaves_the_old_file_whole(capsys, mount_tmpfs):
+    disk = mount_tmpfs("full", "size=16k")
+    out_file = disk / "ferbench-spec.schema.json"
+    out_file.write_text("{}\n")  # an earlier schema; the new one (about 30 kB) does not fit beside it
+    code, _, err = cli(capsys, "spec", "--schema", "--out", str(out_file))
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "No space left on device" in err, err
+    assert out_file.read_text() == "{}\n" and [p.name for p in disk.iterdir()] == [out_file.name]
+
+
 def test_spec_schema_describes_study_files(capsys, tmp_path):
     out_file = tmp_path / "ferbench-spec.schema.json"
     code, _, err = cli(capsys, "spec", "--schema", "--out", str(out_file))

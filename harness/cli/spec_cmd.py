@@ -105,8 +105,10 @@ def cmd_spec(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text, end="")
         return EXIT_OK
+    from ferbench.harness.study.atomic import atomic_write_text  # a full disk leaves the old file whole
+
     try:
-        args.out.expanduser().write_text(text, encoding="utf-8")
+        atomic_write_text(args.out.expanduser(), text)
     except OSError as err:
         return _error(f"{err.filename or args.out}: {err.strerror or err}", EXIT_FAILED)
     print(f"Wrote {args.out}")
