@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ferbench.backbones.cache_dirs import weights_dir
+from ferbench.cache_dirs import weights_dir
 from ferbench.backbones.hf_hub import HUB_FILENAMES, HubUnavailable, copy_instructions, hub_repo_id
 from ferbench.backbones.integrity import WeightHashMismatch, check_weight_file
 from ferbench.backbones.registry import get_backbone_info

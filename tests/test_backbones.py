@@ -399,3 +399,58 @@ def test_corrupt_weight_file_is_refused_in_one_line_naming_it(tmp_path):
         message = str(caught.value)
         assert message.startswith(f"{path}: not a readable weights file, truncated or corrupt") and "\n" not in message
         assert "weights_only" not in message  # torch's advice to unpickle arbitrary code is not passed on
+
+
+# --- the kept table of `ferbench backbones` ----------------------------------------------------
+
+
+def test_shipped_backbones_table_is_current():
+    from ferbench.harness.cli import backbones_table
+
+    shipped = json.loads(backbones_table.shipped_path().read_text())
+    assert shipped["key"]["source"] == backbones_table.source_digest(), (
+        "backbones/backbones_table.json is stale: run python -m ferbench.harness.cli.backbones_table")
+    if shipped["key"]["versions"] == backbones_table.table_key()["versions"]:
+        from ferbench.harness.cli.backbones_table import compute_table
+
+        assert {k: shipped[k] for k in ("k", "rows")} == json.loads(json.dumps(compute_table()))
+
+
+def test_backbones_table_is_computed_once_then_read_until_its_key_changes(tmp_path, monkeypatch):
+    from ferbench.harness.cli import backbones_table
+
+    monkeypatch.setenv("FERBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(backbones_table, "shipped_path", lambda: tmp_path / "absent.json")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"k": 4, "rows": [{"name": f"row{len(calls)}"}]}
+
+    first = backbones_table.load_table(compute)
+    assert calls == [1] and first["rows"] == [{"name": "row1"}]
+    assert json.loads((tmp_path / backbones_table.TABLE_FILE).read_text())["key"] == backbones_table.table_key()
+    assert backbones_table.load_table(compute)["rows"] == [{"name": "row1"}] and calls == [1]  # read, not computed
+    key = backbones_table.table_key()
+    monkeypatch.setattr(backbones_table, "table_key", lambda: {**key, "versions": {**key["versions"], "timm": "0.0.1"}})
+    assert backbones_table.load_table(compute)["rows"] == [{"name": "row2"}] and calls == [1, 1]  # another timm: recounted
+    (tmp_path / backbones_table.TABLE_FILE).write_text("{not json")
+    assert backbones_table.load_table(compute)["rows"] == [{"name": "row3"}]  # a damaged copy is recomputed
+
+
+def test_backbones_source_digest_follows_the_backbone_code(tmp_path, monkeypatch):
+    import shutil
+
+    from ferbench.harness.cli import backbones_table
+
+    package = tmp_path / "backbones"
+    shutil.copytree(backbones_table._package_dir("ferbench.backbones"), package)
+    real_dir = backbones_table._package_dir
+    monkeypatch.setattr(backbones_table, "_package_dir",
+                        lambda name: package if name == "ferbench.backbones" else real_dir(name))
+    before = backbones_table.source_digest()
+    (package / backbones_table.TABLE_FILE).write_text("{}")  # the table itself is not part of its key
+    assert backbones_table.source_digest() == before
+    with open(package / "small_cnn.py", "a") as handle:
+        handle.write("\n# changed\n")
+    assert backbones_table.source_digest() != before

@@ -377,3 +377,12 @@ def test_extra_keys_a_section_allows_round_trip(tmp_path):
     assert "\n  train.lr: [0.0001, 0.0003]\n" in text
     (tmp_path / "s.yaml").write_text(text)
     assert load_spec(str(tmp_path / "s.yaml")) == spec
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`ferbench backbones | head -1`: the reader leaves early; no traceback, exit 0."""
+    process = subprocess.Popen([sys.executable, "-m", "ferbench", "backbones"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # closed before the command writes its first line
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0 and stderr == b""

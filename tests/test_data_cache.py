@@ -196,7 +196,7 @@ def test_fer2013_size_csv_loads_caches_and_reloads(tmp_path, caplog):
 
 
 def test_every_cache_folder_honours_xdg_cache_home_and_the_ferbench_variables(tmp_path, monkeypatch):
-    from ferbench.backbones.cache_dirs import cache_dir, weights_dir
+    from ferbench.cache_dirs import cache_dir, weights_dir
     from ferbench.harness.data.cache import cache_root
     from ferbench.harness.study.storage import RemoteStorage
     from ferbench.harness.train.synth_identity import synth_identity_dir

@@ -5,8 +5,7 @@ The paper froze "all layers except the last 4" of Keras models after excluding t
 which layers those are, and how many parameters they hold, is not visible from the PyTorch modules,
 so this command shows the recorded Keras list (``ferbench.backbones.keras_layers``) next to the PyTorch
 module each layer maps to. The reading (k, VGG-Face descriptor) is the ``smelyakov2022`` study's.
-Every network is built on the meta device (shapes without storage): counting needs no weights, and
-building VGG-Face's 134 M parameters for real took seconds and over a gigabyte.
+The table is counted and kept by ``backbones_table``.
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ import json
 import sys
 from typing import Any
 
+from ferbench.harness.cli.backbones_table import PAPER_STUDY, compute_table, load_table, paper_reading
+
 EXIT_OK, EXIT_USAGE = 0, 2
-PAPER_STUDY = "smelyakov2022"
 
 
 def add_backbones_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -29,55 +29,6 @@ def add_backbones_parser(subparsers: Any) -> argparse.ArgumentParser:
     backbones.add_argument("--vggface-descriptor", choices=("fc7", "fc8"),
                            help=f"VGG-Face's recorded list (default: the {PAPER_STUDY} study's, fc8)")
     return backbones
-
-
-def paper_reading() -> tuple[int, Any]:
-    """(k, BackboneOptions) of the built-in Smelyakov study: the paper's reading."""
-    from ferbench.harness.spec import load_spec
-
-    spec = load_spec(PAPER_STUDY)
-    return spec.train.freeze.k, spec.model.backbone_options()
-
-
-def _paper_trainable(name: str, k: int, options: Any, model: Any) -> dict[str, int | None]:
-    """Keras layers after excluding the last one, and the backbone parameters the last ``k`` train
-    (Keras' count, and what the PyTorch port trains: the same modules, without Keras-only conv biases).
-    ``model`` is the default build, used unless the paper's options add a module (VGG-Face's fc8)."""
-    from ferbench.backbones import meta_backbone
-    from ferbench.backbones.keras_layers import keras_layer_list
-
-    layers = keras_layer_list(name, options.vggface_descriptor)
-    if layers is None:
-        return {"keras_layers": None, "paper_trainable_params": None, "paper_trainable_params_torch": None}
-    try:
-        modules = [model.get_submodule(path) for path in layers.torch_modules(k)]
-    except AttributeError:
-        model = meta_backbone(name, num_classes=7, options=options)
-        modules = [model.get_submodule(path) for path in layers.torch_modules(k)]
-    torch_count = sum(p.numel() for module in modules for p in module.parameters())
-    return {"keras_layers": len(layers.paper_layers), "paper_trainable_params": layers.trainable_params(k),
-            "paper_trainable_params_torch": torch_count}
-
-
-def backbone_rows() -> list[dict]:
-    from ferbench.backbones import backbone_parameter_counts, get_backbone_info, list_backbones, meta_backbone
-
-    k, options = paper_reading()
-    rows = []
-    for name in list_backbones():
-        info = get_backbone_info(name)
-        model = meta_backbone(name, num_classes=7)
-        rows.append({
-            "name": name, "family": info.family, "input_size": info.input_size,
-            "fixed_input_size": info.fixed_input_size, "channels": info.channel_order,
-            "mean": list(info.mean), "std": list(info.std),
-            "embedding_dim": int(getattr(model, "num_features", 0)) or info.embedding_dim,
-            **backbone_parameter_counts(name, model),
-            **_paper_trainable(name, k, options, model),
-            "pretrained": list(info.pretrained_sources), "random_init": info.random_init,
-            "description": info.description,
-        })
-    return rows
 
 
 def layers_table(name: str, k: int, vggface_descriptor: str) -> str:
@@ -108,7 +59,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
             print(f"ferbench: error: {err}", file=sys.stderr)
             return EXIT_USAGE
         return EXIT_OK
-    rows = backbone_rows()
+    table = load_table(compute_table)
+    rows = table["rows"]
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -121,7 +73,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
               f"{row['params']:>13,}{row['keras_params']:>14,}{layers:>13}{trains:>14}  {row['description']}")
     print("params / keras_params: without the classifier, as the papers count them (keras_params adds BatchNorm")
     print("moving statistics and the conv biases Keras' version has). keras_layers: Keras layers after excluding")
-    print(f"the last one; paper_trains: the Keras parameters the last {paper_reading()[0]} of them hold ({PAPER_STUDY}: VGG-Face")
+    print(f"the last one; paper_trains: the Keras parameters the last {table['k']} of them hold ({PAPER_STUDY}: VGG-Face")
     print("with fc8, as deepface in 2022); ferbench backbones --layers NAME lists them. Any timm model works as timm:<name>,")
     print("and any timm model on the Hugging Face Hub as timm:hf-hub:ORG/REPO.")
     return EXIT_OK

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ferbench.backbones.cache_dirs import cache_dir
+from ferbench.cache_dirs import cache_dir
 from ferbench.harness.data.dataset import FerDataset
 from ferbench.harness.data.formats.common import NO_FACE, resolved
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
-    """``$FERBENCH_CACHE_DIR/datasets`` (default ``$XDG_CACHE_HOME/ferbench/datasets``, see ``ferbench.backbones.cache_dirs``)."""
+    """``$FERBENCH_CACHE_DIR/datasets`` (default ``$XDG_CACHE_HOME/ferbench/datasets``, see ``ferbench.cache_dirs``)."""
     return cache_dir("datasets")
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ferbench.backbones.cache_dirs import cache_dir
+from ferbench.cache_dirs import cache_dir
 
 SKIPPED_DOWNLOADS = (".pt", ".pth", ".pkl", ".safetensors")  # model weights: the report never reads them
 

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ferbench.backbones.cache_dirs import cache_dir
+from ferbench.cache_dirs import cache_dir
 from ferbench.harness.study.atomic import atomic_write_bytes
 
 CACHE_VERSION = 1  # bump when the recipe changes, so stale caches are not reused
