@@ -14,6 +14,10 @@ import numpy as np
 # FER2013's label order (the CSV's `emotion` column); every loader maps into it by name.
 FER2013_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
+# The one class of a dataset without emotion labels (DISFA, a multi-label CSV): its labels are all 0,
+# so that class counts and stratified splits work unchanged; its targets are ``action_units``.
+UNLABELLED_CLASS = "unlabelled"
+
 # Facial action units carried as multi-label targets (Arsirii & Petrosiuk's DISFA subset).
 ACTION_UNITS: tuple[str, ...] = ("AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26")
 
