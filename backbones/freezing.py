@@ -33,6 +33,7 @@ class FreezePlan:
     k: int = 4
     unfreeze_epoch: int = 1
     unfreeze_lr_factor: float = 0.1
+    unfreeze_k: int | None = None  # two_stage's fine-tuning: the last k trunk layers train, or None: all
 
 
 def trunk_layers(model: nn.Module) -> list[nn.Module]:
@@ -79,8 +80,10 @@ def _train_only(model: nn.Module, modules: list[nn.Module]) -> None:
 
 def apply_freeze(model: nn.Module, plan: FreezePlan, epoch: int) -> None:
     """Set ``requires_grad`` for training ``epoch`` (1-based) under ``plan``."""
-    if plan.policy == "none" or (plan.policy == "two_stage" and epoch >= plan.unfreeze_epoch):
+    if plan.policy == "none":
         _set_trainable(model, None)
+    elif plan.policy == "two_stage" and epoch >= plan.unfreeze_epoch:
+        _set_trainable(model, plan.unfreeze_k)
     elif plan.policy == "last_k":
         _set_trainable(model, plan.k)
     elif plan.policy == "keras_last_k":

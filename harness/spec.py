@@ -55,7 +55,7 @@ class SpecError(ValueError):
 
 
 class DataSpec(_Strict):
-    format: Literal["synthfer", "fer2013", "fer2013_folders", "rafdb", "ckplus", "folder", "auto"] = Field(
+    format: Literal["synthfer", "fer2013", "fer2013_folders", "rafdb", "ckplus", "folder", "disfa", "multilabel_csv", "auto"] = Field(
         "synthfer", description="dataset layout; 'auto' detects it from data.path and says which it found"
     )
     path: str | None = Field(None, description="file or folder of a real dataset")
@@ -74,11 +74,44 @@ class DataSpec(_Strict):
     image_size: int = Field(48, ge=16, le=256, description="SynthFER: side length in pixels")
     label_noise: float = Field(0.05, ge=0.0, lt=1.0, description="SynthFER: fraction of flipped labels")
     seed: int = Field(0, description="SynthFER: generation seed")
+    action_units: list[int] = Field(
+        [1, 2, 4, 6, 9, 12, 25, 26], min_length=1,
+        description="DISFA: the AUs kept, as label columns in this order (of 1 2 4 5 6 9 12 15 17 20 25 26; 12 or AU12)",
+    )
+    au_threshold: int = Field(2, ge=1, le=5, description="DISFA: an AU is present at intensity >= this (0-5; 2 is the common protocol)")
+    frame_step: int = Field(1, ge=1, description="DISFA: keep every n-th frame (frames 1, 1+n, 1+2n, ...)")
+    frame_size: int = Field(
+        128, ge=16, le=1024, description="DISFA without face_detect: the central square of each frame resized to this side "
+        "(RGB; all 130,815 frames at 128 take 6.4 GB, so raise frame_step for larger sizes)"
+    )
+    image_column: str = Field("image", description="multilabel_csv: the image path column (relative to the CSV's folder, or absolute)")
+    label_columns: list[str] | None = Field(
+        None, min_length=1, description="multilabel_csv: the 0/1 label columns (default: every column but the image and subject ones)"
+    )
+    subject_column: str | None = Field(None, description="multilabel_csv: the subject column (default: 'subject' when there is one)")
 
-    @field_validator("drop_classes", mode="before")
+    @field_validator("drop_classes", "label_columns", mode="before")
     @classmethod
     def _one_class_as_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("action_units", mode="before")
+    @classmethod
+    def _au_numbers(cls, value: Any) -> Any:
+        """AU12 and au12 mean 12; one AU alone is a list of one."""
+        values = value if isinstance(value, list) else [value]
+        return [re.sub(r"(?i)^au", "", item.strip()) if isinstance(item, str) else item for item in values]
+
+    @field_validator("action_units")
+    @classmethod
+    def _distinct_positive_aus(cls, numbers: list[int]) -> list[int]:
+        for index, number in enumerate(numbers):
+            if number < 1:
+                raise ValueError(f"data.action_units.{index}: {number} is not an AU number (1, 2, 4, …)")
+        doubled = sorted({number for number in numbers if numbers.count(number) > 1})
+        if doubled:
+            raise ValueError(f"data.action_units: {', '.join(map(str, doubled))} listed twice")
+        return numbers
 
     @field_validator("drop_classes")
     @classmethod
@@ -264,8 +297,16 @@ class FreezeSpec(_Strict):
     )
     k: int = Field(4, ge=0, description="last_k: trunk layers that train; keras_last_k: Keras layers after "
                    "excluding the last one (Smelyakov: 4)")
-    unfreeze_epoch: int = Field(1, ge=1, description="two_stage: first epoch with everything trainable")
+    unfreeze_epoch: int = Field(1, ge=1, description="two_stage: first fine-tuning epoch (with unfreeze_on=val_plateau: "
+                                "the latest one)")
     unfreeze_lr_factor: float = Field(0.1, gt=0, description="two_stage: learning-rate factor after unfreezing")
+    unfreeze_on: Literal["epoch", "val_plateau"] = Field(
+        "epoch", description="two_stage: fine-tune from unfreeze_epoch, or once val_loss has not improved for patience "
+        "epochs of head training (Arsirii 2023: until the validation error stops improving)"
+    )
+    patience: int = Field(1, ge=1, description="two_stage with unfreeze_on=val_plateau: epochs without a lower val_loss")
+    unfreeze_k: int | None = Field(None, ge=1, description="two_stage: trunk layers that fine-tune (the last k), or "
+                                   "null: all of them")
 
 
 class TrainSpec(_Strict):
@@ -294,8 +335,14 @@ class TrainSpec(_Strict):
         "last", description="weights tested at a round's end (and, for pseudo_label, predicting the pool and starting the "
         "student): the last epoch's, or the epoch with the best select_metric on val (Keras ModelCheckpoint save_best_only)"
     )
-    select_metric: Literal["val_acc", "val_loss"] = Field(
-        "val_acc", description="best_val: highest val_acc or lowest val_loss; ties → the earlier epoch; epoch 0 never"
+    select_metric: Literal["val_acc", "val_loss", "val_f1_macro"] = Field(
+        "val_acc", description="best_val: highest val_acc or val_f1_macro (task multilabel), or lowest val_loss; ties → the "
+        "earlier epoch; epoch 0 never"
+    )
+    loss: Literal["auto", "cross_entropy", "bce", "bce_weighted", "lsep", "lpr"] = Field(
+        "auto", description="the task's loss: classification cross_entropy; multilabel bce, bce_weighted (positives weighted "
+        "by negatives/positives per label), lsep (log-sum-exp pairwise) or lpr (1 − precision·recall); auto = "
+        "cross_entropy / bce"
     )
     deterministic: bool | Literal["auto"] = Field(
         "auto", description="deterministic kernels (identical reruns); auto = on for CPU, off on CUDA"
@@ -483,6 +530,20 @@ class ReportSpec(_Strict):
     samples_per_class: int = Field(2, ge=0, description="test images per class shown with each model's predictions (0: none)")
 
 
+class MultilabelSpec(_Strict):
+    threshold: float | Literal["val_f1"] = Field(
+        0.5, description="task multilabel: the decision threshold of every label, or val_f1: per label, the threshold "
+        "maximising F1 on validation, then applied unchanged to test"
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _inside_unit_interval(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value < 1:
+            raise ValueError(f"{value} is not a probability strictly between 0 and 1; e.g. 0.5, or val_f1")
+        return value
+
+
 class _StudySpecCore(_Strict):
     study: str = Field(description="study name, used for the experiment folder")
     description: str = ""
@@ -496,6 +557,7 @@ class _StudySpecCore(_Strict):
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     task: str = Field(tasks.CLASSIFICATION.name, description="what the study predicts (ferbench.harness.tasks)")
+    multilabel: MultilabelSpec = Field(default_factory=MultilabelSpec)
 
     @field_validator("task")
     @classmethod
@@ -503,6 +565,22 @@ class _StudySpecCore(_Strict):
         if value not in tasks.list_tasks():
             raise ValueError(f"unknown task {value!r}; registered: {', '.join(tasks.list_tasks())}")
         return value
+
+    @model_validator(mode="after")
+    def _task_checks(self) -> "_StudySpecCore":
+        """The task's own settings: its losses, selection metrics and variants (``TaskInfo``)."""
+        info = tasks.get_task_info(self.task)
+        if self.train.loss not in ("auto", *info.losses):
+            raise ValueError(f"train.loss: {self.train.loss} is not a loss of task {self.task}; use auto or one of "
+                             f"{', '.join(info.losses)}")
+        if self.train.select_metric not in info.select_metrics:
+            raise ValueError(f"train.select_metric: {self.train.select_metric} is not measured by task {self.task}; use "
+                             f"one of {', '.join(info.select_metrics)}")
+        refused = sorted({name for arm in self.arms() for name in arm["variant"].split("+")} - set(info.variants or ()))
+        if info.variants is not None and refused:
+            raise ValueError(f"grid.variant: task {self.task} trains {', '.join(info.variants)} only, not "
+                             f"{', '.join(refused)}; remove {'it' if len(refused) == 1 else 'them'} from grid.variant")
+        return self
 
     @model_validator(mode="after")
     def _variant_checks(self) -> "_StudySpecCore":

@@ -21,13 +21,15 @@ from pydantic import BaseModel
 from ferbench.harness.spec import StudySpec
 
 # data.* keys that only some formats read; 'auto' may detect any real format, so it keeps theirs.
-REAL_FORMATS = frozenset({"fer2013", "fer2013_folders", "rafdb", "ckplus", "folder", "auto"})
+REAL_FORMATS = frozenset({"fer2013", "fer2013_folders", "rafdb", "ckplus", "folder", "disfa", "multilabel_csv", "auto"})
 DATA_KEY_FORMATS: dict[str, frozenset[str]] = {
     **{key: frozenset({"synthfer"}) for key in ("num_images", "image_size", "label_noise", "seed")},
     **{key: REAL_FORMATS for key in ("path", "strict", "cache", "face_detect", "face_size")},
     "ferplus_labels": frozenset({"fer2013", "auto"}),
     "contempt": frozenset({"ckplus", "auto"}),
     "class_map": frozenset({"folder", "fer2013_folders", "ckplus", "auto"}),
+    **{key: frozenset({"disfa", "auto"}) for key in ("action_units", "au_threshold", "frame_step", "frame_size")},
+    **{key: frozenset({"multilabel_csv", "auto"}) for key in ("image_column", "label_columns", "subject_column")},
 }
 COMMENT_WIDTH = 100
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"

@@ -64,25 +64,29 @@ def build_report(experiment_dir: str | Path) -> Path:
     window = spec.report.window
     comparison = tidy_tables(experiment_dir, spec)
     epochs = comparison.pop("epochs")
-    samples, sample_predictions = collect_sample_probabilities(experiment_dir)
+    task = get_task_info(spec.task)
     ratio = fold_test_train_ratio(spec.split)
     trials = comparison["trials"]
     tables = paths["report"] / "tables"
-    named = {"epochs": epochs, "sample_predictions": sample_predictions}
+    named = {"epochs": epochs}
+    if task.class_samples:
+        samples, named["sample_predictions"] = collect_sample_probabilities(experiment_dir)
     for name, frame in {**named, **comparison}.items():
         write_table(tables, name, frame)
     draw_figures(epochs, trials, comparison, paths["report"] / "figures")
-    plot_sample_predictions(samples, sample_predictions, paths["report"] / "figures" / "sample_predictions.png")
+    if task.class_samples:
+        plot_sample_predictions(samples, named["sample_predictions"], paths["report"] / "figures" / "sample_predictions.png")
     # The skeleton knows no task and no variant: each one's part comes through its registry entry.
     context = ReportContext(experiment_dir, paths["report"], spec, epochs, trials)
-    task_part = load_object(get_task_info(spec.task).report)(context)
+    task_part = load_object(task.report)(context)
     variant_sections = [load_object(info.report_section)(context)
                         for info in used_variants(read_grid(experiment_dir)) if info.report_section]
     sections = [
         render_comparison(comparison, window) + (f"\n{task_part}" if task_part else ""),
-        samples_section(experiment_dir, trials),
+        *([samples_section(experiment_dir, trials)] if task.class_samples else []),
         *variant_sections,
-        render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio),
+        render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio,
+                              task.headline),
     ]
     data_section = _data_section(manifest, experiment_dir) if "data_summary" in manifest else None  # earlier versions
     atomic_write_text(paths["report"] / "report.md",

@@ -100,12 +100,27 @@ def _class_names(stored: Any) -> list[str]:
 
 
 def read_per_class(path: Path) -> dict:
-    """``test_per_class.json``, checked: per class precision / recall / F1 / support, and a square confusion matrix."""
+    """``test_per_class.json``, checked: per class precision / recall / F1 / support, and a square confusion
+    matrix; a multi-label task's file (it has a ``threshold_rule``) has per label thresholds and average
+    precisions instead of the matrix, since its labels are not exclusive."""
     scores = json.loads(Path(path).read_text())
     n = len(_class_names(scores))
     _class_scores(scores, n, "")
-    _matrix(_field(scores, "confusion_matrix"), n, "confusion_matrix")
+    if "threshold_rule" in scores:
+        _label_thresholds(scores, n)
+    else:
+        _matrix(_field(scores, "confusion_matrix"), n, "confusion_matrix")
     return scores
+
+
+def _label_thresholds(scores: dict, n: int) -> None:
+    """A multi-label file's own fields; an average precision is null (or NaN) for a label without test positives."""
+    if not isinstance(scores["threshold_rule"], str):
+        raise ValueError("threshold_rule: expected a name")
+    _numbers(_field(scores, "threshold"), n, "threshold")
+    precisions = _field(scores, "average_precision")
+    _numbers([0.0 if v is None else v for v in precisions] if isinstance(precisions, list) else precisions, n,
+             "average_precision")
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray]:
@@ -327,8 +342,9 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         damaged += artifact_damage(trial_dir) if trial_dir else []
         trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
         if not epochs.empty:
-            frame = epochs.reindex(columns=["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]).assign(trial_id=trial_id, **fields)
-            epoch_frames.append(frame[columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS]])
+            metrics = ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS, *task_columns(epochs, "val_", EPOCH_METRICS)]
+            frame = epochs.reindex(columns=metrics).assign(trial_id=trial_id, **fields)
+            epoch_frames.append(frame[columns + metrics])
         trial_rows.append({"trial_id": trial_id, **fields, **source, "status": status, "error": error,
                            "damaged": "; ".join(relative(p, experiment_dir) for p in damaged), **_trial_summary(epochs)})
     trials_table = pd.DataFrame(trial_rows)
@@ -338,6 +354,11 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame(columns=columns + ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS])
     )
     return epochs_table, trials_table
+
+
+def task_columns(epochs: pd.DataFrame, prefix: str, known: list[str]) -> list[str]:
+    """The metrics a task reports beyond the common ones (multilabel: ``val_f1_macro``, ``test_micro_f1``, …)."""
+    return [name for name in epochs.columns if name.startswith(prefix) and name not in known]
 
 
 def _trial_summary(epochs: pd.DataFrame) -> dict:
@@ -363,6 +384,7 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
         "resumed_at_epochs": " ".join(str(int(e)) for e in sorted(set(epochs.get("attempt_start_epoch", pd.Series(dtype=float)).dropna())) if e > 0),
     }
     summary.update({name: last.get(name, np.nan) for name in TEST_METRICS + FINAL_MEASURES})
+    summary.update({name: last.get(name) for name in task_columns(epochs, "test_", TEST_METRICS)})
     if "selected_epoch" in epochs:  # the round epoch whose weights were tested (train.select)
         summary["selected_epoch"] = last.get("selected_epoch")
     if "pl_rounds" in epochs:
@@ -388,9 +410,28 @@ def collect_per_class(experiment_dir: Path) -> tuple[pd.DataFrame, dict[str, dic
         fields = arm_fields(arm, columns)
         for i, name in enumerate(scores["class_names"]):
             rows.append({**fields, "class": name, **{k: scores[k][i] for k in ("precision", "recall", "f1", "support")}})
-        confusion[arm["arm_id"]] = {"class_names": scores["class_names"], "matrix": scores["confusion_matrix"]}
+        if "confusion_matrix" in scores:  # a multi-label task's labels have none
+            confusion[arm["arm_id"]] = {"class_names": scores["class_names"], "matrix": scores["confusion_matrix"]}
     columns += ["class", "precision", "recall", "f1", "support"]
     return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)), confusion
+
+
+def arm_artifacts(experiment_dir: Path, file_name: str, reader: Callable[[Path], T]) -> tuple[list[str], list[tuple[dict, T]]]:
+    """(the tables' arm descriptor columns, ``arm_columns`` without ``trial_id``; per arm whose trial folder holds a
+    readable ``file_name``, in grid order: (its descriptor values, ``reader``'s reading)): what a task's report part
+    tabulates. A file not written yet, or damaged (``collect``'s ``damaged`` names it), leaves its arm out."""
+    experiment_dir = Path(experiment_dir)
+    arms = read_grid(experiment_dir)
+    arm_ids = [arm["arm_id"] for arm in arms]
+    columns = arm_columns(arms)[1:]
+    found = []
+    for arm in arms:
+        trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids) if arm["status"] != "unavailable" else None
+        path = trial_dir / file_name if trial_dir else None
+        value = try_read(path, reader)[0] if path is not None and path.is_file() else None
+        if value is not None:
+            found.append((arm_fields(arm, columns), value))
+    return columns, found
 
 
 def trial_statuses(experiment_dir: Path) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """The report's "## Data" section and its class-count figure, from ``ferbench.harness.data.checks.inspect``'s summary.
 
 Why in the report: a reader judging a benchmark needs the class balance per split and whether the
-test images also appear in training, next to the numbers they qualify.
+test images also appear in training, next to the numbers they qualify; for a multi-label study also how
+rare each label is and which labels occur together (an F1 on a label active in 4% of the images reads
+differently from one on a label active in half of them).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.markdown import markdown_table
 
 FIGURE = "class_counts.png"
+LABEL_FIGURE = "label_statistics.png"  # a multi-label study's label prevalence and co-occurrence
 
 
 def _count_columns(summary: dict[str, Any]) -> list[str]:
@@ -116,6 +119,29 @@ def _missing(summary: dict[str, Any]) -> tuple[list[str], list[str]]:
                       *(f"  - {md_text(describe_missing(entry))}" for entry in missing)]
 
 
+def _label_statistics(stats: dict[str, Any] | None, split: str, figures_dir: Path) -> list[str]:
+    """The multi-label dataset's labels (recorded by the experiment for a multi-label study, else nothing): how
+    often each is active per part, how many images have none, and which labels occur together."""
+    if stats is None:
+        return []
+    from ferbench.reports.au_figures import plot_label_statistics
+
+    plot_label_statistics(stats, Path(figures_dir) / LABEL_FIGURE)
+    names = stats["names"]
+    counts = {part: {**dict(zip(names, stats["positives"][part])), "no label active": stats["no_label"][part],
+                     "total": images} for part, images in stats["images"].items()}
+    prevalence = counts_with_shares(counts).rename(index={"total": "images"}).rename_axis("label").reset_index()
+    co_occurrence = pd.DataFrame(stats["co_occurrence"], index=pd.Index(names, name="label"), columns=names).reset_index()
+    return [
+        f"### Labels per image, {split}", "",
+        "Images with each label active (share of the part's images); an image can have several labels, or none.", "",
+        markdown_table(prevalence),
+        "Co-occurrence over all images: images with both labels active (the diagonal: each label's positives).", "",
+        markdown_table(co_occurrence),
+        f"![Label prevalence and co-occurrence](figures/{LABEL_FIGURE})", "",
+    ]
+
+
 def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
     """Markdown for report.md's "## Data" section; writes ``figures_dir / class_counts.png``, linked
     as ``figures/class_counts.png`` (``figures_dir`` is the report's ``figures`` folder)."""
@@ -134,6 +160,7 @@ def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
         f"### Images per class, {split}", "",
         markdown_table(counts_with_shares(summary["class_counts"]).reset_index()),
         f"![Images per class and split](figures/{FIGURE})", "",
+        *_label_statistics(summary.get("action_units"), split, figures_dir),
         "### Quality checks", "",
         *_duplicates(summary),
         *_dropped(summary.get("dropped_training_duplicates")),

@@ -1,6 +1,7 @@
-"""The arm ``ferbench export`` takes when none is named: the report's Recommendation's best model by test
-accuracy, and of that model's arms (seeds, folds) the one with the highest test accuracy (ties: the first
-in the grid).
+"""The arm ``ferbench export`` takes when none is named: the report's Recommendation's best model by the
+task's headline test metric (``TaskInfo.headline``: test accuracy, or macro F1 over labels for a
+multi-label task), and of that model's arms (seeds, folds) the one with the highest value (ties: the
+first in the grid).
 
 Why here and not in the export code: the choice must be the report's own, from the same tables with the
 same exclusions (models with no completed trial, models that did not learn), so it runs the
@@ -14,39 +15,38 @@ from pathlib import Path
 
 import pandas as pd
 
+from ferbench.harness.tasks import get_task_info
 from ferbench.reports import recommendation as rec
 from ferbench.reports.collect import collect, read_spec
 from ferbench.reports.comparison import comparison_tables
 from ferbench.reports.derived import fold_test_train_ratio
 
-METRIC = "test_acc"
-
-
-def best_model_by_test_accuracy(summary: pd.DataFrame, trials: pd.DataFrame,
-                                test_train_ratio: float | None = None) -> str | None:
-    """The model the Recommendation's "Best test accuracy" line names (``<backbone>_<init>[_<variant>]``), or
+def best_model(summary: pd.DataFrame, trials: pd.DataFrame, test_train_ratio: float | None = None,
+               metric: str = "test_acc") -> str | None:
+    """The model the Recommendation names best by ``metric`` (``<backbone>_<init>[_<variant>]``), or
     None when no model qualifies; ``summary`` and (enriched) ``trials`` from ``comparison_tables``."""
     multi = rec._multi_variant(summary)
     models, _ = rec._completed_models(summary, multi)
     flat = set(rec._flat_models(trials, multi, models))
     models = [model for model in models if model not in flat]
     ranker = rec.Ranker(rec._unit_values(trials, None, multi), test_train_ratio)
-    ranked = ranker.rank(rec._metric_stats(summary, METRIC, multi, models), METRIC, higher=True)
+    ranked = ranker.rank(rec._metric_stats(summary, metric, multi, models), metric, higher=True)
     return None if ranked is None else str(ranked["best"].model)
 
 
 def recommended_arm(experiment_dir: str | Path) -> str:
-    """The arm id of the Recommendation's best model by test accuracy with the highest test accuracy; a
-    ``ValueError`` (one line) when the experiment has no completed arm with a test accuracy."""
+    """The arm id of the Recommendation's best model by the task's headline metric with the highest value of
+    it; a ``ValueError`` (one line) when the experiment has no completed arm with that metric."""
     experiment_dir = Path(experiment_dir)
     spec = read_spec(experiment_dir).spec
     epochs, trials = collect(experiment_dir)
     ratio = fold_test_train_ratio(spec.split)
     tables = comparison_tables(epochs, trials, spec.report.window, spec.train.epochs, ratio)
     summary, trials = tables["summary"], tables["trials"]
-    model = best_model_by_test_accuracy(summary, trials, ratio)
+    metric = get_task_info(spec.task).headline
+    model = best_model(summary, trials, ratio, metric)
     if model is None:
-        raise ValueError(f"{experiment_dir}: no completed arm has a test accuracy, so the report recommends none; "
+        raise ValueError(f"{experiment_dir}: no completed arm has a {metric}, so the report recommends none; "
                          f"name the arm to export: ferbench export {experiment_dir} ARM")
     arms = trials[(trials["status"] == "completed") & (rec._names(trials, rec._multi_variant(summary)) == model)]
-    return str(arms.sort_values(METRIC, ascending=False, kind="stable")["arm_id"].iloc[0])
+    return str(arms.sort_values(metric, ascending=False, kind="stable")["arm_id"].iloc[0])

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from ferbench.harness.spec import FreezeSpec, ModelSpec, SplitSpec, StudySpec, setting_text
+from ferbench.harness.tasks import get_task_info
 from ferbench.reports.escaping import md_code, md_text
 
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
@@ -41,8 +42,21 @@ def _freezing(freeze: FreezeSpec) -> str:
     if policy == "keras_last_k":
         return f"keras_last_k (the last {freeze.k} Keras layers after excluding the last one)"
     if policy == "two_stage":
-        return f"two_stage (unfreeze at epoch {freeze.unfreeze_epoch}, lr × {freeze.unfreeze_lr_factor})"
+        what = "everything" if freeze.unfreeze_k is None else f"the last {freeze.unfreeze_k} trunk layers"
+        when = (f"at epoch {freeze.unfreeze_epoch}" if freeze.unfreeze_on == "epoch" else
+                f"after {freeze.patience} head epoch(s) without a lower val_loss, at the latest at epoch {freeze.unfreeze_epoch}")
+        return f"two_stage (fine-tune {what} {when}, lr × {freeze.unfreeze_lr_factor})"
     return policy
+
+
+def _task_text(spec: StudySpec) -> str:
+    """The loss and, for a multi-label task, the decision thresholds (classification: cross-entropy, as always)."""
+    if spec.task != "multilabel":
+        return ""
+    loss = "bce" if spec.train.loss == "auto" else spec.train.loss
+    threshold = spec.multilabel.threshold
+    rule = "chosen per label on validation (max F1)" if threshold == "val_f1" else f"{threshold}"
+    return f", task multilabel, loss {loss}, thresholds {rule}"
 
 
 def _model_options(model: ModelSpec) -> str:
@@ -178,7 +192,7 @@ def render_markdown(
         f"batch {train.batch_size}, input size {train.input_size}, "
         f"augmentation {'on' if train.augment.enabled else 'off'}, "
         f"head {train.head}, freezing {_freezing(train.freeze)}, "
-        f"random init {train.random_init}{_model_options(spec.model)}",
+        f"random init {train.random_init}{_model_options(spec.model)}{_task_text(spec)}",
         f"- Resources per trial: {spec.resources.cpu} CPU, {spec.resources.gpu} GPU",
         *_spec_notes(spec_notes),
         "",
@@ -215,8 +229,7 @@ def render_markdown(
         "- `train_acc` / `train_loss`: running average over the epoch's batches (as Keras reports it); "
         "epoch 0 is a clean pass of the untrained model.",
         "- `val_*`: evaluation pass on the validation split after each epoch.",
-        "- Test macro / weighted F1, balanced accuracy, per-class precision / recall / F1 and the confusion "
-        "matrix: torchmetrics, computed in each trial from its test predictions (kept as `test_predictions.npz`).",
+        *get_task_info(spec.task).metrics_text.split("\n"),
         "",
         "## Reproducibility",
         "",

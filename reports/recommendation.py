@@ -31,6 +31,7 @@ CRITERIA = [  # (metric in summary, label, higher is better)
     ("test_macro_f1", "Best test macro F1", True),
 ]
 METRIC_LABELS = {"test_acc": "test acc", "test_macro_f1": "test macro F1", "initial_acc": "initial val acc"}
+QUALITY_NAMES = {"test_acc": "test accuracy", "test_macro_f1": "test macro F1"}  # what the decision rule ranks by
 WHOLE = {"params_trainable", "train_images_per_s", "infer_images_per_s"}
 RATES = {"MCR", "MOFR"}
 SPEED_CRITERIA = [  # (metric, label, what, higher is better)
@@ -288,10 +289,13 @@ def _difference_lines(differences: pd.DataFrame, multi_variant: bool) -> list[st
 
 
 def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr: pd.DataFrame,
-                          trials: pd.DataFrame | None = None, test_train_ratio: float | None = None) -> str:
+                          trials: pd.DataFrame | None = None, test_train_ratio: float | None = None,
+                          quality: str = "test_acc") -> str:
     """The "## Recommendation" Markdown section from ``seed_summary``, ``paired_differences``,
     ``mcr_mofr`` and the (enriched) trials frames of ``ferbench.reports.comparison.comparison_tables``;
-    ``test_train_ratio`` in k-fold studies (see ``ferbench.reports.derived.fold_test_train_ratio``)."""
+    ``test_train_ratio`` in k-fold studies (see ``ferbench.reports.derived.fold_test_train_ratio``).
+    ``quality``: the test metric the Pareto set and the decision rule rank by, the task's headline
+    (``TaskInfo.headline``: test accuracy for emotions, macro F1 over labels for action units)."""
     lines = ["## Recommendation", ""]
     if summary is None or summary.empty:
         return "\n".join(lines + ["No models to compare.", ""])
@@ -332,16 +336,17 @@ def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr:
     for metric, label, what, higher in SPEED_CRITERIA:
         lines.append(_line(ranker, label, what, stats[metric], metric, higher))
 
-    pareto = _pareto(stats["test_acc"], stats["params_trainable"])
+    pareto = _pareto(stats[quality], stats["params_trainable"])
+    title = f"Pareto-optimal ({QUALITY_NAMES[quality]} vs trainable parameters)"
     if pareto.empty:
-        lines.append("- **Pareto-optimal (test accuracy vs trainable parameters)**: not available.")
+        lines.append(f"- **{title}**: not available.")
     else:
-        lines.append("- **Pareto-optimal (test accuracy vs trainable parameters)**: " + ", ".join(
+        lines.append(f"- **{title}**: " + ", ".join(
             f"{md_code(p.model)} ({p.acc:.3f}, {p.params:,.0f} params)" for p in pareto.itertuples(index=False))
-            + " (no other model is at least as accurate with as few parameters; means, so a point on the "
+            + f" (no other model has at least its {QUALITY_NAMES[quality]} with as few parameters; means, so a point on the "
               "front need not differ from its neighbours beyond the seed noise).")
     lines += _difference_lines(differences, multi)
-    lines += ["", *_decision_rule(ranker, stats, pareto), ""]
+    lines += ["", *_decision_rule(ranker, stats, pareto, quality), ""]
     return "\n".join(lines)
 
 
@@ -354,12 +359,13 @@ def _flat_models(trials: pd.DataFrame | None, multi_variant: bool, models: list[
     return [m for m in models if bool(flags.get(m, False))]
 
 
-def _decision_rule(ranker: Ranker, stats: dict[str, pd.DataFrame], pareto: pd.DataFrame) -> list[str]:
-    """Smelyakov et al.'s rule, with our numbers."""
+def _decision_rule(ranker: Ranker, stats: dict[str, pd.DataFrame], pareto: pd.DataFrame, quality: str = "test_acc") -> list[str]:
+    """Smelyakov et al.'s rule, with our numbers; "accurate" is measured by ``quality``."""
     text = ["**Decision rule (Smelyakov et al.)**", ""]
-    accuracy = ranker.rank(stats["test_acc"], "test_acc", higher=True)
+    name = QUALITY_NAMES[quality]
+    accuracy = ranker.rank(stats[quality], quality, higher=True)
     if accuracy is None:
-        return text + ["No model has a test accuracy, so the rule cannot be applied."]
+        return text + [f"No model has a {name}, so the rule cannot be applied."]
     contenders = _contenders(accuracy)
     speed = stats["train_images_per_s"]
     speed = speed[speed["model"].isin(contenders)]
@@ -372,19 +378,19 @@ def _decision_rule(ranker: Ranker, stats: dict[str, pd.DataFrame], pareto: pd.Da
                       f"not established to be less accurate than the best ({within}); "
                       f"{_verdict(fast, 'train_images_per_s', '(the only one with a throughput)')}")
     text.append(f"- If speed matters and data is plentiful: {speed_text}.")
-    quality = ranker.rank(stats["test_acc"][stats["test_acc"]["model"].isin(pareto["model"])], "test_acc", higher=True)
-    if quality is None:
-        text.append("- If quality matters and resources are limited: no Pareto set (test accuracy and trainable "
+    best_of_pareto = ranker.rank(stats[quality][stats[quality]["model"].isin(pareto["model"])], quality, higher=True)
+    if best_of_pareto is None:
+        text.append(f"- If quality matters and resources are limited: no Pareto set ({name} and trainable "
                     "parameters are both needed).")
     else:
         params = dict(zip(pareto["model"], pareto["params"]))
-        best = quality["best"]
-        smaller = [o for o in [*quality["tied"], *quality["open"]] if params[o.model] < params[best.model]]
+        best = best_of_pareto["best"]
+        smaller = [o for o in [*best_of_pareto["tied"], *best_of_pareto["open"]] if params[o.model] < params[best.model]]
         note = ""
         if smaller:
             note = ("; the smaller " + ", ".join(f"{md_code(o.model)} ({params[o.model]:,.0f} params)" for o in smaller)
                     + " is not established to be less accurate")
-        text.append(f"- If quality matters and resources are limited: {_cell('test_acc', best)} test acc, "
-                    f"{params[best.model]:,.0f} trainable params — most accurate among the Pareto set; "
-                    f"{_verdict(quality, 'test_acc', '(the only model in the Pareto set)')}{note}.")
+        text.append(f"- If quality matters and resources are limited: {_cell(quality, best)} {METRIC_LABELS[quality]}, "
+                    f"{params[best.model]:,.0f} trainable params — best {name} among the Pareto set; "
+                    f"{_verdict(best_of_pareto, quality, '(the only model in the Pareto set)')}{note}.")
     return text

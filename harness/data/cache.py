@@ -25,6 +25,7 @@ import numpy as np
 
 from ferbench.cache_dirs import cache_dir
 from ferbench.harness.data.dataset import FerDataset
+from ferbench.harness.data.formats import READERS
 from ferbench.harness.data.formats.common import NO_FACE, resolved
 
 CACHE_LAYOUT = 2  # bump when the cached form or a loader's output changes
@@ -85,7 +86,8 @@ def source_fingerprint(files: list[Path]) -> dict[str, Any]:
 
 
 def cache_options(spec, data_format: str) -> dict[str, Any]:
-    """The data options that change the decoded arrays (``strict`` and ``cache`` do not)."""
+    """The data options that change the decoded arrays (``strict`` and ``cache`` do not), the
+    format's own (``Reader.options``) included."""
     options = {
         "format": data_format,
         "contempt": spec.contempt,
@@ -95,6 +97,7 @@ def cache_options(spec, data_format: str) -> dict[str, Any]:
     }
     if spec.face_detect:
         options["face_size"] = spec.face_size
+    options.update({key: getattr(spec, key) for key in READERS[data_format].options})
     return options
 
 

@@ -83,9 +83,13 @@ class FerDataset:
         return np.bincount(labels, minlength=self.num_classes)
 
     def fingerprint(self) -> str:
-        """SHA-256 over pixels and labels: two datasets with equal fingerprints train identically."""
+        """SHA-256 over pixels and labels (action units included): two datasets with equal fingerprints train
+        identically."""
         digest = hashlib.sha256()
         digest.update(np.ascontiguousarray(self.images).tobytes())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
         digest.update("|".join(self.class_names).encode())
+        if self.action_units is not None:  # absent for emotion-only datasets: their fingerprints stay as they were
+            digest.update(np.ascontiguousarray(self.action_units).tobytes())
+            digest.update("|".join(self.au_names).encode())
         return digest.hexdigest()

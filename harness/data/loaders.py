@@ -18,7 +18,8 @@ import numpy as np
 from ferbench.harness.data.cache import cached_dataset
 from ferbench.harness.data.dataset import FerDataset
 from ferbench.harness.data.formats import READERS
-from ferbench.harness.data.formats.common import NO_FACE, DataError, Decoded, contempt_policy, resolved, to_dataset, unreadable
+from ferbench.harness.data.formats.common import (NO_FACE, DataError, Decoded, contempt_policy, no_face_found, resolved,
+                                                   to_dataset, unreadable)
 from ferbench.harness.data.formats.detect import detect_format
 from ferbench.harness.data.formats.images import stack_images
 
@@ -96,7 +97,7 @@ def crop_detected_faces(decoded: Decoded, size: int, source: Path) -> Decoded:
 
     crops, missed = crop_faces(list(decoded.images), size)
     if len(missed) == len(decoded.labels):
-        raise DataError(f"{source}: no face found in any of the {len(missed)} images; set data.face_detect=false for pre-cropped faces")
+        raise no_face_found(source, len(missed))
     decoded = decoded.skip({i: NO_FACE for i in missed}) if missed else decoded
     return replace(decoded, images=crops)
 
@@ -104,8 +105,9 @@ def crop_detected_faces(decoded: Decoded, size: int, source: Path) -> Decoded:
 def read_dataset(spec, data_format: str, path: Path) -> FerDataset:
     """Read ``path`` as ``data_format`` into the canonical form, bypassing the cache."""
     check_takes(data_format, path)
-    decoded = READERS[data_format].read(spec, path)
-    if spec.face_detect:
+    reader = READERS[data_format]
+    decoded = reader.read(spec, path)
+    if spec.face_detect and not reader.crops_faces:
         decoded = crop_detected_faces(decoded, spec.face_size, path)
     return to_dataset(stack_images(decoded), data_format, spec.contempt, str(path))
 
@@ -117,7 +119,7 @@ def load_real_dataset(spec) -> FerDataset:
     data_format = dataset_format(spec, path)
     if not spec.cache:
         return read_dataset(spec, data_format, path)
-    inputs = READERS[data_format].inputs(path)
+    inputs = READERS[data_format].inputs(spec, path)
     return cached_dataset(spec, data_format, path, inputs, lambda: read_dataset(spec, data_format, path))
 
 

@@ -20,7 +20,9 @@ from ferbench.backbones import create_backbone, get_backbone_info
 from ferbench.harness.export.preprocess import Preprocessing
 from ferbench.harness.spec import StudySpec, arm_spec_data
 from ferbench.harness.study.checkpoints import checkpoint_dirs, newest_history, read_checkpoint, trial_folder, trial_statuses
-from ferbench.harness.study.layout import CHECKPOINT_FILE, SELECTED_WEIGHTS_FILE, TRIAL_FAILED, experiment_paths
+from ferbench.harness.study.layout import (
+    CHECKPOINT_FILE, SELECTED_WEIGHTS_FILE, TEST_PER_CLASS_FILE, TRIAL_FAILED, experiment_paths,
+)
 
 
 class ExportError(ValueError):
@@ -41,6 +43,7 @@ class ArmModel:
     preprocessing: Preprocessing
     spec: StudySpec
     result: dict  # the trial's last metric row: test scores, selected epoch, round
+    thresholds: list[float] | None = None  # a multi-label task's decision thresholds, as its test scores used them
 
     @property
     def arm_id(self) -> str:
@@ -169,12 +172,22 @@ def _preprocessing(spec: StudySpec, manifest: dict, backbone: str, result: dict)
     )
 
 
+def _test_scores(trial_dir: Path) -> dict:
+    """The trial's test scores file: the head's output names as the trial scored them (emotion classes, or a
+    multi-label task's labels) and, for labels, the thresholds used; {} when unreadable."""
+    try:
+        return json.loads((trial_dir / TEST_PER_CLASS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load_arm(experiment_dir: str | Path, arm_id: str) -> ArmModel:
     """The completed arm ``arm_id`` of the experiment, its tested weights loaded (strictly: every tensor)."""
     experiment_dir = Path(experiment_dir).expanduser().resolve()
     arm, trial_dir = completed_arm(experiment_dir, arm_id)
     spec, manifest = arm_spec(read_spec(experiment_dir), arm), read_manifest(experiment_dir)
-    class_names = tuple(manifest["dataset"]["class_names"])
+    scored = _test_scores(trial_dir)
+    class_names = tuple(scored.get("class_names") or manifest["dataset"]["class_names"])
     weights, source, result = tested_weights(experiment_dir, trial_dir)
     model = build_network(arm["backbone"], len(class_names), spec.train.head, spec.model.model_dump())
     try:
@@ -184,4 +197,4 @@ def load_arm(experiment_dir: str | Path, arm_id: str) -> ArmModel:
         raise ExportError(f"{experiment_dir / source}: does not fit {arm['backbone']} as this version builds it ({first})") from None
     return ArmModel(experiment_dir=experiment_dir, arm=arm, trial_dir=trial_dir, weights_from=source, model=model.eval(),
                     class_names=class_names, preprocessing=_preprocessing(spec, manifest, arm["backbone"], result),
-                    spec=spec, result=result)
+                    spec=spec, result=result, thresholds=scored.get("threshold"))

@@ -94,8 +94,9 @@ class ExportedModel:
         """Read, prepare and classify image files; an unreadable one is an ``ImageError`` naming it."""
         paths = [Path(path) for path in paths]
         probabilities = self.predict_images(read_images(paths, self.preprocessing, face_detect))
-        return [Prediction(str(path), self.class_names[int(row.argmax())], dict(zip(self.class_names, map(float, row))))
-                for path, row in zip(paths, probabilities)]
+        predicted = self.task.predicted(probabilities, self.class_names, self.config.get("thresholds"))
+        return [Prediction(str(path), name, dict(zip(self.class_names, map(float, row))))
+                for path, name, row in zip(paths, predicted, probabilities)]
 
 
 def read_config(folder: Path) -> dict:

@@ -120,6 +120,15 @@ def _check(folder: Path, config: dict, arm: ArmModel) -> dict:
             "max_abs_difference_vs_trial_test_predictions": _trial_difference(arm, indices, reference)}
 
 
+def _output_description(arm: ArmModel) -> dict:
+    """What the outputs are; a multi-label model also carries the thresholds its test scores used."""
+    if arm.spec.task == "multilabel":
+        return {"output": "logits (batch x labels, in class_names order); probabilities = a sigmoid per label; a label "
+                          "is present at a probability at or above its threshold",
+                "thresholds": arm.thresholds}
+    return {"output": "logits (batch x classes, in class_names order); probabilities = softmax over the classes"}
+
+
 def build_config(arm: ArmModel, fmt: str) -> dict:
     """config.json: what the model is, where it came from, and how to feed it."""
     import ferbench
@@ -136,7 +145,7 @@ def build_config(arm: ArmModel, fmt: str) -> dict:
         "model_options": spec.model.model_dump(mode="json"),
         "task": spec.task,
         "class_names": list(arm.class_names),
-        "output": "logits (batch x classes, in class_names order); probabilities = softmax over the classes",
+        **_output_description(arm),
         **arm.preprocessing.to_config(),
         "source": {
             "experiment": experiment.name, "experiment_path": str(experiment), "study": spec.study,

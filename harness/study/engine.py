@@ -27,6 +27,7 @@ from ferbench.harness.study.interrupts import install_sigterm_handler
 from ferbench.harness.study.preflight import Preflight, PreflightError, run_preflight
 from ferbench.harness.train.performance import TRIAL_WORKER_ENV
 from ferbench.harness.spec import StudySpec
+from ferbench.harness.tasks import get_task
 from ferbench.harness.data.splits import load_splits
 from ferbench.harness.study.storage import RemoteStorage, download, holds_experiment, is_remote, parse_remote, upload
 
@@ -182,12 +183,12 @@ def _build_trainable(spec: StudySpec, preflight: Preflight, name: str, ship_weig
 
     from ferbench.harness.train.trial import StudyPayload, fault_injection_from_env, run_trial
 
-    images, labels, splits = preflight.training_arrays()
+    images, labels, target_names, splits = preflight.training_arrays(get_task(spec.task, spec))
     payload = StudyPayload(
         spec=spec.model_dump(mode="json"),
         images=images,
         labels=labels,
-        class_names=preflight.dataset.class_names,
+        class_names=target_names,
         splits=splits,
         weight_files=preflight.weight_files,
         fault_injection=fault_injection_from_env(),

@@ -12,6 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ferbench.harness.study.atomic import atomic_write_json, atomic_write_text
@@ -19,6 +20,7 @@ from ferbench.harness.study.layout import experiment_paths, is_experiment
 from ferbench.harness.study.preflight import Preflight
 from ferbench.harness.data.samples import save_samples, select_samples
 from ferbench.harness.spec import StudySpec, spec_to_yaml
+from ferbench.harness.tasks import MULTILABEL
 from ferbench.harness.data.checks import inspect as inspect_dataset
 from ferbench.harness.data.splits import named_index_sets, save_splits
 
@@ -99,11 +101,38 @@ def _hardware() -> dict:
     return hardware
 
 
+def label_statistics(action_units: np.ndarray, names: tuple[str, ...] | list[str],
+                     index_sets: dict[str, np.ndarray]) -> dict:
+    """The label facts of a multi-label dataset that the report's Data section shows (how imbalanced the
+    labels are, which occur together: Arsirii et al.'s Table 1 for DISFA), counted once here because the
+    report renders without the dataset: per part (``all``, then each of ``index_sets``) the images, each
+    label's positives and the images with no label active; and over all images the K × K co-occurrence
+    counts (images with both labels active; the diagonal holds each label's positives)."""
+    labels = np.asarray(action_units, dtype=np.int64)
+    parts = {"all": np.arange(len(labels))} | {name: np.asarray(idx, dtype=np.int64) for name, idx in index_sets.items()}
+    return {
+        "names": list(names),
+        "images": {part: int(len(idx)) for part, idx in parts.items()},
+        "positives": {part: labels[idx].sum(axis=0).tolist() for part, idx in parts.items()},
+        "no_label": {part: int((labels[idx].sum(axis=1) == 0).sum()) for part, idx in parts.items()},
+        "co_occurrence": (labels.T @ labels).tolist(),
+    }
+
+
+def _label_summary(spec: StudySpec, dataset, index_sets: dict[str, np.ndarray]) -> dict:
+    """``{"action_units": label_statistics(…)}`` for a study whose targets are the action units; ``{}`` otherwise,
+    so a classification study's Data section stays as it was (SynthFER carries action units beside emotions)."""
+    if spec.task != MULTILABEL.name or dataset.action_units is None:
+        return {}
+    return {"action_units": label_statistics(dataset.action_units, dataset.au_names, index_sets)}
+
+
 def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Preflight, command: list[str]) -> None:
     """Record what the study runs on, before the first trial starts. ``grid.json`` is written last:
     its presence marks a complete experiment folder (see ``is_experiment``)."""
     paths = experiment_paths(experiment_dir)
     dataset = preflight.dataset
+    index_sets = named_index_sets(preflight.splits)
     save_splits(paths["splits"], preflight.splits)
     atomic_write_text(paths["spec"], spec_to_yaml(spec))
     if spec.report.samples_per_class:  # the report renders them without the dataset
@@ -129,10 +158,11 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
                 "class_names": list(dataset.class_names),
                 "fingerprint_sha256": dataset.fingerprint(),
             },
-            "data_summary": {**inspect_dataset(dataset, named_index_sets(preflight.splits)), **preflight.data_notes},
+            "data_summary": {**inspect_dataset(dataset, index_sets), **preflight.data_notes,
+                             **_label_summary(spec, dataset, index_sets)},
             "split_class_counts": {
                 name: dict(zip(dataset.class_names, dataset.class_counts(idx).tolist()))
-                for name, idx in named_index_sets(preflight.splits).items()
+                for name, idx in index_sets.items()
             },
             "weights": {
                 backbone: {"file": path, "source": preflight.weight_sources[backbone], "sha256": _sha256(path)}

@@ -27,6 +27,7 @@ from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes
 from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET, UnlabeledPool
 from ferbench.harness.study.tracking import tracker_problems
+from ferbench.harness.tasks import get_task
 from ferbench.harness.variants import used_variants
 from ferbench.harness.units import load_object
 
@@ -47,16 +48,18 @@ class Preflight:
     data_notes: dict = field(default_factory=dict)  # what preflight changed in the data, for the report
     unlabeled_pool: UnlabeledPool | None = None  # pseudo_label.unlabeled_path, in the training data's form
 
-    def training_arrays(self) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, np.ndarray]]]:
-        """(images, labels, splits) the trials see. An external pool follows the dataset's images,
-        with the label ``NOT_A_TARGET`` (no label exists), and is every fold's ``unlabeled`` part."""
+    def training_arrays(self, task) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict[int, dict[str, np.ndarray]]]:
+        """(images, targets, target names, splits) the trials see; ``task`` says what a target is (an emotion
+        class index, or a row of 0/1 labels). An external pool follows the dataset's images, with the target
+        ``NOT_A_TARGET`` (no label exists), and is every fold's ``unlabeled`` part."""
         dataset, pool = self.dataset, self.unlabeled_pool
+        targets, names = task.targets(dataset)
         if pool is None:
-            return dataset.images, dataset.labels, self.splits
+            return dataset.images, targets, names, self.splits
         images = np.concatenate([dataset.images, pool.images])
-        labels = np.concatenate([dataset.labels, np.full(len(pool), NOT_A_TARGET, dataset.labels.dtype)])
+        targets = np.concatenate([targets, np.full((len(pool), *targets.shape[1:]), NOT_A_TARGET, targets.dtype)])
         pool_idx = np.arange(len(dataset), len(images), dtype=np.int64)
-        return images, labels, {fold: {**split, "unlabeled": pool_idx} for fold, split in self.splits.items()}
+        return images, targets, names, {fold: {**split, "unlabeled": pool_idx} for fold, split in self.splits.items()}
 
     @property
     def runnable_arms(self) -> list[dict]:
@@ -318,6 +321,7 @@ def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, Unlab
     notes: dict = {}
     try:
         dataset = load_dataset(spec.data)
+        get_task(spec.task, spec).targets(dataset)  # the dataset has what the task predicts
         too_small = class_problems(spec, dataset)
         problems += too_small
         if not too_small:

@@ -71,7 +71,9 @@ class ProgressPrinter(Callback):
         self._print(
             f"{self._prefix()} {arm} {where} "
             f"train acc {result['train_acc']:.3f} loss {result['train_loss']:.3f} | "
-            f"val acc {result['val_acc']:.3f} loss {result['val_loss']:.3f}{speed}"
+            f"val acc {result['val_acc']:.3f} loss {result['val_loss']:.3f}"
+            + (f" F1 {result['val_f1_macro']:.3f}" if "val_f1_macro" in result else "")  # multi-label tasks
+            + speed
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -8,6 +8,9 @@ evaluation and every pseudo-labelling round are scored the same way.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,9 +26,20 @@ class SingleLabelClassification:
 
     name = "classification"
 
+    def __init__(self, spec=None):
+        self.spec = spec
+
+    def targets(self, dataset) -> tuple[np.ndarray, tuple[str, ...]]:
+        """(what each image's target is, the names of the head's outputs): the emotion class indices."""
+        return dataset.labels, dataset.class_names
+
     def output_size(self, class_names: tuple[str, ...]) -> int:
         """The head's outputs: one logit per class."""
         return len(class_names)
+
+    def loss_weights(self, train_targets: torch.Tensor) -> torch.Tensor | None:
+        """The task's own loss weights from the training targets (none: a variant may weight classes)."""
+        return None
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The training loss, always in fp32."""
@@ -39,10 +53,21 @@ class SingleLabelClassification:
         """(the per-epoch figure MCR/MOFR use, the loss) of one evaluation."""
         return accuracy_and_loss(logits, targets, weight)
 
+    def predicted(self, probabilities: np.ndarray, names: tuple[str, ...], thresholds: list[float] | None = None) -> list[str]:
+        """What each row of probabilities predicts, by name (``ferbench predict``): the most probable class."""
+        return [names[int(row.argmax())] for row in probabilities]
+
+    def epoch_metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Per-epoch validation metrics beyond val_acc and val_loss (none)."""
+        return {}
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits, dim=1)
 
-    def scores(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> tuple[dict, dict]:
+    def scores(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
+               validation: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[dict, dict]:
+        """(test scalars, per-class scores). ``validation`` (the tested model's val logits and targets, on
+        demand) is not needed: argmax has no threshold to choose."""
         return class_scores(logits, targets, num_classes)
 
     def write_test_artifacts(self, round_no: int | None, indices: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor,

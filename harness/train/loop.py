@@ -86,7 +86,7 @@ def train_one_epoch(
     order = indices[torch.randperm(len(indices), generator=generator)]
     # Running sums stay on the device (no synchronisation per batch); float64 adds up exactly
     # what Python floats would.
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)  # images right (a share of each, multi-label)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first batch whose loss is NaN or infinite
     bad_loss = torch.zeros((), dtype=torch.float32, device=device)
@@ -109,7 +109,7 @@ def train_one_epoch(
         newly_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
         first_bad = torch.where(newly_bad, batch_no, first_bad)
         bad_loss = torch.where(newly_bad, loss.detach(), bad_loss)
-    total_loss, total_correct = float(loss_sum), int(correct)  # waits for the device's last batch
+    total_loss, total_correct = float(loss_sum), float(correct)  # waits for the device's last batch
     if int(first_bad) >= 0:
         raise NonFiniteLoss(int(first_bad) + 1, len(bounds), float(bad_loss))
     seconds = time.perf_counter() - start

@@ -33,10 +33,11 @@ def round_name(name: str, round_no: int | None) -> str:
 
 
 def write_test_artifacts(round_no: int | None, indices: torch.Tensor, targets: torch.Tensor, probabilities: torch.Tensor,
-                         class_names: tuple[str, ...], per_class: dict) -> None:
-    """Test predictions (no images) and per-class scores, under the headline names or the round's."""
+                         class_names: tuple[str, ...], per_class: dict, **arrays: np.ndarray) -> None:
+    """Test predictions (no images) and per-class scores, under the headline names or the round's; ``arrays``
+    are the task's own beside the predictions (multilabel: the thresholds applied)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, indices=indices.numpy(), targets=targets.numpy(), probabilities=probabilities.numpy())
+    np.savez_compressed(buffer, indices=indices.numpy(), targets=targets.numpy(), probabilities=probabilities.numpy(), **arrays)
     atomic_write_bytes(Path(round_name(TEST_PREDICTIONS_FILE, round_no)).resolve(), buffer.getvalue())
     atomic_write_json(Path(round_name(TEST_PER_CLASS_FILE, round_no)).resolve(), {"class_names": list(class_names), **per_class})
 

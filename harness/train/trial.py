@@ -29,7 +29,7 @@ from ferbench.harness.study.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRI
 from ferbench.harness.train.augment import InputAdapter
 from ferbench.harness.train.inference_speed import measure_inference
 from ferbench.harness.train.performance import Execution, apply_process_settings, resolve_execution, select_device
-from ferbench.harness.train.schedules import learning_rate_for_epoch
+from ferbench.harness.train.schedules import learning_rate_for_epoch, plateau_unfreeze_epoch
 from ferbench.harness.train.selection import BestEpoch
 from ferbench.harness.spec import StudySpec, arm_spec_data
 from ferbench.harness.tasks import get_task
@@ -197,6 +197,10 @@ class _Trial:
     def predict_probabilities(self, indices: torch.Tensor) -> torch.Tensor:
         return self.task.probabilities(predict(self.model, self.images, indices, **self.eval_kwargs))
 
+    def validation_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the model's logits, the targets) on the validation part."""
+        return predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]]
+
     def restart_training(self, from_initial: bool) -> None:
         """A new training run within the trial (a variant's next round): a fresh optimizer (and
         schedule), from the current weights or the arm's initial ones."""
@@ -204,13 +208,26 @@ class _Trial:
             self.model.load_state_dict(self.initial_weights)
         self.optimizer = _make_optimizer(self.spec, self.model)
 
-    def run_epoch(self, epoch: int, round_no: int, round_epoch: int, train_idx: torch.Tensor, targets: torch.Tensor) -> dict:
-        """Train one epoch (``round_epoch`` 0: evaluate only) on ``train_idx`` with ``targets``; val metrics."""
-        train, freeze = self.spec.train, FreezePlan(**self.spec.train.freeze.model_dump())
+    def freeze_plan(self, round_rows: list[dict]) -> FreezePlan:
+        """The freezing plan of the round's next epoch; with ``unfreeze_on=val_plateau`` its fine-tuning starts
+        where the round's rows so far say the head stopped improving."""
+        spec = self.spec.train.freeze
+        plan = FreezePlan(**spec.model_dump(exclude={"unfreeze_on", "patience"}))
+        if spec.policy == "two_stage" and spec.unfreeze_on == "val_plateau":
+            plan.unfreeze_epoch = plateau_unfreeze_epoch(spec.patience, spec.unfreeze_epoch, round_rows)
+        return plan
+
+    def run_epoch(self, epoch: int, round_no: int, round_epoch: int, train_idx: torch.Tensor, targets: torch.Tensor,
+                  round_rows: list[dict] = ()) -> dict:
+        """Train one epoch (``round_epoch`` 0: evaluate only) on ``train_idx`` with ``targets``; val metrics.
+        ``round_rows``: the round's rows so far (what a plateau-triggered unfreeze decides on)."""
+        train, freeze = self.spec.train, self.freeze_plan(list(round_rows))
         apply_freeze(self.model, freeze, max(round_epoch, 1))  # epoch 0 reports the first epoch's trainable count
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_for_epoch(freeze, train.lr, max(round_epoch, 1))
-        weights = self.variant.loss_weights(targets[train_idx], len(self.payload.class_names))
+        weights = self.task.loss_weights(targets[train_idx])
+        if weights is None:
+            weights = self.variant.loss_weights(targets[train_idx], len(self.payload.class_names))
         if round_epoch == 0:  # the untrained model: a clean pass over train stands in for the running average
             logits = predict(self.model, self.images, train_idx, **self.eval_kwargs)
             train_acc, train_loss = self.task.accuracy_and_loss(logits, targets[train_idx], weights)
@@ -225,10 +242,12 @@ class _Trial:
             )
             train_acc, train_loss, seconds, images_per_s = stats.acc, stats.loss, stats.seconds, stats.images_per_s
             epoch_images = stats.images  # what the variant's epoch visited (e.g. K·M images when balanced)
-        val_acc, val_loss = self.task.accuracy_and_loss(predict(self.model, self.images, self.split["val"], **self.eval_kwargs), self.labels[self.split["val"]])
+        val_logits, val_targets = self.validation_logits()
+        val_acc, val_loss = self.task.accuracy_and_loss(val_logits, val_targets)
         return {
             "epoch": epoch, "round": round_no, "round_epoch": round_epoch, "train_size": len(train_idx), "epoch_images": epoch_images,
             "train_acc": train_acc, "train_loss": train_loss, "val_acc": val_acc, "val_loss": val_loss,
+            **self.task.epoch_metrics(val_logits, val_targets),
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_time_s": seconds, "train_images_per_s": images_per_s,
             **self.static, **count_parameters(self.model),
         }
@@ -266,7 +285,7 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     input_size = resolve_input_size(spec, arm["backbone"], int(payload.images.shape[1]))
     torch.manual_seed(arm["seed"])
     weights = _weights_here(payload, arm["backbone"]) if arm["init"] == "pretrained" else None
-    task = get_task(spec.task)
+    task = get_task(spec.task, spec)
     model = create_backbone(arm["backbone"], task.output_size(payload.class_names), weights_file=weights, head=train.head,
                             options=spec.model.backbone_options(), random_init=train.random_init).to(device)
     if execution.channels_last:
@@ -322,7 +341,8 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         train_idx, targets = trial.variant.training_set(trial.labels, trial.split["train"])
         epoch_start = time.perf_counter()
         try:
-            metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets)
+            round_rows = [row for row in history if row.get("round", 0) == rounds.round and "val_loss" in row]
+            metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets, round_rows)
         except NonFiniteLoss as err:  # stopped for good (a retry would diverge again); the epochs before stay
             failure = {"epoch": epoch, "round": rounds.round, "round_epoch": rounds.round_epoch, TRIAL_FAILED: err.at_epoch(epoch)}
             _save_checkpoint(_training_state(trial, epoch, rounds, best), [*history, failure])
@@ -369,6 +389,6 @@ def _test_metrics(trial: _Trial, round_no: int | None = None) -> tuple[dict, dic
     test_idx, class_names = trial.split["test"], trial.payload.class_names
     logits = predict(trial.model, trial.images, test_idx, **trial.eval_kwargs)
     targets = trial.labels[test_idx]
-    scalars, per_class = trial.task.scores(logits, targets, len(class_names))
+    scalars, per_class = trial.task.scores(logits, targets, len(class_names), validation=trial.validation_logits)
     trial.task.write_test_artifacts(round_no, test_idx, targets, logits, class_names, per_class)
     return {f"test_{name}": value for name, value in scalars.items()}, per_class

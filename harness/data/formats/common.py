@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferbench.harness.data.dataset import FER2013_CLASSES, FerDataset
+from ferbench.harness.data.dataset import FER2013_CLASSES, UNLABELLED_CLASS, FerDataset
 
 CONTEMPT = "contempt"
 CANONICAL_CLASSES: tuple[str, ...] = FER2013_CLASSES + (CONTEMPT,)
@@ -95,8 +95,9 @@ class Decoded:
 
     images:  uint8 array (N, H, W[, 3]), or a list of N uint8 arrays whose sizes may differ
              (an empty list until ``images.decode_sources`` reads them from ``sources``).
-    labels:  canonical class name per sample.
-    sources: where each sample came from (file path, or ``csv:line``).
+    labels:  canonical class name per sample (``UNLABELLED_CLASS`` in a dataset without emotions).
+    sources: where each sample came from (file path, ``csv:line``, or ``video#frame=n``).
+    action_units: uint8 0/1 matrix (N, len(au_names)) of multi-label targets, or None.
     """
 
     images: np.ndarray | list[np.ndarray]
@@ -104,6 +105,8 @@ class Decoded:
     sources: np.ndarray
     subjects: np.ndarray | None = None
     official_split: np.ndarray | None = None
+    action_units: np.ndarray | None = None
+    au_names: tuple[str, ...] = ()
     meta: dict = field(default_factory=dict)
 
     def take(self, indices: np.ndarray) -> "Decoded":
@@ -115,7 +118,8 @@ class Decoded:
             return None if values is None else values[indices]
 
         return replace(self, images=images, labels=self.labels[indices], sources=self.sources[indices],
-                       subjects=pick(self.subjects), official_split=pick(self.official_split))
+                       subjects=pick(self.subjects), official_split=pick(self.official_split),
+                       action_units=pick(self.action_units))
 
     def skip(self, reasons: dict[int, str]) -> "Decoded":
         """Drop the samples ``reasons`` names (index → why), listing them in ``meta["skipped"]``; a class
@@ -141,9 +145,24 @@ def contempt_policy(value: str) -> str:
     raise DataError(f"data.contempt: {value!r} is not keep, drop or a class to map it to ({', '.join(FER2013_CLASSES)}); e.g. --set data.contempt=happy")
 
 
+def no_face_found(source: Path | str, images: int) -> DataError:
+    """The error of ``data.face_detect`` when not one of ``images`` images holds a face."""
+    return DataError(f"{source}: no face found in any of the {images} images; set data.face_detect=false for pre-cropped faces")
+
+
+def class_order(present: np.ndarray, source: str) -> tuple[str, ...]:
+    """The class names of the sorted label names ``present``: the canonical order, or the one
+    ``UNLABELLED_CLASS`` of a dataset without emotion labels (which cannot mix with emotions)."""
+    if UNLABELLED_CLASS not in present:
+        return tuple(name for name in CANONICAL_CLASSES if name in present)
+    if len(present) > 1:
+        raise DataError(f"{source}: some images have an emotion label and some have none; load one kind per dataset")
+    return (UNLABELLED_CLASS,)
+
+
 def to_dataset(decoded: Decoded, data_format: str, contempt: str, source: str) -> FerDataset:
     """The canonical ``FerDataset``: ``class_names`` are the classes present, in FER2013's order
-    with ``contempt`` last when kept; labels index into them."""
+    with ``contempt`` last when kept (or ``UNLABELLED_CLASS`` alone); labels index into them."""
     policy = contempt_policy(contempt)
     labels = decoded.labels.astype(str)
     if policy == "drop":
@@ -157,7 +176,7 @@ def to_dataset(decoded: Decoded, data_format: str, contempt: str, source: str) -
     if not len(labels):
         raise DataError(f"{source}: no images left to load; check the folder and the data options")
     present, inverse = np.unique(labels, return_inverse=True)  # present is sorted by name
-    class_names = tuple(name for name in CANONICAL_CLASSES if name in present)
+    class_names = class_order(present, source)
     canonical_index = np.array([class_names.index(name) for name in present], dtype=np.int64)
     images = decoded.images if isinstance(decoded.images, np.ndarray) else np.stack(decoded.images)
     meta = {**decoded.meta, "format": data_format, "source": source}
@@ -165,5 +184,6 @@ def to_dataset(decoded: Decoded, data_format: str, contempt: str, source: str) -
         meta["official_split"] = decoded.official_split
     return FerDataset(
         name=data_format, images=images, labels=canonical_index[inverse], class_names=class_names,
-        subjects=decoded.subjects, sources=decoded.sources, meta=meta,
+        subjects=decoded.subjects, action_units=decoded.action_units, au_names=tuple(decoded.au_names),
+        sources=decoded.sources, meta=meta,
     )

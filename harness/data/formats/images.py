@@ -95,6 +95,11 @@ def _to_mode(image: np.ndarray, rgb: bool) -> np.ndarray:
     return np.asarray(Image.fromarray(image).convert("RGB" if rgb else "L"))
 
 
+def unreadable_image(source: str, reason: str) -> DataError:
+    """The error of ``data.strict`` for an image that cannot be decoded."""
+    return DataError(f"{source}: unreadable image ({reason}); replace or delete the file, or set data.strict=false to skip and report it")
+
+
 def decode_sources(decoded: Decoded, strict: bool, force_rgb: bool = False) -> Decoded:
     """``decoded`` with its images read from its ``sources`` (file paths), in one colour mode.
 
@@ -106,7 +111,7 @@ def decode_sources(decoded: Decoded, strict: bool, force_rgb: bool = False) -> D
     failed = {i: result for i, result in enumerate(results) if isinstance(result, str)}
     if failed and strict:
         index, reason = next(iter(failed.items()))
-        raise DataError(f"{decoded.sources[index]}: unreadable image ({reason}); replace or delete the file, or set data.strict=false to skip and report it")
+        raise unreadable_image(decoded.sources[index], reason)
     if failed and len(failed) == len(results):
         raise DataError(f"{decoded.sources[0]}: none of the {len(results)} image files can be read ({failed[0]}); check the files")
     decoded = replace(decoded, images=results).skip(failed) if failed else replace(decoded, images=results)
