@@ -262,7 +262,7 @@ def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None, test_tr
     values = done[keys + metrics].melt(id_vars=keys, var_name="metric", value_name="value")
     values["value"] = pd.to_numeric(values["value"], errors="coerce").astype(float)
     summary = values.groupby([*keys, "metric"], sort=False)["value"].agg(n="count", mean="mean", std="std")
-    everything = groups.merge(pd.DataFrame({"metric": metrics}), how="cross")
+    everything = groups.merge(pd.DataFrame({"metric": pd.Series(metrics, dtype=values["metric"].dtype)}), how="cross")
     summary = everything.merge(summary.reset_index(), on=[*keys, "metric"], how="left")
     summary["n"] = summary["n"].fillna(0).astype(int)
     summary.loc[summary["n"] < 2, "std"] = np.nan

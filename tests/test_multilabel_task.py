@@ -131,11 +131,14 @@ def test_val_f1_thresholds_come_from_validation_and_apply_unchanged_to_test():
 
 @pytest.fixture(scope="module")
 def au_study(tmp_path_factory):
-    """small_cnn from random init, BCE and L_pr, thresholds chosen on validation, 2 epochs on 300 SynthFER faces."""
+    """small_cnn from random init, BCE and L_pr, thresholds chosen on validation, 4 epochs on 300 SynthFER faces:
+    the head alone until val_loss stops falling for one epoch (at the latest from epoch 4), then everything."""
     from ferbench.harness.study.engine import run_study
 
     storage = tmp_path_factory.mktemp("au")
-    spec = load_spec("quick", [*AU_STUDY, "grid.train.loss=[bce,lpr]", "multilabel.threshold=val_f1",
+    spec = load_spec("quick", [*AU_STUDY, "grid.train.loss=[bce,lpr]", "multilabel.threshold=val_f1", "train.epochs=4",
+                               "train.freeze.policy=two_stage", "train.freeze.unfreeze_on=val_plateau",
+                               "train.freeze.patience=1", "train.freeze.unfreeze_epoch=4",
                                "run.max_concurrent=1", f"run.storage={storage}", "run.name=au"])
     outcome = run_study(spec)
     assert set(outcome.statuses.values()) == {"completed"}, outcome.statuses
@@ -231,3 +234,24 @@ def test_the_dataset_fingerprint_covers_its_action_units():
     dataset.action_units = dataset.action_units.copy()
     dataset.action_units[0, 0] ^= 1
     assert dataset.fingerprint() != before
+
+
+def test_two_stage_fine_tunes_from_where_the_heads_val_loss_stopped_falling(au_study):
+    import pandas as pd
+
+    epochs = pd.read_csv(au_study.experiment_dir / "report" / "tables" / "epochs.csv")
+    trials = pd.read_csv(au_study.experiment_dir / "report" / "tables" / "trials.csv")
+    for arm_id, rows in epochs.groupby("arm_id"):
+        rows = rows.sort_values("epoch")
+        history = rows[["round_epoch", "val_loss"]].to_dict("records")
+        trainable = dict(zip(rows["epoch"], _trainable(au_study.experiment_dir, arm_id)))
+        total = int(trials.loc[trials["arm_id"] == arm_id, "params_total"].iloc[0])
+        for epoch in range(1, 5):
+            start = plateau_unfreeze_epoch(1, 4, [row for row in history if row["round_epoch"] < epoch])
+            assert (trainable[epoch] == total) == (epoch >= start), (arm_id, epoch, start)
+        assert trainable[1] < total  # the head alone first
+
+
+def _trainable(experiment, arm_id: str) -> list[int]:
+    (folder,) = experiment.glob(f"{arm_id}_*")
+    return [json.loads(line)["params_trainable"] for line in (folder / "result.json").read_text().splitlines()]

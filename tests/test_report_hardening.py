@@ -315,3 +315,15 @@ def test_untrusted_names_reach_the_page_as_text_in_chromium(chromium, experiment
     for shown in (EVIL, "<script>alert(2)</script>", "[d](JaVaScRiPt:alert(5))", class_name, "timm:[b](javascript:alert(8))",
                   "weights file `w``.pth` [f](javascript:alert(7)) missing"):
         assert shown in text, shown
+
+
+def test_a_study_whose_every_trial_failed_before_its_first_row_still_summarises():
+    """No trial reported a metric: the summary has its groups and no values, instead of a pandas error."""
+    import pandas as pd
+
+    from ferbench.reports.derived import seed_summary
+
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "arm_id": ["x_s0", "x_s1"], "backbone": "x", "init": "random",
+                           "variant": "baseline", "seed": [0, 1], "status": "failed", "error": "boom"})
+    summary = seed_summary(trials)
+    assert summary.empty and {"backbone", "metric", "n", "mean"} <= set(summary.columns)

@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ class _Trial:
         spec = self.spec.train.freeze
         plan = FreezePlan(**spec.model_dump(exclude={"unfreeze_on", "patience"}))
         if spec.policy == "two_stage" and spec.unfreeze_on == "val_plateau":
-            plan.unfreeze_epoch = plateau_unfreeze_epoch(spec.patience, spec.unfreeze_epoch, round_rows)
+            return replace(plan, unfreeze_epoch=plateau_unfreeze_epoch(spec.patience, spec.unfreeze_epoch, round_rows))
         return plan
 
     def run_epoch(self, epoch: int, round_no: int, round_epoch: int, train_idx: torch.Tensor, targets: torch.Tensor,
