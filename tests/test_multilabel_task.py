@@ -255,3 +255,33 @@ def test_two_stage_fine_tunes_from_where_the_heads_val_loss_stopped_falling(au_s
 def _trainable(experiment, arm_id: str) -> list[int]:
     (folder,) = experiment.glob(f"{arm_id}_*")
     return [json.loads(line)["params_trainable"] for line in (folder / "result.json").read_text().splitlines()]
+
+
+@pytest.mark.e2e  # the paper's study on the embedded data, as a user runs it: about 1.5 minutes
+def test_the_papers_au_study_runs_on_synthfer_by_overriding_data_and_size(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    command = [sys.executable, "-m", "ferbench", "run", "arsirii2023_au", "--set", "data.format=synthfer",
+               "--set", "grid.backbone=[mobilenet_v1]", "--set", "train.epochs=2", "--set", "train.input_size=64",
+               "--set", "resources.gpu=0", "--storage", str(tmp_path),
+               # offline: synth-identity weights for the pretrained arms (small), one fold of three, fewer images
+               "--set", "weights.source=synth-identity", "--set", "weights.synth_identity.num_images=600",
+               "--set", "weights.synth_identity.epochs=1", "--set", "data.num_images=600", "--set", "split.folds=[0]"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env={**__import__("os").environ, "FERBENCH_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (experiment,) = tmp_path.glob("arsirii2023_au-*")
+    report = experiment / "report"
+    per_au = pd.read_csv(report / "tables" / "per_au.csv")
+    assert {"au", "precision", "recall", "f1", "support", "threshold", "train.loss"} <= set(per_au.columns)
+    assert len(per_au) == 3 * 8 and set(per_au["train.loss"]) == {"bce", "lsep", "lpr"}
+    text = (report / "report.md").read_text()
+    for section in ("## Learning curves", "## Convergence and overfitting", "## Across seeds", "## Per action unit",
+                    "## Recommendation", "## Data", "### Labels per image", "task multilabel, loss"):
+        assert section in text, section
+    for figure in ("curves.png", "mcr_mofr.png", "au_f1.png", "au_pr_curves.png", "label_statistics.png"):
+        assert (report / "figures" / figure).stat().st_size > 1000, figure
+    assert "Sample test images" not in text  # emotion probabilities mean nothing for a multi-label model
