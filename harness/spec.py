@@ -339,10 +339,10 @@ class TrainSpec(_Strict):
         "val_acc", description="best_val: highest val_acc or val_f1_macro (task multilabel), or lowest val_loss; ties → the "
         "earlier epoch; epoch 0 never"
     )
-    loss: Literal["auto", "cross_entropy", "bce", "bce_weighted", "lsep", "lpr"] = Field(
+    loss: Literal["auto", "cross_entropy", "bce", "bce_weighted", "lsep", "lpr", "lpr_macro"] = Field(
         "auto", description="the task's loss: classification cross_entropy; multilabel bce, bce_weighted (positives weighted "
-        "by negatives/positives per label), lsep (log-sum-exp pairwise) or lpr (1 − precision·recall); auto = "
-        "cross_entropy / bce"
+        "by negatives/positives per label), lsep (log-sum-exp pairwise), lpr (1 − precision·recall, soft counts pooled "
+        "over the batch's images and labels) or lpr_macro (per label, averaged); auto = cross_entropy / bce"
     )
     deterministic: bool | Literal["auto"] = Field(
         "auto", description="deterministic kernels (identical reruns); auto = on for CPU, off on CUDA"

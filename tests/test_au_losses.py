@@ -152,7 +152,7 @@ def test_lpr_without_any_positive_is_one_with_finite_gradients():
 # --------------------------------------------------------------------------- the registry of losses
 
 def test_losses_share_one_signature_and_only_bce_weighted_uses_the_weights():
-    assert set(LOSSES) == {"bce", "bce_weighted", "lsep", "lpr"}
+    assert set(LOSSES) == {"bce", "bce_weighted", "lsep", "lpr", "lpr_macro"}
     generator = torch.Generator().manual_seed(3)
     logits = torch.randn(4, 3, generator=generator)
     targets = (torch.rand(4, 3, generator=generator) > 0.5).float()
@@ -165,7 +165,7 @@ def test_losses_share_one_signature_and_only_bce_weighted_uses_the_weights():
         LOSSES["bce_weighted"](logits, targets, None)
 
 
-@pytest.mark.parametrize("name", ["bce", "bce_weighted", "lsep", "lpr"])
+@pytest.mark.parametrize("name", ["bce", "bce_weighted", "lsep", "lpr", "lpr_macro"])
 def test_losses_are_fp32_scalars_for_half_precision_logits(name):
     logits = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], dtype=torch.bfloat16)
     targets = torch.tensor([[1, 0, 1], [0, 0, 1]], dtype=torch.uint8)
@@ -173,3 +173,12 @@ def test_losses_are_fp32_scalars_for_half_precision_logits(name):
     loss = LOSSES[name](logits, targets, weights)
     assert loss.dtype == torch.float32 and loss.shape == ()
     assert loss.item() == pytest.approx(LOSSES[name](logits.float(), targets.float(), weights).item())
+
+
+def test_lpr_macro_is_the_per_label_reading_under_its_own_loss_name():
+    from ferbench.harness.tasks.au_losses import LOSSES, lpr_loss
+
+    logits = torch.tensor([[0.3, -1.2, 2.0], [-0.5, 0.7, 0.1]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    assert torch.equal(LOSSES["lpr_macro"](logits, targets, None), lpr_loss(logits, targets, average="macro"))
+    assert not torch.isclose(LOSSES["lpr_macro"](logits, targets, None), LOSSES["lpr"](logits, targets, None))

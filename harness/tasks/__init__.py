@@ -16,7 +16,7 @@ MULTILABEL = register_task(TaskInfo(
                 "per-label precision / recall / F1 at 0.5 or thresholds chosen on validation",
     implementation="ferbench.harness.tasks.multilabel:MultiLabelClassification",
     report="ferbench.reports.tasks.multilabel:task_report",
-    losses=("bce", "bce_weighted", "lsep", "lpr"),
+    losses=("bce", "bce_weighted", "lsep", "lpr", "lpr_macro"),
     select_metrics=("val_acc", "val_loss", "val_f1_macro"),
     variants=("baseline",),
     headline="test_macro_f1",

@@ -94,6 +94,11 @@ def lpr_loss(logits: torch.Tensor, targets: torch.Tensor, eps: float = 1e-7,
     return (1 - precision * recall).mean()
 
 
+def lpr_macro_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """L_pr read per label (``train.loss: lpr_macro``): mean over labels of 1 − P_k·R_k (see ``lpr_loss``)."""
+    return lpr_loss(logits, targets, average="macro")
+
+
 def _weighted_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
     if pos_weight is None:
         raise ValueError("the bce_weighted loss needs pos_weight (positive_weights of the training targets)")
@@ -115,4 +120,5 @@ LOSSES: dict[str, MultiLabelLoss] = {
     "bce_weighted": _weighted_bce,
     "lsep": _unweighted(lsep_loss),
     "lpr": _unweighted(lpr_loss),
+    "lpr_macro": _unweighted(lpr_macro_loss),
 }
