@@ -115,9 +115,9 @@ def _spoiling_trial(run_trial, spoiled: frozenset):
 
         original = trainable._Trial.run_epoch
 
-        def run_epoch(self, epoch, round_no, round_epoch, train_idx, targets):
+        def run_epoch(self, epoch, round_no, round_epoch, train_idx, targets, *rest):
             spoil = (round_no, round_epoch) in spoiled
-            return original(self, epoch, round_no, round_epoch, train_idx, torch.zeros_like(targets) if spoil else targets)
+            return original(self, epoch, round_no, round_epoch, train_idx, torch.zeros_like(targets) if spoil else targets, *rest)
 
         trainable._Trial.run_epoch = run_epoch
         try:
@@ -296,6 +296,7 @@ def test_the_arm_reports_the_round_and_epoch_that_validation_picks(study):
     assert "test acc − baseline" in report
 
 
+@pytest.mark.e2e  # a second whole study (resuming itself: test_study_e2e's in-process resume test)
 def test_failed_trial_resumes_in_the_right_round_with_identical_results(study, tmp_path, monkeypatch):
     """Fails inside round 1 after its second epoch: with only the newest checkpoint kept, that of the
     round's best epoch (its first) is gone, so the retry can test it only from the weights carried along

@@ -76,6 +76,7 @@ def test_a_missing_or_empty_pool_fails_preflight_naming_the_key(tmp_path):
     assert not any(p.name.startswith("quick") for p in tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.e2e  # a whole study (the pool's reading and placement: the tests above)
 def test_a_study_pseudo_labels_an_external_pool_of_another_size_and_channel_count(tmp_path):
     """A 32×32 RGB pool of happy faces for a 24×24 grey dataset: converted, predicted by the teacher,
     added with its predicted labels, precision unknown; classes the teacher never predicts get none."""
