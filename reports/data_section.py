@@ -16,6 +16,7 @@ import pandas as pd
 
 from ferbench.harness.study.atomic import atomic_write_bytes
 from ferbench.harness.data.checks import LISTED, counts_with_shares, describe_missing, describe_sample
+from ferbench.harness.data.dataset import UNLABELLED_CLASS
 from ferbench.reports.escaping import md_code, md_text
 from ferbench.reports.markdown import markdown_table
 
@@ -145,8 +146,11 @@ def _label_statistics(stats: dict[str, Any] | None, split: str, figures_dir: Pat
 def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
     """Markdown for report.md's "## Data" section; writes ``figures_dir / class_counts.png``, linked
     as ``figures/class_counts.png`` (``figures_dir`` is the report's ``figures`` folder)."""
-    plot_class_counts(summary, Path(figures_dir) / FIGURE)
+    emotions = list(summary["classes"]) != [UNLABELLED_CLASS]  # DISFA, a multi-label CSV: labels only
+    if emotions:
+        plot_class_counts(summary, Path(figures_dir) / FIGURE)
     height, width = summary["image_size"]
+    classes = f"{len(summary['classes'])} classes" if emotions else "no emotion labels"
     subjects = f"{summary['subjects']} distinct subjects" if summary["subjects"] is not None else "subjects unknown"
     split = {"given": "per split", "official": "per official split", None: "whole dataset"}[summary["split_kind"]]
     constant = summary["constant_images"]
@@ -155,11 +159,11 @@ def render_data_section(summary: dict[str, Any], figures_dir: Path) -> str:
         "## Data", "",
         f"**{md_text(summary['name'])}** (format {md_code(summary['format'])}, source {md_code(summary['source'] or '-')}): "
         f"{summary['images']:,} images {height}×{width}, {summary['channels']} channel(s), "
-        f"{len(summary['classes'])} classes, {subjects}.", "",
+        f"{classes}, {subjects}.", "",
         *(f"> **WARNING:** {md_text(warning)}\n" for warning in [*summary["warnings"], *missing_warnings]),
-        f"### Images per class, {split}", "",
-        markdown_table(counts_with_shares(summary["class_counts"]).reset_index()),
-        f"![Images per class and split](figures/{FIGURE})", "",
+        *([f"### Images per class, {split}", "",
+           markdown_table(counts_with_shares(summary["class_counts"]).reset_index()),
+           f"![Images per class and split](figures/{FIGURE})", ""] if emotions else []),
         *_label_statistics(summary.get("action_units"), split, figures_dir),
         "### Quality checks", "",
         *_duplicates(summary),

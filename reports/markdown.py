@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from ferbench.harness.data.dataset import UNLABELLED_CLASS
 from ferbench.harness.spec import FreezeSpec, ModelSpec, SplitSpec, StudySpec, setting_text
 from ferbench.harness.tasks import get_task_info
 from ferbench.reports.escaping import md_code, md_text
@@ -179,7 +180,8 @@ def render_markdown(
         "",
         f"- Dataset: **{md_text(dataset['name'])}**, {dataset['images']} images "
         f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
-        f"classes {', '.join(md_text(name) for name in dataset['class_names'])}",
+        + (f"classes {', '.join(md_text(name) for name in dataset['class_names'])}"
+           if list(dataset["class_names"]) != [UNLABELLED_CLASS] else "no emotion labels (multi-label targets only)"),
         f"- Split: {split_text(spec.split)}",
         f"- Grid: backbone {md_cell(grid.backbone)} × init {md_cell(grid.init)} × variant "
         f"{md_cell(grid.variant)}"

@@ -285,3 +285,44 @@ def test_the_papers_au_study_runs_on_synthfer_by_overriding_data_and_size(tmp_pa
     for figure in ("curves.png", "mcr_mofr.png", "au_f1.png", "au_pr_curves.png", "label_statistics.png"):
         assert (report / "figures" / figure).stat().st_size > 1000, figure
     assert "Sample test images" not in text  # emotion probabilities mean nothing for a multi-label model
+
+
+def _write_disfa_frames(root, subjects: int = 4, frames: int = 30):
+    """DISFA as distributed, with the frames extracted to images: noise frames, random intensities."""
+    import cv2
+
+    from ferbench.harness.data.formats.disfa import DISFA_AUS
+
+    generator = np.random.default_rng(0)
+    for number in range(1, subjects + 1):
+        code = f"SN{number:03d}"
+        labels, images = root / "ActionUnit_Labels" / code, root / "Images" / code
+        labels.mkdir(parents=True)
+        images.mkdir(parents=True)
+        intensities = generator.integers(0, 6, (frames, len(DISFA_AUS)))
+        for column, au in enumerate(DISFA_AUS):
+            (labels / f"{code}_au{au}.txt").write_text("".join(f"{f + 1},{intensities[f, column]}\n" for f in range(frames)))
+        for frame in range(1, frames + 1):
+            cv2.imwrite(str(images / f"{frame:05d}.png"), generator.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+
+
+@pytest.mark.e2e  # a whole study on a DISFA layout (the reader itself: tests/test_au_data.py)
+def test_the_au_study_runs_on_disfa_as_distributed_with_subject_folds(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from ferbench.harness.study.engine import run_study
+
+    monkeypatch.setenv("FERBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    _write_disfa_frames(tmp_path / "DISFA")
+    spec = load_spec("arsirii2023_au", [f"data.path={tmp_path / 'DISFA'}", "data.frame_size=32", "grid.backbone=[small_cnn]",
+                                        "grid.init=[random]", "grid.train.loss=[lsep]", "train.epochs=1",
+                                        "train.input_size=data", "train.freeze.policy=none", "resources.gpu=0",
+                                        "resources.cpu=1", f"run.storage={tmp_path / 'results'}", "run.name=disfa"])
+    outcome = run_study(spec)
+    assert sorted(outcome.statuses.values()) == ["completed"] * 3  # one arm per subject-exclusive fold
+    report = outcome.experiment_dir / "report"
+    per_au = pd.read_csv(report / "tables" / "per_au.csv")
+    assert sorted(set(per_au["fold"])) == [0, 1, 2] and list(per_au["au"][:8]) == ["AU1", "AU2", "AU4", "AU6", "AU9",
+                                                                                   "AU12", "AU25", "AU26"]
+    text = (report / "report.md").read_text()
+    assert "no emotion labels" in text and "### Labels per image" in text and "### Images per class" not in text
