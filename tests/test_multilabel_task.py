@@ -326,3 +326,16 @@ def test_the_au_study_runs_on_disfa_as_distributed_with_subject_folds(tmp_path, 
                                                                                    "AU12", "AU25", "AU26"]
     text = (report / "report.md").read_text()
     assert "no emotion labels" in text and "### Labels per image" in text and "### Images per class" not in text
+
+
+def test_labels_without_a_positive_in_a_part_are_warned_about():
+    task = get_task("multilabel", load_spec("quick", AU_STUDY))
+    targets = np.array([[1, 0], [1, 0], [0, 1], [1, 0]], dtype=np.uint8)
+    splits = {0: {"train": np.array([0, 2]), "val": np.array([1]), "test": np.array([3])}}
+    assert task.split_warnings(targets, ("AU1", "AU2"), splits) == [
+        "label(s) AU2 have no positive image in the val part; their F1 there is 0 by definition",
+        "label(s) AU2 have no positive image in the test part; their F1 there is 0 by definition"]
+    folds = {0: splits[0], 1: {"train": np.array([0, 1]), "val": np.array([2]), "test": np.array([3])}}
+    assert task.split_warnings(targets, ("AU1", "AU2"), folds)[2] == (
+        "label(s) AU2 have no positive image in fold 1's train part; nothing to learn them from")
+    assert get_task("classification").split_warnings(targets, ("AU1", "AU2"), splits) == []

@@ -321,7 +321,8 @@ def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, Unlab
     notes: dict = {}
     try:
         dataset = load_dataset(spec.data)
-        get_task(spec.task, spec).targets(dataset)  # the dataset has what the task predicts
+        task = get_task(spec.task, spec)
+        targets, target_names = task.targets(dataset)  # the dataset has what the task predicts
         too_small = class_problems(spec, dataset)
         problems += too_small
         if not too_small:
@@ -334,6 +335,8 @@ def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, Unlab
                 notes["missing_classes"] = missing
             for entry in (e for e in missing if e["part"] != "train"):  # train: a problem above
                 log.warning("data: warning: %s", describe_missing(entry))
+            for line in task.split_warnings(targets, target_names, splits):
+                log.warning("data: warning: %s", line)
             pool = _unlabeled_pool(spec, dataset)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))

@@ -37,6 +37,10 @@ class SingleLabelClassification:
         """The head's outputs: one logit per class."""
         return len(class_names)
 
+    def split_warnings(self, targets: np.ndarray, names: tuple[str, ...], splits: dict[int, dict[str, np.ndarray]]) -> list[str]:
+        """What the split leaves the task short of, beyond empty classes (checked for every task in preflight)."""
+        return []
+
     def loss_weights(self, train_targets: torch.Tensor) -> torch.Tensor | None:
         """The task's own loss weights from the training targets (none: a variant may weight classes)."""
         return None

@@ -44,6 +44,19 @@ class MultiLabelClassification:
                              "use data.format=disfa, multilabel_csv or synthfer, or task=classification")
         return dataset.action_units, tuple(dataset.au_names)
 
+    def split_warnings(self, targets: np.ndarray, names: tuple[str, ...], splits: dict[int, dict[str, np.ndarray]]) -> list[str]:
+        """Labels with no positive image in a part: nothing to learn them from (train), or an F1 of 0 by
+        definition (val, test)."""
+        lines = []
+        for fold, split in splits.items():
+            where = f"fold {fold}'s " if len(splits) > 1 else "the "
+            for part in ("train", "val", "test"):
+                absent = [name for name, count in zip(names, targets[split[part]].sum(0)) if count == 0]
+                if absent:
+                    lines.append(f"label(s) {', '.join(absent)} have no positive image in {where}{part} part"
+                                 + ("; nothing to learn them from" if part == "train" else "; their F1 there is 0 by definition"))
+        return lines
+
     def output_size(self, class_names: tuple[str, ...]) -> int:
         """The head's outputs: one logit per label."""
         return len(class_names)
