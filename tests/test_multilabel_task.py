@@ -339,3 +339,22 @@ def test_labels_without_a_positive_in_a_part_are_warned_about():
     assert task.split_warnings(targets, ("AU1", "AU2"), folds)[2] == (
         "label(s) AU2 have no positive image in fold 1's train part; nothing to learn them from")
     assert get_task("classification").split_warnings(targets, ("AU1", "AU2"), splits) == []
+
+
+def test_data_inspect_shows_each_labels_prevalence(tmp_path, monkeypatch, capsys):
+    from ferbench.harness.cli.main import main
+
+    monkeypatch.setenv("FERBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    _write_disfa_frames(tmp_path / "DISFA", subjects=2, frames=6)
+    assert main(["data", "inspect", str(tmp_path / "DISFA"), "--json"]) == 0
+    labels = json.loads(capsys.readouterr().out)["action_units"]
+    counted = np.zeros(8, int)
+    for code in ("SN001", "SN002"):
+        for column, au in enumerate((1, 2, 4, 6, 9, 12, 25, 26)):
+            lines = (tmp_path / "DISFA" / "ActionUnit_Labels" / code / f"{code}_au{au}.txt").read_text().split()
+            counted[column] += sum(int(line.split(",")[1]) >= 2 for line in lines)
+    assert labels["names"][0] == "AU1" and labels["images"]["all"] == 12 and labels["positives"]["all"] == counted.tolist()
+    assert main(["data", "inspect", str(tmp_path / "DISFA")]) == 0
+    text = capsys.readouterr().out
+    assert "no emotion labels" in text and "Images per class" not in text
+    assert f"  AU1        {counted[0]} ({counted[0] / 12:.1%})" in text

@@ -71,18 +71,19 @@ def _listing(title: str, items: list[str]) -> list[str]:
 def summary_text(summary: dict[str, Any]) -> str:
     """The human-readable form of ``data_checks.inspect``'s summary."""
     from ferbench.harness.data.checks import counts_with_shares, describe_sample
+    from ferbench.harness.data.dataset import UNLABELLED_CLASS
 
     height, width = summary["image_size"]
     split = {"given": "per split", "official": "per official split", None: "no official split"}[summary["split_kind"]]
     dup, cross, const = summary["duplicates"], summary["cross_split_duplicates"], summary["constant_images"]
+    emotions = list(summary["classes"]) != [UNLABELLED_CLASS]  # DISFA, a multi-label CSV: labels only
     lines = [
         f"{summary['name']} (format {summary['format']}): {summary['source'] or '-'}",
-        f"  {summary['images']:,} images, {height}×{width}, {summary['channels']} channel(s), {len(summary['classes'])} classes",
+        f"  {summary['images']:,} images, {height}×{width}, {summary['channels']} channel(s), "
+        + (f"{len(summary['classes'])} classes" if emotions else "no emotion labels"),
         f"  subjects: {summary['subjects'] if summary['subjects'] is not None else 'unknown'}",
         "",
-        f"Images per class ({split}):",
-        counts_with_shares(summary["class_counts"]).to_string(),
-        "",
+        *([f"Images per class ({split}):", counts_with_shares(summary["class_counts"]).to_string(), ""] if emotions else []),
         f"Exact duplicates: {dup['groups']} group(s), {dup['images']} images ({dup['redundant']} redundant copies)",
         *_groups_text(dup["examples"]),
     ]
@@ -100,12 +101,24 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines += _listing("Ignored entries (not image files)", summary.get("ignored", []))
     lines += _listing("Classes left out", [f"{item['class']} ({item['images']} images): {item['reason']}"
                                            for item in summary.get("dropped_classes", [])])
+    lines += _label_lines(summary.get("action_units"))
     lines += [f"WARNING: {warning}" for warning in summary["warnings"]]
     return "\n".join(lines)
 
 
+def _label_lines(labels: dict[str, Any] | None) -> list[str]:
+    """Each label's positives (multi-label datasets), as the report's "Labels per image" counts them."""
+    if not labels:
+        return []
+    images = labels["images"]["all"]
+    share = lambda count: f"{count:,} ({count / images:.1%})" if images else "0"  # noqa: E731
+    return ["", f"Labels per image (an image can have several, or none; {images:,} images):",
+            *(f"  {name:<10} {share(count)}" for name, count in zip(labels["names"], labels["positives"]["all"])),
+            f"  {'none':<10} {share(labels['no_label']['all'])}"]
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ferbench.harness.data.checks import inspect
+    from ferbench.harness.data.checks import inspect, label_statistics
     from ferbench.harness.data.loaders import load_dataset
     from ferbench.harness.spec import SpecError
 
@@ -121,6 +134,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     except (SpecError, ValueError, OSError) as err:  # ValueError covers the loaders' DataError
         return _error(" ".join(str(err).split()))
     summary = inspect(dataset)
+    if dataset.action_units is not None:  # DISFA, a multi-label CSV, SynthFER: the labels' prevalence too
+        summary["action_units"] = label_statistics(dataset.action_units, dataset.au_names, {})
     print(json.dumps(summary, indent=2) if args.json else summary_text(summary))
     return EXIT_OK
 

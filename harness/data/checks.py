@@ -255,3 +255,21 @@ def _converted(converted: dict[str, Any] | None) -> dict[str, Any]:
     """``{"to": "grayscale" | "rgb" | None, "paths": [...]}``: files brought to the dataset's colour mode."""
     converted = converted or {}
     return {"to": converted.get("to"), "paths": [str(path) for path in converted.get("paths", [])]}
+
+
+def label_statistics(action_units: np.ndarray, names: tuple[str, ...] | list[str],
+                     index_sets: dict[str, np.ndarray]) -> dict:
+    """The label facts of a multi-label dataset that the report's Data section shows (how imbalanced the
+    labels are, which occur together: Arsirii et al.'s Table 1 for DISFA), counted once here because the
+    report renders without the dataset: per part (``all``, then each of ``index_sets``) the images, each
+    label's positives and the images with no label active; and over all images the K × K co-occurrence
+    counts (images with both labels active; the diagonal holds each label's positives)."""
+    labels = np.asarray(action_units, dtype=np.int64)
+    parts = {"all": np.arange(len(labels))} | {name: np.asarray(idx, dtype=np.int64) for name, idx in index_sets.items()}
+    return {
+        "names": list(names),
+        "images": {part: int(len(idx)) for part, idx in parts.items()},
+        "positives": {part: labels[idx].sum(axis=0).tolist() for part, idx in parts.items()},
+        "no_label": {part: int((labels[idx].sum(axis=1) == 0).sum()) for part, idx in parts.items()},
+        "co_occurrence": (labels.T @ labels).tolist(),
+    }

@@ -21,7 +21,7 @@ from ferbench.harness.study.preflight import Preflight
 from ferbench.harness.data.samples import save_samples, select_samples
 from ferbench.harness.spec import StudySpec, spec_to_yaml
 from ferbench.harness.tasks import MULTILABEL
-from ferbench.harness.data.checks import inspect as inspect_dataset
+from ferbench.harness.data.checks import inspect as inspect_dataset, label_statistics
 from ferbench.harness.data.splits import named_index_sets, save_splits
 
 PACKAGES = ("ferbench", "torch", "torchvision", "ray", "timm", "torchmetrics", "numpy", "pandas", "deepface")
@@ -99,24 +99,6 @@ def _hardware() -> dict:
     except (ValueError, OSError, AttributeError):
         pass
     return hardware
-
-
-def label_statistics(action_units: np.ndarray, names: tuple[str, ...] | list[str],
-                     index_sets: dict[str, np.ndarray]) -> dict:
-    """The label facts of a multi-label dataset that the report's Data section shows (how imbalanced the
-    labels are, which occur together: Arsirii et al.'s Table 1 for DISFA), counted once here because the
-    report renders without the dataset: per part (``all``, then each of ``index_sets``) the images, each
-    label's positives and the images with no label active; and over all images the K × K co-occurrence
-    counts (images with both labels active; the diagonal holds each label's positives)."""
-    labels = np.asarray(action_units, dtype=np.int64)
-    parts = {"all": np.arange(len(labels))} | {name: np.asarray(idx, dtype=np.int64) for name, idx in index_sets.items()}
-    return {
-        "names": list(names),
-        "images": {part: int(len(idx)) for part, idx in parts.items()},
-        "positives": {part: labels[idx].sum(axis=0).tolist() for part, idx in parts.items()},
-        "no_label": {part: int((labels[idx].sum(axis=1) == 0).sum()) for part, idx in parts.items()},
-        "co_occurrence": (labels.T @ labels).tolist(),
-    }
 
 
 def _label_summary(spec: StudySpec, dataset, index_sets: dict[str, np.ndarray]) -> dict:
