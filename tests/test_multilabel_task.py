@@ -49,6 +49,11 @@ def test_the_built_in_au_studies_hold_the_papers_settings():
     assert {arm["settings"]["train.loss"] for arm in paper.arms()} == {"bce", "lsep", "lpr"}
     assert {arm["backbone"] for arm in paper.arms()} == {"timm:densenet121", "timm:densenet201", "mobilenet_v1",
                                                          "timm:mobilenetv2_100"}
+    from ferbench.backbones import backbone_parameter_counts, meta_backbone
+
+    millions = {name: backbone_parameter_counts(name, meta_backbone(name, 8))["params"] / 1e6 for name in paper.grid.backbone}
+    assert {name: round(value) for name, value in millions.items()} == {  # the paper's 7 M, 18 M, 3 M, 2 M
+        "timm:densenet121": 7, "timm:densenet201": 18, "mobilenet_v1": 3, "timm:mobilenetv2_100": 2}
     quick = load_spec("arsirii2023_au_quick")
     assert quick.data.format == "synthfer" and len(quick.arms()) == 9
 
