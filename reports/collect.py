@@ -396,22 +396,13 @@ def collect_per_class(experiment_dir: Path) -> tuple[pd.DataFrame, dict[str, dic
     """(per_class, confusion): one row per arm × class of the test split (precision, recall, F1,
     support), and each arm's confusion matrix (rows true, columns predicted) with its class names.
     A damaged ``test_per_class.json`` leaves its arm out."""
-    experiment_dir = Path(experiment_dir)
     rows, confusion = [], {}
-    arms = read_grid(experiment_dir)
-    arm_ids = [arm["arm_id"] for arm in arms]
-    columns = arm_columns(arms)[1:]
-    for arm in arms:
-        trial_dir = _trial_dir(experiment_dir, arm["arm_id"], arm_ids) if arm["status"] != "unavailable" else None
-        path = trial_dir / TEST_PER_CLASS_FILE if trial_dir else None
-        scores = try_read(path, read_per_class)[0] if path is not None and path.is_file() else None
-        if scores is None:  # not tested yet, or damaged (collect's ``damaged`` names it)
-            continue
-        fields = arm_fields(arm, columns)
+    columns, found = arm_artifacts(experiment_dir, TEST_PER_CLASS_FILE, read_per_class)
+    for fields, scores in found:
         for i, name in enumerate(scores["class_names"]):
             rows.append({**fields, "class": name, **{k: scores[k][i] for k in ("precision", "recall", "f1", "support")}})
         if "confusion_matrix" in scores:  # a multi-label task's labels have none
-            confusion[arm["arm_id"]] = {"class_names": scores["class_names"], "matrix": scores["confusion_matrix"]}
+            confusion[fields["arm_id"]] = {"class_names": scores["class_names"], "matrix": scores["confusion_matrix"]}
     columns += ["class", "precision", "recall", "f1", "support"]
     return (pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)), confusion
 
