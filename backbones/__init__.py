@@ -1,6 +1,6 @@
 """FERBench backbones: registry, builders and pretrained-weight resolution."""
 
-from ferbench.backbones import face_backbones, hf_hub, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones and families)
+from ferbench.backbones import face_backbones, hf_hub, moravcik, small_cnn, timm_backbones  # noqa: F401  (registers the built-in backbones and families)
 from ferbench.backbones.registry import (
     BackboneInfo,
     BackboneOptions,

@@ -57,12 +57,14 @@ class BackboneOptions:
     L2-normalisation after Dense(128), or end at Dense(128) (the paper's "last layer excluded").
     ``resnet_mobilenet_final_relu``: ``resnet50`` and ``mobilenet_v1`` keep their last activation, or
     ``drop`` it, as the paper's "last layer excluded" did to Keras' ``include_top=False`` models
-    (whose last layers are that activation); it has no effect on other backbones.
+    (whose last layers are that activation); it has no effect on other backbones. ``moravcik_blocks``:
+    the convolution blocks of ``moravcik_final`` (the thesis: 4; its decision tree's networks 2 or 3).
     """
 
     vggface_descriptor: Literal["fc7", "fc8"] = "fc7"
     openface_l2_norm: bool = True
     resnet_mobilenet_final_relu: Literal["keep", "drop"] = "keep"
+    moravcik_blocks: int = 4
 
 
 RANDOM_INITS = ("torch", "keras")

@@ -386,6 +386,8 @@ class ModelSpec(_Strict):
         "keep", description="resnet50 and mobilenet_v1 end with their last ReLU (timm), or drop it: Keras' conv5_block3_out / "
         "conv_pw_13_relu, 'the last layer excluded' (Smelyakov); no effect on other backbones"
     )
+    moravcik_blocks: int = Field(4, ge=1, le=4, description="moravcik_final: its convolution blocks (the thesis: 4; the "
+                                 "networks of its decision tree: 2 or 3)")
 
     def backbone_options(self) -> "BackboneOptions":  # noqa: F821 (imported inside: backbones pulls in torch)
         from ferbench.backbones.registry import BackboneOptions
