@@ -64,12 +64,13 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    print(f"{'name':<14}{'family':<8}{'input':>6}{'embedding':>10}{'params':>13}{'keras_params':>14}"
+    width = max(len(row["name"]) for row in rows) + 2
+    print(f"{'name':<{width}}{'family':<8}{'input':>6}{'embedding':>10}{'params':>13}{'keras_params':>14}"
           f"{'keras_layers':>13}{'paper_trains':>14}  description")
     for row in rows:
         layers = "–" if row["keras_layers"] is None else f"{row['keras_layers']}"
         trains = "–" if row["paper_trainable_params"] is None else f"{row['paper_trainable_params']:,}"
-        print(f"{row['name']:<14}{row['family']:<8}{row['input_size']:>6}{row['embedding_dim']:>10}"
+        print(f"{row['name']:<{width}}{row['family']:<8}{row['input_size']:>6}{row['embedding_dim']:>10}"
               f"{row['params']:>13,}{row['keras_params']:>14,}{layers:>13}{trains:>14}  {row['description']}")
     print("params / keras_params: without the classifier, as the papers count them (keras_params adds BatchNorm")
     print("moving statistics and the conv biases Keras' version has). keras_layers: Keras layers after excluding")
