@@ -338,6 +338,7 @@ def _with_pool_labels_shifted(run_trial, pool: np.ndarray):
     return trial
 
 
+@pytest.mark.e2e  # two more whole studies (the pool's hiding in one: the module's study above)
 def test_hidden_labels_of_the_pool_never_reach_training_and_a_used_up_pool_stops_the_rounds(tmp_path, local_ray):
     """The same trial with the pool's true labels changed trains identically: only the reported
     precision of the pseudo-labels, which compares them with those labels, differs. A threshold this

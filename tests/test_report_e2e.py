@@ -110,6 +110,7 @@ def test_welch_interval_agrees_with_scipy():
     assert np.isnan(welch_interval(0.5, np.nan, 1, 0.6, 0.1, 3)[0])
 
 
+@pytest.mark.e2e  # --compare over two whole experiments (its tables and intervals: tests/test_stats.py)
 def test_compare_sets_two_experiments_side_by_side(study, folds_study, tmp_path, capsys):
     """The reference beside another experiment on the same data (conftest's ``folds_study``: the random
     small_cnn, head only, on two folds). ``--compare`` renders each experiment's report again: copies."""
