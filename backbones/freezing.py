@@ -12,7 +12,13 @@ The classifier (``model.get_classifier()``) is the head; it always trains. Polic
   model's last layer is excluded, and the PyTorch modules the last ``k`` of the remaining layers
   map to train, with the head (``ferbench.backbones.keras_layers`` holds the recorded lists; backbones
   without one are refused).
-- ``head_only``: only the head trains.
+- ``head_only``: only the head trains. Under ``train.head=linear`` that is the output layer alone, every hidden
+  dense layer frozen with the convolutions: the Moravčík thesis's "retrain only the output layer" (its 84% on CK+).
+- ``fc_only``: the fully connected layers train (the neck's hidden dense layers and the output layer), the
+  convolutional layers stay frozen: the thesis's "preserving only convolutional layers" (its 95% on CK+). Which
+  modules are which is ``ferbench.backbones.conv_fc``'s definition; backbones without the split are refused.
+  The thesis also replaces those layers by new, randomly initialised ones: ``reinit_fc``, applied once where the
+  trial builds the model (``ferbench.harness.train.trial``), not here.
 - ``two_stage``: ``head_only`` until ``unfreeze_epoch``, then everything trains (the Arsirii papers'
   transfer schedule; its learning-rate drop is ``ferbench.harness.train.schedules``).
 
@@ -26,14 +32,17 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ferbench.backbones.conv_fc import require_fc_layers
+
 
 @dataclass(frozen=True)
 class FreezePlan:
-    policy: str = "none"  # none | last_k | keras_last_k | head_only | two_stage
+    policy: str = "none"  # none | last_k | keras_last_k | head_only | fc_only | two_stage
     k: int = 4
     unfreeze_epoch: int = 1
     unfreeze_lr_factor: float = 0.1
     unfreeze_k: int | None = None  # two_stage's fine-tuning: the last k trunk layers train, or None: all
+    reinit_fc: bool = False  # the fully connected layers re-drawn when the model is built (not a freezing step)
 
 
 def trunk_layers(model: nn.Module) -> list[nn.Module]:
@@ -88,10 +97,12 @@ def apply_freeze(model: nn.Module, plan: FreezePlan, epoch: int) -> None:
         _set_trainable(model, plan.k)
     elif plan.policy == "keras_last_k":
         _train_only(model, keras_trainable_modules(model, plan.k))
+    elif plan.policy == "fc_only":
+        _train_only(model, require_fc_layers(model, "train.freeze.policy=fc_only"))
     elif plan.policy in ("head_only", "two_stage"):
         _set_trainable(model, 0)
     else:
-        raise ValueError(f"unknown freezing policy {plan.policy!r}; allowed: none, last_k, keras_last_k, head_only, two_stage")
+        raise ValueError(f"unknown freezing policy {plan.policy!r}; allowed: none, last_k, keras_last_k, head_only, fc_only, two_stage")
 
 
 def train_mode(model: nn.Module) -> None:

@@ -109,7 +109,8 @@ def resolve_pretrained(
             return WeightStatus(backbone, True, str(path), "weights.files", "")
         return WeightStatus(
             backbone, False, None, "missing",
-            f"{backbone}: weights.files.{backbone} points to {path}, which does not exist; fix the path",
+            f"{backbone}: weights.files.{backbone} points to {path}, which does not exist; fix the path (a weight file, "
+            "or EXPERIMENT_DIR/ARM_ID: an arm of a finished experiment)",
         )
     folders = [Path(weights_dir).expanduser()] if weights_dir else []
     folders.append(default_weights_dir())

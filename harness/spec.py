@@ -61,6 +61,10 @@ class DataSpec(_Strict):
     path: str | None = Field(None, description="file or folder of a real dataset")
     ferplus_labels: str | None = Field(None, description="FER2013: fer2013new.csv; majority-vote FERPlus labels, not-a-face rows dropped")
     contempt: str = Field("keep", description="CK+: 'keep' (an 8th class), 'drop', or a class to map it to (e.g. happy)")
+    ckplus_frames: Literal["all", "peak"] = Field(
+        "all", description="CK+: 'all' images (981 in the 48×48 set, 3 frames per sequence), or 'peak': the last frame of "
+        "each sequence (S<subject>_<sequence>, 327 in the 48×48 set; the thesis's peak expressions)"
+    )
     class_map: dict[str, str] = Field(default_factory=dict, description="folder class name → canonical class name")
     drop_classes: list[str] = Field(
         default_factory=list, description="classes left out of the study (e.g. [disgust]); listed in the report's Data section"
@@ -131,8 +135,9 @@ class DataSpec(_Strict):
 
 
 class SplitSpec(_Strict):
-    kind: Literal["stratified", "official", "subject_kfold"] = Field(
-        "stratified", description="stratified ratios, the dataset's official split, or subject-exclusive k-fold"
+    kind: Literal["stratified", "official", "subject_kfold", "stratified_kfold"] = Field(
+        "stratified", description="stratified ratios, the dataset's official split, subject-exclusive k-fold, or plain "
+        "stratified k-fold (images of one subject may sit on both sides)"
     )
     ratios: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="stratified: train/val/test fractions")
     seed: int = Field(42, description="random_state of every random cut")
@@ -141,8 +146,8 @@ class SplitSpec(_Strict):
     )
     val_fraction: float = Field(0.1, gt=0, lt=1, description="official splits without val (RAF-DB) and k-fold: share of train cut off as val")
     unlabeled_fraction: float = Field(0.0, ge=0, lt=1, description="share of train cut off first as 'unlabeled' (Arsirii: 0.1)")
-    k: int = Field(10, ge=2, description="subject_kfold: number of folds (the thesis: 5, 8, 10)")
-    folds: list[int] | None = Field(None, description="subject_kfold: folds to run (default: all k)")
+    k: int = Field(10, ge=2, description="subject_kfold, stratified_kfold: number of folds (the thesis: 5, 8, 10)")
+    folds: list[int] | None = Field(None, description="subject_kfold, stratified_kfold: folds to run (default: all k)")
     allow_missing_classes: bool = Field(
         False, description="run even when a class is too small for every part of the split (its val/test metrics are "
         "then undefined; the report's Data section lists it) instead of stopping in preflight"
@@ -155,9 +160,19 @@ class SplitSpec(_Strict):
             raise ValueError(f"must be three positive fractions summing to 1, got {list(ratios)}")
         return ratios
 
+    @property
+    def kfold(self) -> bool:
+        """A k-fold kind: its arms get a ``fold`` axis and its spreads the corrected resampled t."""
+        return self.kind in ("subject_kfold", "stratified_kfold")
+
+    @property
+    def ignores_subjects(self) -> bool:
+        """Cut by label alone: with subject ids in the data, one subject's images can sit on both sides."""
+        return self.kind in ("stratified", "stratified_kfold")
+
     def fold_ids(self) -> list[int]:
-        """The folds a study runs: ``folds`` (or all ``k``) for subject_kfold, else the single fold 0."""
-        if self.kind != "subject_kfold":
+        """The folds a study runs: ``folds`` (or all ``k``) for a k-fold kind, else the single fold 0."""
+        if not self.kfold:
             return [0]
         return list(self.folds) if self.folds is not None else list(range(self.k))
 
@@ -292,8 +307,11 @@ class AugmentSpec(_Strict):
 
 
 class FreezeSpec(_Strict):
-    policy: Literal["none", "last_k", "keras_last_k", "head_only", "two_stage"] = Field(
-        "none", description="which layers train; see backbones/freezing.py for the definition of a layer"
+    policy: Literal["none", "last_k", "keras_last_k", "head_only", "fc_only", "two_stage"] = Field(
+        "none", description="which layers train; see backbones/freezing.py for the definition of a layer. head_only: the "
+        "head alone (under train.head=linear the output layer: Moravčík's 'retrain only the output layer'); fc_only: the "
+        "fully connected layers (hidden dense + output), convolutions frozen (Moravčík's transfer; backbones with that "
+        "split only: backbones/conv_fc.py)"
     )
     k: int = Field(4, ge=0, description="last_k: trunk layers that train; keras_last_k: Keras layers after "
                    "excluding the last one (Smelyakov: 4)")
@@ -307,6 +325,19 @@ class FreezeSpec(_Strict):
     patience: int = Field(1, ge=1, description="two_stage with unfreeze_on=val_plateau: epochs without a lower val_loss")
     unfreeze_k: int | None = Field(None, ge=1, description="two_stage: trunk layers that fine-tune (the last k), or "
                                    "null: all of them")
+    reinit_fc: bool = Field(
+        False, description="pretrained arms: re-draw the fully connected layers (hidden dense + output) after the weights "
+        "load, as new layers (train.random_init's initialiser), keeping the convolutions (Moravčík: 'replace last fully "
+        "connected layers with new ones'); with policy fc_only or none"
+    )
+
+    @model_validator(mode="after")
+    def _redrawn_layers_train(self) -> "FreezeSpec":
+        """Re-drawn layers that stayed frozen would be random features, not a transfer: refuse the policies that freeze them."""
+        if self.reinit_fc and self.policy not in ("fc_only", "none"):
+            raise ValueError(f"train.freeze.reinit_fc: policy {self.policy} keeps the re-drawn fully connected layers (or "
+                             "some of them) frozen; use train.freeze.policy=fc_only (or none), or reinit_fc=false")
+        return self
 
 
 class TrainSpec(_Strict):
@@ -510,7 +541,10 @@ class SynthIdentitySpec(_Strict):
 
 class WeightsSpec(_Strict):
     dir: str | None = Field(None, description="folder searched for <backbone>.safetensors|.pth files")
-    files: dict[str, str] = Field(default_factory=dict, description="backbone name → weight file")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="backbone name → weight file, or an arm of a finished experiment, "
+        "EXPERIMENT_DIR/ARM_ID (its tested weights, output layer excepted; harness/study/transfer.py)"
+    )
     source: PretrainedSource = Field(
         "published", description="where pretrained arms get weights: the published ones, or offline synth-identity"
     )
@@ -675,7 +709,7 @@ class _StudySpecCore(_Strict):
         With extra axes each cell carries ``settings`` (dotted path → its value), which the trial applies to its
         own copy of the spec; a plain grid's cells are as they always were (stored experiments keep their ids)."""
         cells = []
-        kfold = self.split.kind == "subject_kfold"
+        kfold = self.split.kfold
         axes = self.grid.axes
         for backbone, init, variant, *values, seed, fold in itertools.product(
             self.grid.backbone, self.grid.init, self.grid.variant, *axes.values(), self.grid.seed, self.split.fold_ids()

@@ -26,7 +26,7 @@ DATA_KEY_FORMATS: dict[str, frozenset[str]] = {
     **{key: frozenset({"synthfer"}) for key in ("num_images", "image_size", "label_noise", "seed")},
     **{key: REAL_FORMATS for key in ("path", "strict", "cache", "face_detect", "face_size")},
     "ferplus_labels": frozenset({"fer2013", "auto"}),
-    "contempt": frozenset({"ckplus", "auto"}),
+    **{key: frozenset({"ckplus", "auto"}) for key in ("contempt", "ckplus_frames")},
     "class_map": frozenset({"folder", "fer2013_folders", "ckplus", "auto"}),
     **{key: frozenset({"disfa", "auto"}) for key in ("action_units", "au_threshold", "frame_step", "frame_size")},
     **{key: frozenset({"multilabel_csv", "auto"}) for key in ("image_column", "label_columns", "subject_column")},

@@ -128,7 +128,7 @@ def render_comparison(tables: dict[str, pd.DataFrame], window: int) -> str:
     lines += [
         "## Across seeds", "",
         "Mean ± standard deviation [95% Student-t confidence interval] over the completed seeds (and folds) of "
-        "each model; one seed shows the value alone. In a subject k-fold study the interval is the corrected "
+        "each model; one seed shows the value alone. In a k-fold study the interval is the corrected "
         "resampled one (Nadeau & Bengio): folds share training data, so a plain t interval over them would be too "
         "narrow. These intervals describe each mean; whether two models differ is read from their paired "
         "difference (below and in the Recommendation), not from whether these intervals overlap. "

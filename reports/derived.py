@@ -336,9 +336,9 @@ def paired_differences(trials: pd.DataFrame, metric: str = "test_acc", test_trai
 
 
 def fold_test_train_ratio(split: SplitSpec) -> float | None:
-    """n_test / n_train of a subject k-fold split (1/(k − 1)): the corrected resampled t's term.
+    """n_test / n_train of a k-fold split (1/(k − 1)): the corrected resampled t's term.
     None for a single fixed split, where seeds are the independent units."""
-    return 1 / (split.k - 1) if split.kind == "subject_kfold" else None
+    return 1 / (split.k - 1) if split.kfold else None
 
 
 def pareto_optimal(points: pd.DataFrame, objectives: dict[str, bool]) -> pd.DataFrame:

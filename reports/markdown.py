@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from ferbench.harness.data.dataset import UNLABELLED_CLASS
+from ferbench.harness.data.splits import subject_mixing_text
 from ferbench.harness.spec import FreezeSpec, ModelSpec, SplitSpec, StudySpec, setting_text
 from ferbench.harness.tasks import get_task_info
 from ferbench.reports.escaping import md_code, md_text
@@ -21,19 +22,35 @@ from ferbench.reports.escaping import md_code, md_text
 STATUS_ORDER = ["completed", "failed", "incomplete", "unavailable"]
 
 
-def split_text(split: SplitSpec) -> str:
+def _folds_run(split: SplitSpec) -> str:
+    return str(split.folds) if split.folds is not None else f"all {split.k}"
+
+
+def split_text(split: SplitSpec, dataset_name: str = "", subjects: int | None = None) -> str:
+    """The Split line; with the dataset's ``subjects`` count, a split that ignores them says so, since
+    its numbers compare only with results under the same protocol."""
     kind = split.kind
     if kind == "official":
         text = f"the dataset's official split (FER2013: test = {split.test}, val = the other test part; " \
                f"otherwise val = {split.val_fraction} of train)"
     elif kind == "subject_kfold":
-        folds = split.folds if split.folds is not None else f"all {split.k}"
-        text = f"subject-exclusive {split.k}-fold (folds run: {folds}), val = {split.val_fraction} of the training subjects"
+        text = f"subject-exclusive {split.k}-fold (folds run: {_folds_run(split)}), val = {split.val_fraction} of the training subjects"
+    elif kind == "stratified_kfold":
+        text = f"stratified {split.k}-fold (folds run: {_folds_run(split)}), val = {split.val_fraction} of each fold's training images"
     else:
         text = f"stratified train/val/test {list(split.ratios)}"
     if split.unlabeled_fraction:
         text += f"; {split.unlabeled_fraction} of train held out as unlabeled"
-    return f"{text} (seed {split.seed})"
+    mixing = subject_mixing_text(split, dataset_name, subjects)
+    return f"{text} (seed {split.seed})" + (f". **{mixing[0].upper()}{mixing[1:]}.**" if mixing else "")
+
+
+def _subjects(manifest: dict) -> int | None:
+    """The dataset's distinct subjects as the manifest's data summary records them (None: unknown, or a
+    manifest from before the summary)."""
+    summary = manifest.get("data_summary")
+    subjects = summary.get("subjects") if isinstance(summary, dict) else None
+    return subjects if isinstance(subjects, int) else None
 
 
 def _freezing(freeze: FreezeSpec) -> str:
@@ -182,7 +199,7 @@ def render_markdown(
         f"{dataset['image_size'][0]}×{dataset['image_size'][1]}, {dataset['channels']} channel(s), "
         + (f"classes {', '.join(md_text(name) for name in dataset['class_names'])}"
            if list(dataset["class_names"]) != [UNLABELLED_CLASS] else "no emotion labels (multi-label targets only)"),
-        f"- Split: {split_text(spec.split)}",
+        f"- Split: {split_text(spec.split, dataset['name'], _subjects(manifest))}",
         f"- Grid: backbone {md_cell(grid.backbone)} × init {md_cell(grid.init)} × variant "
         f"{md_cell(grid.variant)}"
         + "".join(f" × {md_cell(path)} {md_cell('[' + ', '.join(map(setting_text, values)) + ']')}"

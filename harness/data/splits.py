@@ -2,7 +2,8 @@
 
 A study has one or more *folds*; each fold is a dict of index arrays ``train``, ``val``, ``test``
 and, with ``split.unlabeled_fraction``, ``unlabeled`` (labels hidden from pseudo-labelling).
-Every kind but ``subject_kfold`` has a single fold, 0.
+The k-fold kinds have ``split.k`` folds (``split.folds`` choosing which run); every other kind has a
+single fold, 0.
 
 - ``stratified``: two-stage ``train_test_split`` by ``split.ratios`` and ``split.seed``
   (Smelyakov: 70/10/20, random_state 42).
@@ -11,6 +12,9 @@ Every kind but ``subject_kfold`` has a single fold, 0.
   FER2013 folders: train / test, val cut from train by ``split.val_fraction``).
 - ``subject_kfold``: ``split.k`` subject-exclusive folds (``StratifiedGroupKFold``), val a
   subject-exclusive ``split.val_fraction`` of each fold's training subjects.
+- ``stratified_kfold``: ``split.k`` plain stratified folds (``StratifiedKFold``), val a stratified
+  ``split.val_fraction`` of each fold's training part: the thesis's protocol on CK+ peak frames. It
+  ignores subjects, so where the data has them ``subject_mixing_warning`` says so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from ferbench.harness.study.atomic import atomic_write_bytes
 from ferbench.harness.data.checks import plural
@@ -144,6 +148,29 @@ def subject_kfold(dataset: FerDataset, k: int, val_fraction: float, seed: int) -
     return folds
 
 
+def stratified_kfold(labels: np.ndarray, k: int, seed: int) -> list[Split]:
+    """``k`` stratified folds (train and test; ``make_splits`` cuts val from train): every image is in
+    exactly one test part, and each part's class shares follow the dataset's."""
+    labels = np.asarray(labels)
+    largest = int(np.bincount(labels).max()) if len(labels) else 0
+    if largest < k:
+        raise SplitError(f"split.k: {k} stratified folds need a class of at least {k} images; the largest has {largest}; "
+                         "lower split.k or add images")
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [{"train": train, "test": test} for train, test in splitter.split(np.zeros(len(labels)), labels)]
+
+
+def _all_folds(dataset: FerDataset, spec) -> list[Split]:
+    """Every fold the split kind of ``spec`` makes, before any part is cut from train."""
+    if spec.kind == "subject_kfold":
+        return subject_kfold(dataset, spec.k, spec.val_fraction, spec.seed)
+    if spec.kind == "stratified_kfold":
+        return stratified_kfold(dataset.labels, spec.k, spec.seed)
+    if spec.kind == "official":
+        return [official_split(dataset, spec.test)]
+    return [stratified_split(dataset.labels, spec.ratios, spec.seed, fix=more_images(dataset))]
+
+
 def make_splits(dataset: FerDataset, spec) -> list[Split]:
     """The folds of ``spec`` (a ``SplitSpec``) on ``dataset``; raises SplitError when impossible.
 
@@ -152,13 +179,9 @@ def make_splits(dataset: FerDataset, spec) -> list[Split]:
     turn RAF-DB's 12,271 training images into 8,834 / 2,209 / 1,228.
     """
     fix = more_images(dataset)
-    if spec.kind == "subject_kfold":
-        folds = subject_kfold(dataset, spec.k, spec.val_fraction, spec.seed)
+    folds = _all_folds(dataset, spec)
+    if spec.kfold:
         folds = [folds[i] for i in spec.fold_ids()]
-    elif spec.kind == "official":
-        folds = [official_split(dataset, spec.test)]
-    else:
-        folds = [stratified_split(dataset.labels, spec.ratios, spec.seed, fix=fix)]
     result = []
     for split in folds:
         if spec.unlabeled_fraction:
@@ -173,6 +196,32 @@ def make_splits(dataset: FerDataset, spec) -> list[Split]:
     return result
 
 
+def subject_mixing_text(spec, dataset_name: str, subjects: int | None) -> str | None:
+    """The sentence saying that the split of ``spec`` (a ``SplitSpec``) ignores the dataset's ``subjects``
+    subject ids, or None where it does not apply. A subject's images on both sides let a model recognise
+    the person rather than the expression, so such numbers read higher than subject-exclusive ones and
+    compare only with results made the same way (the thesis's CK+ folds are such). SynthFER is left out:
+    its identities are generated, and its numbers are compared with no published ones."""
+    if not spec.ignores_subjects or subjects is None or dataset_name == "synthfer":
+        return None
+    return (f"not subject-exclusive: split.kind={spec.kind} ignores the dataset's {subjects} subjects, so images of one "
+            "subject sit on both sides of the split (train and test); the numbers are optimistic and comparable only "
+            "with results under the same protocol (subject_kfold keeps each subject on one side)")
+
+
+def subject_mixing_warning(dataset: FerDataset, spec, folds: dict[int, Split]) -> str | None:
+    """``subject_mixing_text`` with how many test subjects also have training or val images (the most in a
+    fold), or None where the text does not apply or no subject is on both sides."""
+    subjects = None if dataset.subjects is None else np.asarray(dataset.subjects)
+    text = subject_mixing_text(spec, dataset.name, None if subjects is None else len(np.unique(subjects)))
+    if text is None:
+        return None
+    shared, tested = max((len(np.intersect1d(subjects[split["test"]], subjects[np.concatenate([split["train"], split["val"]])])),
+                          len(np.unique(subjects[split["test"]]))) for split in folds.values())
+    where = " (the most in a fold)" if len(folds) > 1 else ""
+    return f"{text}; {shared} of {plural(tested, 'test subject')}{where} also have train or val images" if shared else None
+
+
 def _too_small(dataset: FerDataset, spec) -> list[tuple[str, int, str]]:
     """(class, images, why) for each class the split kind cannot place in every part it scores."""
     names, counts = dataset.class_names, dataset.class_counts()
@@ -180,6 +229,9 @@ def _too_small(dataset: FerDataset, spec) -> list[tuple[str, int, str]]:
         ratios = "/".join(f"{r:g}" for r in spec.ratios)
         return [(names[c], int(n), f"fewer than the 3 a stratified train/val/test {ratios} split needs (one per part)")
                 for c, n in enumerate(counts) if n < 3]
+    if spec.kind == "stratified_kfold":
+        return [(names[c], int(n), f"fewer than the {spec.k} that split.k={spec.k} stratified folds need for every "
+                 "fold's test part to hold one") for c, n in enumerate(counts) if n < spec.k]
     if spec.kind == "subject_kfold":
         if dataset.subjects is None:
             return []
@@ -230,6 +282,7 @@ def class_shortfalls(dataset: FerDataset, spec) -> list[str]:
     if dataset.name == "synthfer" and spec.kind == "stratified":
         more += f" (from about {_synthfer_size_for(3)} SynthFER has 3 images of every class)"
     change = {"stratified": more, "subject_kfold": f"{more} of more subjects, lower split.k",
+              "stratified_kfold": f"{more}, lower split.k",
               "official": f"{more}, use --set split.kind=stratified"}[spec.kind]
     lines = []
     for why, classes in by_reason.items():

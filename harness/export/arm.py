@@ -1,10 +1,6 @@
 """One arm of a finished experiment as a model: rebuilt through the backbone registry, holding the
-weights its test scores are of, with how its trial fed it images.
-
-Which weights: ``selected_weights.pt`` where the trial wrote one (``train.select=best_val``, whose best
-epoch may be in no kept checkpoint, and pseudo-labelling arms, whose chosen round may not be the last;
-``ferbench.harness.train.test_artifacts``), else the newest intact checkpoint, which holds the last
-epoch's weights: those ``train.select=last`` tests.
+weights its test scores are of (``ferbench.harness.study.finished_arm`` finds them), with how its trial fed
+it images.
 """
 
 from __future__ import annotations
@@ -13,21 +9,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ferbench.backbones import create_backbone, get_backbone_info
 from ferbench.harness.export.preprocess import Preprocessing
-from ferbench.harness.spec import StudySpec, arm_spec_data
-from ferbench.harness.study.checkpoints import checkpoint_dirs, newest_history, read_checkpoint, trial_folder, trial_statuses
-from ferbench.harness.study.layout import (
-    CHECKPOINT_FILE, SELECTED_WEIGHTS_FILE, TEST_PER_CLASS_FILE, TRIAL_FAILED, experiment_paths,
-)
+from ferbench.harness.spec import StudySpec
+from ferbench.harness.study.finished_arm import ArmError, arm_spec, completed_arm, read_grid, read_spec, tested_weights
+from ferbench.harness.study.layout import TEST_PER_CLASS_FILE, experiment_paths
+
+__all__ = ["ArmModel", "ExportError", "build_network", "completed_arm", "load_arm", "read_grid", "read_manifest",
+           "tested_weights"]
 
 
-class ExportError(ValueError):
+class ExportError(ArmError):
     """An arm cannot be exported, or an export folder cannot be read; ``str()`` is one line naming the
-    experiment, arm or file and the fix."""
+    experiment, arm or file and the fix. Finding the arm raises its base, ``ArmError``."""
 
 
 @dataclass
@@ -67,92 +63,12 @@ def build_network(backbone: str, num_classes: int, head: str, model_options: dic
     return create_backbone(backbone, num_classes, head=head, options=BackboneOptions(**model_options)).eval()
 
 
-def read_grid(experiment_dir: Path) -> list[dict]:
-    """``ferbench/grid.json``; an ``ExportError`` when the folder is no experiment."""
-    grid = experiment_paths(experiment_dir)["grid"]
-    if not grid.is_file():
-        raise ExportError(f"{experiment_dir}: not a FERBench experiment (no ferbench/grid.json); pass the experiment "
-                          "folder that `ferbench run` printed")
-    try:
-        return json.loads(grid.read_text())
-    except (OSError, ValueError) as err:
-        raise ExportError(f"{grid}: cannot be read ({err}); the experiment folder is damaged") from None
-
-
 def read_manifest(experiment_dir: Path) -> dict:
     path = experiment_paths(experiment_dir)["manifest"]
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ExportError(f"{path}: cannot be read ({err}); the experiment folder is damaged") from None
-
-
-def read_spec(experiment_dir: Path) -> StudySpec:
-    from ferbench.harness.study.experiment import read_stored_spec
-
-    try:
-        return read_stored_spec(experiment_dir)
-    except (OSError, ValueError) as err:
-        reason = " ".join(str(err).split())[:300]
-        raise ExportError(f"{experiment_paths(experiment_dir)['spec']}: cannot be read as this version's spec ({reason})") from None
-
-
-def arm_spec(spec: StudySpec, arm: dict) -> StudySpec:
-    """The spec the arm's trial read: the study's, with the arm's values of any extra grid axes
-    (``arm["settings"]``, e.g. ``train.head``) in their sections (``ferbench.harness.spec.arm_spec_data``)."""
-    return StudySpec.model_validate(arm_spec_data(spec.model_dump(mode="json"), arm.get("settings") or {}))
-
-
-def _why_not_completed(experiment_dir: Path, arm: dict, arm_ids: list[str]) -> str:
-    """The reason an arm stopped, for its error line ("" when none is recorded)."""
-    if arm.get("status") == "unavailable":
-        return arm.get("reason", "")
-    folder = trial_folder(experiment_dir, arm["arm_id"], arm_ids)
-    history = newest_history(folder) if folder is not None else []
-    if history and TRIAL_FAILED in history[-1]:
-        return str(history[-1][TRIAL_FAILED])
-    error = folder / "error.txt" if folder is not None else None
-    if error is not None and error.is_file():
-        return next((line.strip() for line in reversed(error.read_text(errors="replace").splitlines()) if line.strip()), "")
-    return ""
-
-
-def completed_arm(experiment_dir: Path, arm_id: str) -> tuple[dict, Path]:
-    """(grid row, trial folder) of ``arm_id``; an ``ExportError`` listing the arms when there is none of that
-    name, or naming its status when it did not complete."""
-    arms = read_grid(experiment_dir)
-    arm_ids = [arm["arm_id"] for arm in arms]
-    arm = next((a for a in arms if a["arm_id"] == arm_id), None)
-    if arm is None:
-        raise ExportError(f"{experiment_dir}: no arm {arm_id!r}; its arms: {', '.join(arm_ids)}")
-    statuses = trial_statuses(experiment_dir, arms)
-    status = statuses[arm_id]
-    if status != "completed":
-        why = _why_not_completed(experiment_dir, arm, arm_ids)
-        done = [a for a, s in statuses.items() if s == "completed"]
-        choice = f"export a completed one ({', '.join(done)})" if done else "no arm of this experiment completed"
-        raise ExportError(f"arm {arm_id} is {status}{f' ({why})' if why else ''}; only a completed arm has tested weights: {choice}")
-    return arm, trial_folder(experiment_dir, arm_id, arm_ids)
-
-
-def tested_weights(experiment_dir: Path, trial_dir: Path) -> tuple[dict[str, torch.Tensor], str, dict]:
-    """(state_dict, the file it came from relative to the experiment, the trial's last metric row)."""
-    for folder in checkpoint_dirs(trial_dir):
-        restored = read_checkpoint(folder)
-        if restored is None:  # cut by a crash or a full disk: the one before it is the newest intact
-            continue
-        state, history = restored
-        source = folder / CHECKPOINT_FILE
-        selected = trial_dir / SELECTED_WEIGHTS_FILE
-        weights = state["model"]
-        if selected.is_file():
-            try:
-                weights = torch.load(selected, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - a cut or foreign file raises many types
-                raise ExportError(f"{selected}: cannot be read ({type(err).__name__}); the trial folder is damaged") from None
-            source = selected
-        return weights, str(source.relative_to(experiment_dir)), history[-1]
-    raise ExportError(f"{trial_dir}: no intact checkpoint; the trial folder is damaged, run the arm again")
 
 
 def _preprocessing(spec: StudySpec, manifest: dict, backbone: str, result: dict) -> Preprocessing:

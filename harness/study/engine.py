@@ -431,12 +431,13 @@ def _fit(tuner, experiment_dir: Path | None) -> list[str]:
     return [f"disk full at {experiment_dir}"] if experiment_dir is not None and disk_full(experiment_dir) else []
 
 
-def _describe_split(folds: dict) -> str:
+def _describe_split(folds: dict, kind: str) -> str:
     if len(folds) == 1:
         split = next(iter(folds.values()))
         return f"{'/'.join(split)} {'/'.join(str(len(idx)) for idx in split.values())}"
     tests = [len(split["test"]) for split in folds.values()]
-    return f"{len(folds)} subject-exclusive folds, test parts of {min(tests)}–{max(tests)} images"
+    exclusive = "subject-exclusive" if kind == "subject_kfold" else "stratified"
+    return f"{len(folds)} {exclusive} folds, test parts of {min(tests)}–{max(tests)} images"
 
 
 def _say(line: str) -> None:
@@ -451,7 +452,7 @@ def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: 
     _say(f"{verb} {spec.study!r}: {len(preflight.arms)} arms{finished}, {spec.train.epochs} epochs each → {where}")
     _say(
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
-        f"split {_describe_split(preflight.splits)}"
+        f"split {_describe_split(preflight.splits, spec.split.kind)}"
     )
     if preflight.unlabeled_pool is not None:
         pool = preflight.unlabeled_pool

@@ -24,9 +24,10 @@ from ferbench.harness.data.checks import describe_missing, duplicate_training_in
 from ferbench.harness.data.dataset import FerDataset
 from ferbench.harness.data.loaders import DataError, check_data_source, load_dataset
 from ferbench.harness.spec import StudySpec
-from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes
+from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes, subject_mixing_warning
 from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET, UnlabeledPool
 from ferbench.harness.study.tracking import tracker_problems
+from ferbench.harness.study.transfer import arm_weights, freeze_problems
 from ferbench.harness.tasks import get_task
 from ferbench.harness.variants import used_variants
 from ferbench.harness.units import load_object
@@ -106,13 +107,16 @@ class WeightPlan:
     """The grid's pretrained weights as preflight's stages learn about them.
 
     ``found``: published weight files on disk, not loaded yet; ``downloadable``: missing ones a
-    download may bring; ``problems``: backbone → why its pretrained arms cannot run;
-    ``files`` / ``sources``: weights that load (or were pretrained), for the trials.
+    download may bring; ``problems``: backbone → why its pretrained arms cannot run; ``refused``: settings
+    that cannot work, whatever ``run.allow_unavailable`` says (a ``weights.files`` arm that cannot be used:
+    a typo, not weights absent offline); ``files`` / ``sources``: weights that load (or were pretrained), for
+    the trials.
     """
 
     found: dict[str, WeightStatus] = field(default_factory=dict)
     downloadable: dict[str, WeightStatus] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -123,13 +127,18 @@ def pretrained_backbones(spec: StudySpec) -> list[str]:
 
 def locate_weights(spec: StudySpec, downloader: _Downloader) -> WeightPlan:
     """Stage 1: where each published weight the grid needs is, by file-system look-ups alone
-    (nothing is downloaded, loaded or trained). Synth-identity weights are made in stage 3."""
+    (nothing is downloaded or trained, no published file loaded; an arm of a finished experiment named in
+    ``weights.files`` is read and its shapes checked, ``ferbench.harness.study.transfer``). Synth-identity
+    weights are made in stage 3."""
     plan = WeightPlan()
     for backbone in pretrained_backbones(spec):
         if spec.weights.source_for(backbone) == "synth-identity":
             continue
-        status = resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
-        if status.available:
+        from_arm = arm_weights(spec, backbone)
+        status = from_arm or resolve_pretrained(backbone, files=spec.weights.files, weights_dir=spec.weights.dir)
+        if from_arm is not None and not from_arm.available:
+            plan.refused.append(from_arm.message)
+        elif status.available:
             plan.found[backbone] = status
         elif downloader.can_fetch(backbone, status):
             plan.downloadable[backbone] = status
@@ -337,6 +346,8 @@ def prepare_data(spec: StudySpec) -> tuple[FerDataset | None, dict | None, Unlab
                 log.warning("data: warning: %s", describe_missing(entry))
             for line in task.split_warnings(targets, target_names, splits):
                 log.warning("data: warning: %s", line)
+            if mixing := subject_mixing_warning(dataset, spec.split, splits):
+                log.warning("data: warning: %s", mixing)
             pool = _unlabeled_pool(spec, dataset)
     except (DataError, SplitError, ValueError) as err:
         problems.append(str(err))
@@ -351,15 +362,16 @@ def run_preflight(spec: StudySpec) -> Preflight:
     """Everything knowable before the first trial, in stages of rising cost. Raises ``PreflightError``
     listing every problem of the first stage that has any; no costlier stage runs after it.
 
-    1. Milliseconds to seconds: resources, results storage, data paths, published weights on disk, the
-       packages of run.loggers.
+    1. Milliseconds to seconds: resources, results storage, data paths, published weights on disk (a
+       ``weights.files`` arm's tested weights read and fitted), the freezing policy's fit to the backbones,
+       the packages of run.loggers.
     2. The dataset decoded (or read from its cache), classes and splits checked; weight files loaded.
     3. Only when nothing failed: missing published weights downloaded, synth-identity weights pretrained.
     """
     downloader = _Downloader(spec)
     weights = locate_weights(spec, downloader)
     problems = check_storage_writable(spec) + check_local_resources(spec) + check_data_paths(spec) + tracker_problems(spec)
-    problems += weight_problem_lines(spec, weights.problems)
+    problems += weights.refused + freeze_problems(spec) + weight_problem_lines(spec, weights.problems)
     if problems:
         raise PreflightError("\n".join(problems))
 

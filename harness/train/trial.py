@@ -23,6 +23,7 @@ import torch
 from ray import tune
 
 from ferbench.backbones import backbone_parameter_counts, count_parameters, create_backbone, get_backbone_info
+from ferbench.backbones.conv_fc import reinit_fc
 from ferbench.backbones.freezing import FreezePlan, apply_freeze
 from ferbench.harness.study.atomic import atomic_write_bytes
 from ferbench.harness.study.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
@@ -288,6 +289,10 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
     task = get_task(spec.task, spec)
     model = create_backbone(arm["backbone"], task.output_size(payload.class_names), weights_file=weights, head=train.head,
                             options=spec.model.backbone_options(), random_init=train.random_init).to(device)
+    if weights and train.freeze.reinit_fc:
+        # Transfer as the Moravčík thesis does it: the loaded convolutions kept, the fully connected layers replaced
+        # by new ones, drawn after the arm's seed like any random layer (ferbench.backbones.conv_fc).
+        reinit_fc(model, train.random_init)
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if weights and weights != payload.weight_files[arm["backbone"]]:

@@ -38,7 +38,7 @@ READERS: dict[str, Reader] = {
     "fer2013_folders": Reader(read_fer2013_folders, "folder", "/data/fer2013 (holding train/ and test/)"),
     "rafdb": Reader(read_rafdb, "either", "/data/RAF-DB/basic (holding EmoLabel/ and Image/aligned/)",
                     lambda spec, path: rafdb_inputs(path)),
-    "ckplus": Reader(read_ckplus, "folder", "/data/CK+48 (holding anger/ … surprise/)"),
+    "ckplus": Reader(read_ckplus, "folder", "/data/CK+48 (holding anger/ … surprise/)", options=("ckplus_frames",)),
     "folder": Reader(read_folder, "folder", "/data/faces (holding one folder per class)"),
     "disfa": Reader(read_disfa, "folder", "/data/DISFA (holding ActionUnit_Labels/ and Videos_LeftCamera/ or Images/)",
                     disfa_inputs, ("action_units", "au_threshold", "frame_step", "frame_size"), crops_faces=True),

@@ -1,5 +1,8 @@
 """Datasets laid out as one folder per class: ``folder``, ``ckplus`` and ``fer2013_folders``.
 
+``ckplus`` reads subject ids from the file names and, with ``data.ckplus_frames=peak``, keeps one image
+per sequence: its last frame, the peak expression.
+
 Class folders are mapped to canonical classes by name (``common.folder_class``), never by their
 alphabetical position: FER2013's image-folder release sorts ``neutral`` before ``sad``, which is
 not the CSV's order.
@@ -87,20 +90,47 @@ def read_folder(spec, root: Path) -> Decoded:
     return decode_sources(_decoded(*class_tree(root, spec.class_map)), spec.strict)
 
 
-def ckplus_subject(path: Path) -> int:
-    """The subject id of a CK+ file name (``S005_001_00000011.png`` → 5)."""
+def ckplus_name(path: Path) -> tuple[int, int, int]:
+    """(subject, sequence, frame) of a CK+ file name (``S005_001_00000011.png`` → (5, 1, 11))."""
     match = CKPLUS_NAME.match(path.stem)
     if match is None:
         raise DataError(
             f"{path}: not a CK+ file name S<subject>_<sequence>_<frame>{path.suffix}; rename it, "
             "or use --set data.format=folder (no subject ids)"
         )
-    return int(match.group(1))
+    subject, sequence, frame = map(int, match.groups())
+    return subject, sequence, frame
+
+
+def ckplus_subject(path: Path) -> int:
+    """The subject id of a CK+ file name (``S005_001_00000011.png`` → 5)."""
+    return ckplus_name(path)[0]
+
+
+def peak_frames(labels: list[str], paths: list[Path]) -> list[int]:
+    """Indices of the last frame of each (subject, sequence), in file order: a CK+ sequence runs from
+    neutral to the peak expression, so its highest frame number is the peak (the thesis's 327 images).
+    A sequence filed under two classes has no single label, so it is a ``DataError`` naming both files."""
+    peaks: dict[tuple[int, int], tuple[int, int]] = {}  # (subject, sequence) → (frame, index) of its highest frame
+    for index, path in enumerate(paths):
+        subject, sequence, frame = ckplus_name(path)
+        kept = peaks.setdefault((subject, sequence), (frame, index))[1]
+        if labels[kept] != labels[index]:
+            raise DataError(
+                f"{paths[kept]} and {path}: sequence S{subject:03d}_{sequence:03d} is filed under two classes "
+                f"({labels[kept]}, {labels[index]}); move its frames into one class folder"
+            )
+        peaks[subject, sequence] = max(peaks[subject, sequence], (frame, index))
+    return sorted(index for _, index in peaks.values())
 
 
 def read_ckplus(spec, root: Path) -> Decoded:
-    """CK+ 48×48 class folders; the subject id of every image comes from its file name."""
+    """CK+ 48×48 class folders; the subject id of every image comes from its file name, and with
+    ``data.ckplus_frames=peak`` only each sequence's last frame is read."""
     labels, paths, ignored = class_tree(root, spec.class_map)
+    if spec.ckplus_frames == "peak":
+        keep = peak_frames(labels, paths)
+        labels, paths = [labels[i] for i in keep], [paths[i] for i in keep]
     subjects = np.array([ckplus_subject(path) for path in paths], dtype=np.int64)
     return decode_sources(_decoded(labels, paths, ignored, subjects=subjects), spec.strict)
 
