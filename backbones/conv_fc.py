@@ -26,6 +26,34 @@ from ferbench.backbones.keras_init import apply_keras_init
 from ferbench.backbones.registry import get_backbone_info, list_backbones, meta_backbone
 
 
+class ConvFcCNN(nn.Module):
+    """``features`` → ``pool`` (parameter-free) → ``neck`` → ``classifier``: the split above, and the interface the
+    heads use (``feature_channels``, ``forward_features``, ``strip_to_features``). Subclasses build the four parts and
+    set ``num_features`` (the neck's width) and ``feature_channels`` (the last convolution's)."""
+
+    features: nn.Module
+    pool: nn.Module
+    neck: nn.Module
+    classifier: nn.Module
+    num_features: int
+    feature_channels: int
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def strip_to_features(self) -> None:
+        self.neck = nn.Identity()
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward(self, x):
+        return self.classifier(self.neck(self.pool(self.features(x))))
+
+
 def fc_layers(model: nn.Module) -> list[nn.Module] | None:
     """``[neck, classifier]``, the fully connected layers, when ``model`` has the split; None when it has not."""
     features, neck = getattr(model, "features", None), getattr(model, "neck", None)

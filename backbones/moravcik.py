@@ -23,6 +23,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ferbench.backbones.conv_fc import ConvFcCNN
 from ferbench.backbones.registry import BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone
 
 INPUT_SIZE = 48
@@ -33,9 +34,9 @@ FINAL_HIDDEN = 256
 DROPOUT = 0.25
 
 
-class FlattenCNN(nn.Module):
+class FlattenCNN(ConvFcCNN):
     """A convolutional trunk (``features``), flatten and one hidden dense layer (``neck``), the output layer
-    (``classifier``): the interface the heads and freezing policies use (``num_features``, ``feature_channels``)."""
+    (``classifier``)."""
 
     def __init__(self, features: nn.Sequential, channels: int, side: int, neck_tail: list[nn.Module], hidden: int,
                  num_classes: int):
@@ -43,23 +44,9 @@ class FlattenCNN(nn.Module):
         self.features = features
         self.feature_channels = channels
         self.num_features = hidden
+        self.pool = nn.Identity()  # the flattening keeps every position
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(channels * side * side, hidden), nn.ReLU(inplace=True), *neck_tail)
         self.classifier = nn.Linear(hidden, num_classes) if num_classes else nn.Identity()
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def strip_to_features(self) -> None:
-        self.neck = nn.Identity()
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward(self, x):
-        return self.classifier(self.neck(self.features(x)))
 
 
 def _conv(in_channels: int, out_channels: int) -> list[nn.Module]:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from torch import nn
 
+from ferbench.backbones.conv_fc import ConvFcCNN
 from ferbench.backbones.registry import BackboneInfo, BackboneOptions, check_state_dict, load_state_dict_file, register_backbone
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(ConvFcCNN):
     def __init__(
         self, num_classes: int, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128), hidden: int = 160, dropout: float = 0.3
     ):
@@ -36,21 +37,6 @@ class SmallCNN(nn.Module):
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden, num_classes)
         self.feature_channels = channels
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-
-    def strip_to_features(self) -> None:
-        self.neck = nn.Identity()
-
-    def forward_features(self, x):
-        return self.features(x)
-
-    def forward(self, x):
-        return self.classifier(self.neck(self.pool(self.features(x))))
 
 
 SMALL_CNN = BackboneInfo(
