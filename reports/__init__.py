@@ -11,7 +11,7 @@ from ferbench.harness.tasks import get_task_info
 from ferbench.harness.variants import used_variants
 from ferbench.harness.units import load_object
 from ferbench.reports.collect import collect, read_grid, read_manifest, read_spec, relative, trial_statuses
-from ferbench.reports.comparison import comparison_tables, draw_figures, render_comparison, write_table
+from ferbench.reports.comparison import draw_figures, render_comparison, tidy_tables, write_table
 from ferbench.reports.derived import fold_test_train_ratio
 from ferbench.reports.html import write_html_report
 from ferbench.reports.markdown import md_cell, render_markdown
@@ -34,14 +34,6 @@ def build_comparison_report(experiment_dirs: list[Path], out_dir: Path) -> Path:
     build_comparison(experiment_dirs, out_dir)
     write_html_report(out_dir)
     return out_dir
-
-
-def tidy_tables(experiment_dir: Path, spec) -> dict:
-    """The report's tidy tables (epochs, trials, mcr_mofr, summary, differences) of an experiment, computed
-    with the stored spec's settings: what ``build_report`` writes to ``tables/`` and the Python API returns."""
-    epochs, trials = collect(experiment_dir)
-    return {"epochs": epochs, **comparison_tables(epochs, trials, spec.report.window, spec.train.epochs,
-                                                  fold_test_train_ratio(spec.split))}
 
 
 def build_report(experiment_dir: str | Path) -> Path:

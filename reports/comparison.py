@@ -7,12 +7,15 @@ sees are the numbers in the files.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from ferbench.harness.spec import setting_text
+from ferbench.reports.collect import collect
 from ferbench.reports.derived import (
-    axis_keys, did_not_learn, initial_metrics, mcr_mofr, model_names, paired_differences, seed_summary, settings_in_variant,
-    smelyakov_tables,
+    axis_keys, did_not_learn, fold_test_train_ratio, initial_metrics, mcr_mofr, model_names, paired_differences,
+    seed_summary, settings_in_variant, smelyakov_tables,
 )
 from ferbench.reports.markdown import markdown_table
 
@@ -45,6 +48,14 @@ def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, l
         "summary": seed_summary(enriched, test_train_ratio=test_train_ratio),
         "differences": pd.concat(differences, ignore_index=True) if differences else pd.DataFrame(),
     }
+
+
+def tidy_tables(experiment_dir: Path, spec) -> dict:
+    """The report's tidy tables (epochs, trials, mcr_mofr, summary, differences) of an experiment, computed
+    with the stored spec's settings: what ``build_report`` writes to ``tables/`` and the Python API returns."""
+    epochs, trials = collect(experiment_dir)
+    return {"epochs": epochs, **comparison_tables(epochs, trials, spec.report.window, spec.train.epochs,
+                                                  fold_test_train_ratio(spec.split))}
 
 
 def _mean_std(row: pd.Series) -> str:

@@ -13,25 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from ferbench.harness.tasks import get_task_info
-from ferbench.reports import recommendation as rec
-from ferbench.reports.collect import collect, read_spec
-from ferbench.reports.comparison import comparison_tables
+from ferbench.reports.recommendation import best_model, model_of_each_arm
+from ferbench.reports.collect import read_spec
+from ferbench.reports.comparison import tidy_tables
 from ferbench.reports.derived import fold_test_train_ratio
-
-def best_model(summary: pd.DataFrame, trials: pd.DataFrame, test_train_ratio: float | None = None,
-               metric: str = "test_acc") -> str | None:
-    """The model the Recommendation names best by ``metric`` (``<backbone>_<init>[_<variant>]``), or
-    None when no model qualifies; ``summary`` and (enriched) ``trials`` from ``comparison_tables``."""
-    multi = rec._multi_variant(summary)
-    models, _ = rec._completed_models(summary, multi)
-    flat = set(rec._flat_models(trials, multi, models))
-    models = [model for model in models if model not in flat]
-    ranker = rec.Ranker(rec._unit_values(trials, None, multi), test_train_ratio)
-    ranked = ranker.rank(rec._metric_stats(summary, metric, multi, models), metric, higher=True)
-    return None if ranked is None else str(ranked["best"].model)
 
 
 def recommended_arm(experiment_dir: str | Path) -> str:
@@ -39,14 +25,13 @@ def recommended_arm(experiment_dir: str | Path) -> str:
     it; a ``ValueError`` (one line) when the experiment has no completed arm with that metric."""
     experiment_dir = Path(experiment_dir)
     spec = read_spec(experiment_dir).spec
-    epochs, trials = collect(experiment_dir)
     ratio = fold_test_train_ratio(spec.split)
-    tables = comparison_tables(epochs, trials, spec.report.window, spec.train.epochs, ratio)
+    tables = tidy_tables(experiment_dir, spec)
     summary, trials = tables["summary"], tables["trials"]
     metric = get_task_info(spec.task).headline
     model = best_model(summary, trials, ratio, metric)
     if model is None:
         raise ValueError(f"{experiment_dir}: no completed arm has a {metric}, so the report recommends none; "
                          f"name the arm to export: ferbench export {experiment_dir} ARM")
-    arms = trials[(trials["status"] == "completed") & (rec._names(trials, rec._multi_variant(summary)) == model)]
+    arms = trials[(trials["status"] == "completed") & (model_of_each_arm(trials, summary) == model)]
     return str(arms.sort_values(metric, ascending=False, kind="stable")["arm_id"].iloc[0])

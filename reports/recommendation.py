@@ -350,6 +350,24 @@ def render_recommendation(summary: pd.DataFrame, differences: pd.DataFrame, mcr:
     return "\n".join(lines)
 
 
+def best_model(summary: pd.DataFrame, trials: pd.DataFrame, test_train_ratio: float | None = None,
+               metric: str = "test_acc") -> str | None:
+    """The model this section names best by ``metric`` (``<backbone>_<init>[_<variant>]``), ranked as its lines
+    rank (models without a completed trial, or that did not learn, left out); None when no model qualifies.
+    ``summary`` and (enriched) ``trials`` from ``ferbench.reports.comparison.comparison_tables``."""
+    multi = _multi_variant(summary)
+    models, _ = _completed_models(summary, multi)
+    flat = set(_flat_models(trials, multi, models))
+    candidates = _metric_stats(summary, metric, multi, [model for model in models if model not in flat])
+    ranked = Ranker(_unit_values(trials, None, multi), test_train_ratio).rank(candidates, metric, higher=True)
+    return None if ranked is None else str(ranked["best"].model)
+
+
+def model_of_each_arm(trials: pd.DataFrame, summary: pd.DataFrame) -> pd.Series:
+    """Each row's model name as this section writes it (the variant named only when the study has several)."""
+    return _names(trials, _multi_variant(summary))
+
+
 def _flat_models(trials: pd.DataFrame | None, multi_variant: bool, models: list[str]) -> list[str]:
     """Models whose every completed arm did not learn (``did_not_learn`` in the enriched trials)."""
     if trials is None or "did_not_learn" not in trials.columns:
