@@ -148,11 +148,19 @@ class Experiment:
 
         return collect_per_class(self.path)[0]
 
+    @cached_property
+    def cross_dataset(self) -> pd.DataFrame:
+        """Per arm and extra test set (``eval.datasets``): images scored and dropped, accuracy, macro F1 and F1 per
+        class (``tables/cross_dataset.csv``; empty without extra test sets)."""
+        from ferbench.reports.cross_dataset import collect_cross_dataset
+
+        return collect_cross_dataset(self.path)
+
     # ------------------------------------------------------------------ actions
 
     def refresh(self) -> Experiment:
         """Forget what was read, so the next look reads the folder again; returns the experiment."""
-        for name in ("_stored_spec", "_grid", "statuses", "arms", "_tables", "per_class"):
+        for name in ("_stored_spec", "_grid", "statuses", "arms", "_tables", "per_class", "cross_dataset"):
             self.__dict__.pop(name, None)
         return self
 

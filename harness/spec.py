@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ferbench.harness import tasks, variants
 from ferbench.harness.strict_model import StrictModel as _Strict
+from ferbench.harness.tree_spec import TreeSpec, is_tree, node_spec_data, tree_name
 
 BUILTIN_STUDY_PACKAGE = "ferbench.harness.study.studies"
 INITS = ("random", "pretrained")
@@ -44,6 +45,7 @@ NOT_AXES = {
     "study": "the study's name is one per study",
     "description": "the study's description is one per study",
     "task": "what the study predicts is one per study (its report's sections depend on it)",
+    "eval": "the extra test sets are read and their labels mapped once per study, before any trial",
 }
 NOT_AXIS_PATHS = {
     "pseudo_label.unlabeled_path": "the unlabeled pool is read once per study, before any trial",
@@ -229,7 +231,7 @@ class GridSpec(_Strict):
         problems = [
             f"grid.backbone.{index}: unknown backbone {name!r}; allowed: {', '.join(list_backbones())} or {ALLOWED_FORMS}"
             for index, name in enumerate(names)
-            if not is_known_backbone(name)
+            if not is_known_backbone(name) and not is_tree(name)
         ]
         if problems:
             raise ValueError("\n".join(problems))
@@ -580,6 +582,103 @@ class MultilabelSpec(_Strict):
         return value
 
 
+class MassCentreSpec(_Strict):
+    """How eval.datasets.*.unmapped: mass_centre labels images (the Moravčík thesis, §6.4.1–6.4.2)."""
+
+    distance: Literal["histogram", "pixel"] = Field(
+        "histogram", description="histogram: the sum of absolute differences between two images' 256-bin intensity "
+        "histograms, as frequencies (all channels pooled); pixel: the sum of absolute pixel-by-pixel differences"
+    )
+    remap: Literal["unmapped", "all"] = Field(
+        "unmapped", description="unmapped: only images whose class is no training class (after map) go to the nearest "
+        "mass centre, the others keep their class (the thesis's 'keep the first 6 labels untouched'); all: every image "
+        "is re-labelled by its nearest mass centre (the thesis's Fig. 6.10)"
+    )
+    max_images: int = Field(
+        1000, ge=2, description="per training class, the most images (a sample drawn with split.seed) among which its "
+        "mass centre is searched: the search compares every pair, so its cost grows with the square of this"
+    )
+
+
+class EvalDatasetSpec(_Strict):
+    """A dataset every trained arm is tested on besides the test split, its classes mapped to the training data's."""
+
+    name: str = Field(description="short name of the dataset (letters, digits, - and _) in tables and metric names "
+                      "(cross_<name>_acc); unique within the study")
+    data: DataSpec = Field(description="the dataset, as the study's data section describes one (format, path, contempt, "
+                           "ckplus_frames, class_map, face_detect, ...); its images are brought to the training data's "
+                           "size and channels")
+    map: dict[str, str] = Field(
+        default_factory=dict, description="this dataset's class → the training class it counts as, applied first "
+        "(e.g. {contempt: happy}); classes not named keep their own name"
+    )
+    unmapped: Literal["drop", "mass_centre"] = Field(
+        "drop", description="images whose class (after map) is no training class: drop them, or give them the class "
+        "of the nearest mass centre (mass_centre)"
+    )
+    mass_centre: MassCentreSpec = Field(default_factory=MassCentreSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}", value):
+            raise ValueError(f"not a plain name, got {value!r}: use up to 40 letters, digits, - and _ (e.g. ckplus), "
+                             "since it names table rows and the metrics cross_<name>_acc")
+        return value
+
+    @field_validator("map")
+    @classmethod
+    def _class_names(cls, mapping: dict[str, str]) -> dict[str, str]:
+        """Canonical class names on both sides (synonyms such as 'anger' accepted); a typo would map nothing."""
+        from ferbench.harness.data.formats.common import CLASS_LIST, known_class
+
+        canonical = {}
+        for key, value in mapping.items():
+            source, target = known_class(str(key)), known_class(str(value))
+            for name, found in ((key, source), (value, target)):
+                if found is None:
+                    raise ValueError(f"{name!r} is not a class; use one of {CLASS_LIST}")
+            canonical[source] = target
+        return canonical
+
+    @field_validator("data")
+    @classmethod
+    def _emotion_labels(cls, data: DataSpec) -> DataSpec:
+        if data.format in ("disfa", "multilabel_csv"):
+            raise ValueError(f"format: got {data.format}, which has no emotion classes to test on; give a dataset with "
+                             "emotion labels (ckplus, fer2013, rafdb, folder, ...)")
+        return data
+
+    @model_validator(mode="after")
+    def _mass_centre_used(self) -> "EvalDatasetSpec":
+        """mass_centre settings that would be ignored, or a map that remap: all would ignore, are refused."""
+        if self.unmapped == "drop" and self.mass_centre != MassCentreSpec():
+            raise ValueError("mass_centre: used only with unmapped: mass_centre, got unmapped: drop; set unmapped: "
+                             "mass_centre, or remove mass_centre")
+        if self.unmapped == "mass_centre" and self.mass_centre.remap == "all" and self.map:
+            raise ValueError(f"map: not used with mass_centre.remap: all (every image is re-labelled by its nearest mass "
+                             f"centre), got {self.map}; remove map, or use remap: unmapped")
+        return self
+
+
+class EvalSpec(_Strict):
+    """Extra test sets (Moravčík's cross-dataset evaluation): every trained arm is also scored on each of them."""
+
+    datasets: list[EvalDatasetSpec] = Field(
+        default_factory=list, description="datasets each trained arm is tested on after its test split "
+        "(tables/cross_dataset.csv and the report's Cross-dataset evaluation section)"
+    )
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_names(cls, datasets: list[EvalDatasetSpec]) -> list[EvalDatasetSpec]:
+        names = [dataset.name for dataset in datasets]
+        doubled = sorted({name for name in names if names.count(name) > 1})
+        if doubled:
+            raise ValueError(f"eval.datasets: the name(s) {', '.join(doubled)} are used twice; give each dataset its own name")
+        return datasets
+
+
 class _StudySpecCore(_Strict):
     study: str = Field(description="study name, used for the experiment folder")
     description: str = ""
@@ -592,8 +691,20 @@ class _StudySpecCore(_Strict):
     run: RunSpec = Field(default_factory=RunSpec)
     weights: WeightsSpec = Field(default_factory=WeightsSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     task: str = Field(tasks.CLASSIFICATION.name, description="what the study predicts (ferbench.harness.tasks)")
     multilabel: MultilabelSpec = Field(default_factory=MultilabelSpec)
+    trees: dict[str, TreeSpec] = Field(
+        default_factory=dict, description="decision trees of CNNs, each trained by the grid arm tree:<name> "
+        "(ferbench.harness.tree_spec)")
+
+    @model_validator(mode="after")
+    def _eval_sets_need_classes(self) -> "_StudySpecCore":
+        """Cross-dataset evaluation maps and scores emotion classes; a multi-label study predicts none."""
+        if self.eval.datasets and self.task == tasks.MULTILABEL.name:
+            raise ValueError("eval.datasets: cross-dataset evaluation maps and scores emotion classes, which task "
+                             "multilabel does not predict; remove eval.datasets, or use task: classification")
+        return self
 
     @field_validator("task")
     @classmethod
@@ -636,7 +747,7 @@ class _StudySpecCore(_Strict):
         if self.train.freeze.policy == "keras_last_k":
             from ferbench.backbones.keras_layers import RECORDED_BACKBONES
 
-            missing = [name for name in self.grid.backbone if name not in RECORDED_BACKBONES]
+            missing = [name for name in self.grid.backbone if name not in RECORDED_BACKBONES and not is_tree(name)]
             if missing:
                 raise ValueError(
                     f"train.freeze.policy: keras_last_k needs a recorded Keras layer list, and there is none for "
@@ -654,6 +765,51 @@ class _StudySpecCore(_Strict):
                 "model.vggface_descriptor: fc8 keeps the 2,622-identity layer, which synth-identity weights do not train; "
                 "use published weights (weights.sources.vggface=published) or model.vggface_descriptor=fc7"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tree_checks(self) -> "_StudySpecCore":
+        """A ``tree:<name>`` arm names a tree of ``trees`` whose structure holds, whose nodes' settings are valid
+        where they train (the study's spec with the node's written over it) and whose nodes take the same input."""
+        used = [name for name in self.grid.backbone if is_tree(name)]
+        if not used and not self.trees:
+            return self
+        problems = [f"grid.backbone: {name} names no tree; define it under trees.{tree_name(name)} "
+                    f"(defined: {', '.join(self.trees) or 'none'})" for name in used if tree_name(name) not in self.trees]
+        if used and self.task != tasks.CLASSIFICATION.name:
+            problems.append(f"grid.backbone: a tree of CNNs classifies emotions; task {self.task} has no trees")
+        for arm in self.arms():
+            if is_tree(arm["backbone"]) and arm["init"] != "random":
+                problems.append(f"grid: {arm['backbone']} trains from random init; add grid.exclude "
+                                f"{{backbone: {arm['backbone']}, init: {arm['init']}}}")
+                break
+        data = self.model_dump(mode="json")
+        for name, tree in self.trees.items():
+            where = f"trees.{name}.nodes"
+            try:
+                tree.layout(where)
+            except ValueError as err:
+                problems.extend(str(err).splitlines())
+            inputs = {}
+            for index, node in enumerate(tree.nodes):
+                try:
+                    node_spec = StudySpec.model_validate(node_spec_data(data, node, self.grid.variant[0]))
+                except ValidationError as err:
+                    problems.extend(f"{where}[{index}] ({node.name}): {line}" for line in _format_validation_error(err).splitlines())
+                    continue
+                inputs[node.name] = _node_input(node.backbone, node_spec.train.input_size)
+            if len(set(inputs.values())) > 1:
+                problems.append(f"{where}: every node of a tree takes the same input (size, channels, normalisation); "
+                                + "; ".join(f"{node}: {text}" for node, text in inputs.items()))
+        for arm in self.arms():
+            if is_tree(arm["backbone"]):
+                refused = {info.name for info in variants.parse_combination(arm["variant"])} - {"baseline", "balanced"}
+                if refused:
+                    problems.append(f"grid.variant: a tree's nodes train as baseline or balanced, not {', '.join(sorted(refused))}; "
+                                    f"add grid.exclude {{backbone: {arm['backbone']}, variant: {arm['variant']}}}")
+                    break
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
 
     @model_validator(mode="after")
@@ -734,6 +890,15 @@ StudySpec = create_model(
     __doc__="A whole study: data, split, grid, training recipe, resources, run, weights, report, task and variant settings.",
     **{key: (model, Field(default_factory=model)) for key, model in variants.settings_sections().items()},
 )
+
+
+def _node_input(backbone: str, input_size: Any) -> str:
+    """What a tree node's network is fed, in words: equal for nodes that can share one input adapter."""
+    from ferbench.backbones import get_backbone_info
+
+    info = get_backbone_info(backbone)
+    size = info.input_size if input_size == "native" or info.fixed_input_size else input_size
+    return f"{size} px, {info.in_chans} {info.channel_order}, mean {info.mean}, std {info.std}"
 
 
 def arm_id(cell: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from ferbench.harness.spec import StudySpec
+from ferbench.harness.spec import DataSpec, StudySpec
 
 # data.* keys that only some formats read; 'auto' may detect any real format, so it keeps theirs.
 REAL_FORMATS = frozenset({"fer2013", "fer2013_folders", "rafdb", "ckplus", "folder", "disfa", "multilabel_csv", "auto"})
@@ -55,7 +55,8 @@ def _comment(text: str, indent: str) -> list[str]:
 
 def _section_text(model: BaseModel, dumped: dict[str, Any], path: str, spec: BaseModel, depth: int) -> list[str]:
     indent = "  " * depth
-    unused = set(unused_data_keys(spec.data.format)) if path == "data" else set()
+    data_format = model.format if isinstance(model, DataSpec) else None  # the study's data, or an eval dataset's
+    unused = set(unused_data_keys(data_format)) if data_format else set()
     lines: list[str] = []
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
@@ -63,7 +64,7 @@ def _section_text(model: BaseModel, dumped: dict[str, Any], path: str, spec: Bas
         if name in unused:
             if value == field.get_default(call_default_factory=True):
                 continue  # left out: reading the file again gives the same default
-            note = f"not used with data.format: {spec.data.format}"
+            note = f"not used with data.format: {data_format}"
         description = field.description
         if description is None and isinstance(value, BaseModel) and type(value).__doc__:
             description = type(value).__doc__.strip().split("\n\n")[0]
@@ -75,6 +76,11 @@ def _section_text(model: BaseModel, dumped: dict[str, Any], path: str, spec: Bas
         if isinstance(value, BaseModel):
             lines.append(f"{indent}{name}:")
             lines.extend(_section_text(value, dumped[name], f"{path}.{name}" if path else name, spec, depth + 1))
+        elif isinstance(value, list) and value and all(isinstance(item, BaseModel) for item in value):
+            lines.append(f"{indent}{name}:")  # a section per item (eval.datasets), each opened by a lone '-'
+            for index, item in enumerate(value):
+                lines.append(f"{indent}  -")
+                lines.extend(_section_text(item, dumped[name][index], f"{path}.{name}.{index}", spec, depth + 2))
         else:
             lines.append(f"{indent}{name}: {_scalar_text(dumped[name])}")
     for name in model.model_extra or {}:  # keys a section allows beyond its fields (extra grid axes)

@@ -18,6 +18,8 @@ from ferbench.reports.markdown import md_cell, render_markdown
 from ferbench.reports.recommendation import render_recommendation
 from ferbench.reports.default_arm import recommended_arm
 from ferbench.reports.context import ReportContext
+from ferbench.reports.cross_dataset import cross_dataset_section
+from ferbench.reports.tree import tree_section
 from ferbench.reports.sample_predictions import collect_sample_probabilities, plot_sample_predictions, samples_section
 
 __all__ = ["build_comparison_report", "build_report", "collect", "recommended_arm", "tidy_tables", "trial_statuses"]
@@ -73,10 +75,13 @@ def build_report(experiment_dir: str | Path) -> Path:
     task_part = load_object(task.report)(context)
     variant_sections = [load_object(info.report_section)(context)
                         for info in used_variants(read_grid(experiment_dir)) if info.report_section]
+    tree_part = tree_section(context)
     sections = [
         render_comparison(comparison, window) + (f"\n{task_part}" if task_part else ""),
+        *([tree_part] if tree_part else []),
         *([samples_section(experiment_dir, trials)] if task.class_samples else []),
         *variant_sections,
+        *([cross_dataset_section(context)] if spec.eval.datasets else []),  # eval.datasets: the extra test sets
         render_recommendation(comparison["summary"], comparison["differences"], comparison["mcr_mofr"], trials, ratio,
                               task.headline),
     ]

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ferbench.harness.study.checkpoints import HISTORY_FILE, TRIAL_FAILED, checkpoint_dirs, newest_history, trial_folder
-from ferbench.harness.study.layout import ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, experiment_paths
+from ferbench.harness.study.layout import CROSS_DATASET_FILE, ROUNDS_FILE, TEST_PER_CLASS_FILE, TEST_PREDICTIONS_FILE, TREE_NODES_FILE, experiment_paths
 from ferbench.reports.spec_view import StoredSpec, stored_spec
 
 T = TypeVar("T")
@@ -42,6 +42,9 @@ INTEGER_COLUMNS = {"seed", "fold", "epochs_done", "pl_rounds", "input_size", "pa
 TEST_METRICS = ["test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"]
 # Measured once after the test evaluation (see ferbench.harness.train.inference_speed, ferbench.backbones.registry).
 FINAL_MEASURES = ["infer_latency_ms", "infer_images_per_s", "infer_batch_size", "backbone_params", "backbone_keras_params"]
+# A tree:<name> arm's rows: each node's epochs (``node``: its name), then one row testing the whole tree (``node``: tree).
+NODE_COLUMNS = ["node", "node_test_acc", "node_test_macro_f1"]
+TREE_ROW = "tree"
 PSEUDO_LABEL_SUMMARY = ["pl_rounds", "pl_stop_reason"]  # student rounds trained, and why no further round ran
 # A pseudo_label arm's test metrics are its selected round's (best val macro F1); the last round's are kept beside.
 PSEUDO_LABEL_ROUNDS = ["pl_selected_round", "pl_last_round", "last_round_test_acc", "last_round_test_macro_f1"]
@@ -154,9 +157,53 @@ def read_rounds(path: Path) -> dict:
     return stored
 
 
+def read_tree_nodes(path: Path) -> dict:
+    """A trial's ``tree_nodes.json``, checked for what the report reads (ValueError: a damaged file)."""
+    record = json.loads(Path(path).read_text())
+    for node in record["nodes"]:
+        n = len(node["groups"])
+        matrix = np.asarray(node["test"]["confusion_matrix"], dtype=float)
+        if matrix.shape != (n, n) or not all(k in node for k in ("name", "backbone", "val_acc")):
+            raise ValueError(f"node {node.get('name')!r}: its scores do not fit its {n} groups")
+    return record
+
+
+
+def list_of(value, n: int, what: str) -> list:
+    if not isinstance(value, list) or len(value) != n:
+        raise ValueError(f"{what}: expected a list of {n}")
+    return value
+
+
+def number_fields(mapping: dict, keys: tuple[str, ...], what: str) -> None:
+    for key in keys:
+        if isinstance(mapping[key], bool) or not isinstance(mapping[key], (int, float)):
+            raise ValueError(f"{what}{key}: expected a number")
+
+
+def read_cross_dataset(path: Path) -> dict:
+    """A trial's ``cross_dataset.json``, checked: per extra test set its counts, scalars and per-class scores."""
+    stored = json.loads(Path(path).read_text())
+    try:
+        n = len(stored["class_names"])
+        for record in stored["datasets"]:
+            what = f"{record['name']}: "
+            number_fields(record, ("n_images", "n_dropped"), what)
+            if record["n_images"]:
+                number_fields(record["scalars"], ("acc", "macro_f1"), what)
+                for key in ("precision", "recall", "f1", "support"):
+                    list_of(record["per_class"][key], n, what + key)
+                for row in list_of(record["per_class"]["confusion_matrix"], n, what + "confusion_matrix"):
+                    list_of(row, n, what + "confusion_matrix")
+    except TypeError as err:  # a list where an object belongs, or the other way round
+        raise ValueError(str(err)) from None
+    return stored
+
+
 # The trial files the report reads besides its metric rows, each with the reader that checks it.
 ARTIFACTS: dict[str, Callable[[Path], Any]] = {
     TEST_PER_CLASS_FILE: read_per_class, TEST_PREDICTIONS_FILE: read_predictions, ROUNDS_FILE: read_rounds,
+    TREE_NODES_FILE: read_tree_nodes, CROSS_DATASET_FILE: read_cross_dataset,
 }
 
 
@@ -342,7 +389,8 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         damaged += artifact_damage(trial_dir) if trial_dir else []
         trial_id = trial_dir.name[len(arm["arm_id"]) + 1:] if trial_dir else ""
         if not epochs.empty:
-            metrics = ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS, *task_columns(epochs, "val_", EPOCH_METRICS)]
+            metrics = ["epoch", *ROUND_COLUMNS, *EPOCH_METRICS, *task_columns(epochs, "val_", EPOCH_METRICS),
+                       *(NODE_COLUMNS if "node" in epochs else [])]
             frame = epochs.reindex(columns=metrics).assign(trial_id=trial_id, **fields)
             epoch_frames.append(frame[columns + metrics])
         trial_rows.append({"trial_id": trial_id, **fields, **source, "status": status, "error": error,
@@ -356,6 +404,14 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return epochs_table, trials_table
 
 
+def network_rows(epochs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of arms that train one network: a tree's rows are its nodes' networks (shown in the report's tree
+    section), so curves, MCR/MOFR and initial metrics, which follow one network through its epochs, leave them out."""
+    if "node" not in epochs:
+        return epochs
+    return epochs[epochs["node"].isna()].reset_index(drop=True)
+
+
 def task_columns(epochs: pd.DataFrame, prefix: str, known: list[str]) -> list[str]:
     """The metrics a task reports beyond the common ones (multilabel: ``val_f1_macro``, ``test_micro_f1``, …)."""
     return [name for name in epochs.columns if name.startswith(prefix) and name not in known]
@@ -366,7 +422,9 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
         return {"epochs_done": 0}
     trained = epochs[epochs["epoch"] > 0]
     last = epochs.iloc[-1]
-    best = epochs.loc[epochs["val_acc"].idxmax()]
+    # a tree's one validation accuracy is its routed one (the node rows measure other networks on other classes)
+    scored = epochs[epochs["node"] == TREE_ROW] if "node" in epochs and epochs["node"].notna().any() else epochs
+    best = scored.loc[scored["val_acc"].idxmax()] if scored["val_acc"].notna().any() else last
     summary = {
         "epochs_done": int(epochs["epoch"].max()),
         "input_size": last.get("input_size"),
@@ -385,6 +443,7 @@ def _trial_summary(epochs: pd.DataFrame) -> dict:
     }
     summary.update({name: last.get(name, np.nan) for name in TEST_METRICS + FINAL_MEASURES})
     summary.update({name: last.get(name) for name in task_columns(epochs, "test_", TEST_METRICS)})
+    summary.update({name: last.get(name) for name in task_columns(epochs, "cross_", [])})  # eval.datasets' scores
     if "selected_epoch" in epochs:  # the round epoch whose weights were tested (train.select)
         summary["selected_epoch"] = last.get("selected_epoch")
     if "pl_rounds" in epochs:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ferbench.harness.spec import setting_text
-from ferbench.reports.collect import collect
+from ferbench.reports.collect import collect, network_rows
 from ferbench.reports.derived import (
     axis_keys, did_not_learn, fold_test_train_ratio, initial_metrics, mcr_mofr, model_names, paired_differences,
     seed_summary, settings_in_variant, smelyakov_tables,
@@ -35,7 +35,7 @@ def comparison_tables(epochs: pd.DataFrame, trials: pd.DataFrame, window: int, l
     """``trials`` enriched with the initial (epoch-1) metrics and ``did_not_learn``, ``mcr_mofr``,
     ``summary`` (long, per arm group and metric) and ``differences`` (paired). ``test_train_ratio``:
     k-fold studies' corrected intervals (``ferbench.reports.derived.fold_test_train_ratio``)."""
-    enriched = trials
+    enriched, epochs = trials, network_rows(epochs)
     if not epochs.empty:
         initial = initial_metrics(epochs)[["arm_id", "initial_acc", "initial_loss"]]
         flat = did_not_learn(epochs).rename("did_not_learn")
@@ -107,7 +107,7 @@ def draw_figures(epochs: pd.DataFrame, trials: pd.DataFrame, tables: dict[str, p
     figures tell models apart by backbone, init and variant, so extra-axis values join the variant."""
     from ferbench.reports import figures
 
-    epochs, trials = settings_in_variant(epochs), settings_in_variant(trials)
+    epochs, trials = settings_in_variant(network_rows(epochs)), settings_in_variant(trials)
     tables = {**tables, "mcr_mofr": settings_in_variant(tables["mcr_mofr"])}
     figures.plot_curves(epochs, folder / "curves.png")
     figures.plot_initial_bars(epochs, folder / "initial.png")

@@ -16,6 +16,7 @@ from pathlib import Path
 from ferbench.harness.tasks import get_task_info
 from ferbench.reports.recommendation import best_model, model_of_each_arm
 from ferbench.reports.collect import read_spec
+from ferbench.harness.tree_spec import is_tree
 from ferbench.reports.comparison import tidy_tables
 from ferbench.reports.derived import fold_test_train_ratio
 
@@ -28,6 +29,8 @@ def recommended_arm(experiment_dir: str | Path) -> str:
     ratio = fold_test_train_ratio(spec.split)
     tables = tidy_tables(experiment_dir, spec)
     summary, trials = tables["summary"], tables["trials"]
+    # export writes one network: a decision tree of CNNs is never the default
+    summary, trials = summary[~summary["backbone"].map(is_tree)], trials[~trials["backbone"].map(is_tree)]
     metric = get_task_info(spec.task).headline
     model = best_model(summary, trials, ratio, metric)
     if model is None:

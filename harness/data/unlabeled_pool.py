@@ -143,6 +143,15 @@ def _load(where: Path, image_shape: tuple[int, ...], strict: bool) -> UnlabeledP
         images, sources, skipped = _read_folder(where, strict)
     else:
         images, sources, skipped = _read_pixels_csv(where)
+    out, notes = in_training_form(images, image_shape)
+    return UnlabeledPool(images=out, source=str(where), notes={"source": str(where), **notes, "skipped": skipped})
+
+
+def in_training_form(images, image_shape: tuple[int, ...]) -> tuple[np.ndarray, dict]:
+    """(images as one uint8 array of ``image_shape`` per image ((H, W) grey or (H, W, C)), notes): every image
+    resized (bilinear) and converted to the training data's colour mode where it differs, and how many were.
+    Shared by the unlabeled pool and cross-dataset evaluation (``ferbench.harness.study.cross_dataset``), so that
+    a model sees outside images exactly as it saw its training images."""
     height, width = image_shape[:2]
     channels = image_shape[2] if len(image_shape) == 3 else 1
     out = np.empty((len(images), *image_shape), np.uint8)
@@ -151,6 +160,5 @@ def _load(where: Path, image_shape: tuple[int, ...], strict: bool) -> UnlabeledP
         out[i], was_resized, was_converted = _to_training_form(image, height, width, channels)
         resized += was_resized
         converted += was_converted
-    notes = {"source": str(where), "images": len(out), "resized_to": [height, width], "resized": resized,
-             "converted_to": "grayscale" if channels == 1 else "rgb", "converted": converted, "skipped": skipped}
-    return UnlabeledPool(images=out, source=str(where), notes=notes)
+    return out, {"images": len(out), "resized_to": [height, width], "resized": resized,
+                 "converted_to": "grayscale" if channels == 1 else "rgb", "converted": converted}

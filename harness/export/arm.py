@@ -15,6 +15,7 @@ from ferbench.backbones import create_backbone, get_backbone_info
 from ferbench.harness.export.preprocess import Preprocessing
 from ferbench.harness.spec import StudySpec
 from ferbench.harness.study.finished_arm import ArmError, arm_spec, completed_arm, read_grid, read_spec, tested_weights
+from ferbench.harness.tree_spec import is_tree
 from ferbench.harness.study.layout import TEST_PER_CLASS_FILE, experiment_paths
 
 __all__ = ["ArmModel", "ExportError", "build_network", "completed_arm", "load_arm", "read_grid", "read_manifest",
@@ -101,6 +102,10 @@ def load_arm(experiment_dir: str | Path, arm_id: str) -> ArmModel:
     """The completed arm ``arm_id`` of the experiment, its tested weights loaded (strictly: every tensor)."""
     experiment_dir = Path(experiment_dir).expanduser().resolve()
     arm, trial_dir = completed_arm(experiment_dir, arm_id)
+    if is_tree(arm["backbone"]):
+        raise ExportError(f"{arm_id} is a decision tree of CNNs ({arm['backbone']}); export writes one network: name a "
+                          "single-network arm of the experiment (its tree's node weights are in the trial's newest "
+                          "checkpoint, as nodes.<node>.*)")
     spec, manifest = arm_spec(read_spec(experiment_dir), arm), read_manifest(experiment_dir)
     scored = _test_scores(trial_dir)
     class_names = tuple(scored.get("class_names") or manifest["dataset"]["class_names"])

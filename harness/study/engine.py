@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ferbench.harness.study.checkpoints import is_final, newest_history, trial_folder, trial_statuses
+from ferbench.harness.study.cross_dataset import describe_eval_sets, map_eval_sets, payload_sets
 from ferbench.harness.study.diskspace import disk_full
 from ferbench.harness.study.experiment import default_experiment_name, read_json, read_stored_spec, write_experiment_inputs
 from ferbench.harness.study.layout import experiment_paths
@@ -30,6 +31,7 @@ from ferbench.harness.spec import StudySpec
 from ferbench.harness.tasks import get_task
 from ferbench.harness.data.splits import load_splits
 from ferbench.harness.study.storage import RemoteStorage, download, holds_experiment, is_remote, parse_remote, upload
+from ferbench.harness.tree_spec import is_tree
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,7 @@ def _build_trainable(spec: StudySpec, preflight: Preflight, name: str, ship_weig
     from ray import tune
 
     from ferbench.harness.train.trial import StudyPayload, fault_injection_from_env, run_trial
+    from ferbench.harness.train.tree_trial import run_tree_trial
 
     images, labels, target_names, splits = preflight.training_arrays(get_task(spec.task, spec))
     payload = StudyPayload(
@@ -193,17 +196,20 @@ def _build_trainable(spec: StudySpec, preflight: Preflight, name: str, ship_weig
         weight_files=preflight.weight_files,
         fault_injection=fault_injection_from_env(),
         weight_blobs={b: Path(p).read_bytes() for b, p in preflight.weight_files.items()} if ship_weights else {},
+        eval_sets=payload_sets(preflight.eval_sets),
     )
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(_named_trainable(run_trial, name), payload=payload), resources)
+    return tune.with_resources(tune.with_parameters(_named_trainable(run_trial, run_tree_trial, name), payload=payload), resources)
 
 
-def _named_trainable(run_trial, experiment_name: str):
-    """``run_trial`` under a name of its own. Tune stores a trainable in the cluster's registry by
-    its name, and a retried trial fetches it again from there: two studies sharing one cluster under
-    the same name would run each other's payload after a retry."""
+def _named_trainable(run_trial, run_tree_trial, experiment_name: str):
+    """``run_trial`` (``run_tree_trial`` for a ``tree:<name>`` arm) under a name of its own. Tune stores a trainable
+    in the cluster's registry by its name, and a retried trial fetches it again from there: two studies sharing one
+    cluster under the same name would run each other's payload after a retry."""
 
     def trainable(config: dict, payload) -> None:
+        if is_tree(config["arm"]["backbone"]):
+            return run_tree_trial(config, payload)
         return run_trial(config, payload)
 
     trainable.__name__ = trainable.__qualname__ = f"ferbench_{re.sub(r'[^A-Za-z0-9_]', '_', experiment_name)}"
@@ -295,8 +301,18 @@ def preflight_study(run: StudyRun) -> None:
         paths = experiment_paths(run.experiment_dir)
         run.preflight.splits = load_splits(paths["splits"])
         run.preflight.arms = read_json(paths["grid"])
+        _remap_eval_sets(run)
     runnable = run.preflight.runnable_arms
     run.to_run = resume_plan(run.experiment_dir, runnable) if run.resume else runnable
+
+
+def _remap_eval_sets(run: StudyRun) -> None:
+    """On resume, the extra test sets' labels mapped again on the stored splits (the study's own, which the mass
+    centres of its finished arms came from), never on splits preflight recomputed."""
+    preflight = run.preflight
+    problems = map_eval_sets(run.spec, preflight.dataset, preflight.splits, preflight.eval_sets)
+    if problems:
+        raise PreflightError("\n".join(problems))
 
 
 def start_ray(run: StudyRun, verbose: bool = False) -> None:
@@ -454,6 +470,8 @@ def _announce(spec: StudySpec, preflight: Preflight, where: Path | str, resume: 
         f"  data: {dataset.name}, {len(dataset)} images {dataset.image_size[0]}×{dataset.image_size[1]}, "
         f"split {_describe_split(preflight.splits, spec.split.kind)}"
     )
+    for line in describe_eval_sets(preflight.eval_sets):
+        _say(line)
     if preflight.unlabeled_pool is not None:
         pool = preflight.unlabeled_pool
         _say(f"  unlabeled pool: {len(pool)} images from {pool.source} (labels unknown; resized {pool.notes['resized']}, "

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from ferbench.harness.study.atomic import atomic_write_json, atomic_write_text
+from ferbench.harness.study.cross_dataset import write_mapping_record
 from ferbench.harness.study.layout import experiment_paths, is_experiment
 from ferbench.harness.study.preflight import Preflight
 from ferbench.harness.data.samples import save_samples, select_samples
@@ -152,6 +153,8 @@ def write_experiment_inputs(experiment_dir: Path, spec: StudySpec, preflight: Pr
             },
         },
     )
+    if preflight.eval_sets:  # how eval.datasets' labels were mapped, per fold, for the report
+        write_mapping_record(paths["cross_dataset"], spec, dataset, preflight.splits, preflight.eval_sets)
     atomic_write_json(paths["grid"], preflight.arms)
 
 

@@ -9,6 +9,7 @@ names from the trainable would import all of them.
         ferbench/splits.npz      train/val/test indices used by every trial and by the report
         ferbench/grid.json       every grid arm with its preflight status (written last: marks an experiment)
         ferbench/samples.npz     a few test images per class, shown with each model's predictions
+        ferbench/cross_dataset_mapping.json  eval.datasets: how each extra test set's labels were mapped, per fold
         <arm_id>_<trial_id>/     Tune trial folders: result.json, sealed checkpoint_NNNNNN/ folders
                                  (ferbench.harness.study.checkpoints), the test artifacts below
         report/                  report.md, report.html, tables/, figures/
@@ -34,8 +35,10 @@ TRIAL_FAILED = "trial_failed"  # the reason, in the last row of a trial stopped 
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
 TEST_PER_CLASS_FILE = "test_per_class.json"
 SELECTED_WEIGHTS_FILE = "selected_weights.pt"  # train.select=best_val: the weights the test scores are of
+TREE_NODES_FILE = "tree_nodes.json"  # tree:<name> arms: each node's groups, selected epoch and test scores
 ROUNDS_FILE = "pseudo_label_rounds.json"  # pseudo_label variants: one record per round (0 = teacher)
 ROUND_POOL_FILE = "pseudo_label_round{round}.npz"  # the pool predictions a round's pseudo-labels came from
+CROSS_DATASET_FILE = "cross_dataset.json"  # eval.datasets: the tested model's scores on each extra test set
 
 
 def experiment_paths(experiment_dir: Path) -> dict[str, Path]:
@@ -46,6 +49,7 @@ def experiment_paths(experiment_dir: Path) -> dict[str, Path]:
         "splits": meta / "splits.npz",
         "grid": meta / "grid.json",
         "samples": meta / "samples.npz",
+        "cross_dataset": meta / "cross_dataset_mapping.json",
         "report": Path(experiment_dir) / "report",
     }
 

@@ -26,9 +26,11 @@ from ferbench.harness.data.loaders import DataError, check_data_source, load_dat
 from ferbench.harness.spec import StudySpec
 from ferbench.harness.data.splits import SplitError, class_shortfalls, make_splits, missing_classes, subject_mixing_warning
 from ferbench.harness.data.unlabeled_pool import NOT_A_TARGET, UnlabeledPool
+from ferbench.harness.study.cross_dataset import EvalSet, eval_source_problems, prepare_eval_sets
 from ferbench.harness.study.tracking import tracker_problems
 from ferbench.harness.study.transfer import arm_weights, freeze_problems
 from ferbench.harness.tasks import get_task
+from ferbench.harness.tree_spec import is_tree, tree_name
 from ferbench.harness.variants import used_variants
 from ferbench.harness.units import load_object
 
@@ -48,6 +50,7 @@ class Preflight:
     weight_sources: dict[str, str] = field(default_factory=dict)
     data_notes: dict = field(default_factory=dict)  # what preflight changed in the data, for the report
     unlabeled_pool: UnlabeledPool | None = None  # pseudo_label.unlabeled_path, in the training data's form
+    eval_sets: list[EvalSet] = field(default_factory=list)  # eval.datasets, in the training data's form, mapped per fold
 
     def training_arrays(self, task) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict[int, dict[str, np.ndarray]]]:
         """(images, targets, target names, splits) the trials see; ``task`` says what a target is (an emotion
@@ -286,6 +289,21 @@ def class_problems(spec: StudySpec, dataset: FerDataset) -> list[str]:
         )
     if not spec.split.allow_missing_classes:
         problems += class_shortfalls(dataset, spec.split)
+    return problems + tree_class_problems(spec, dataset.class_names)
+
+
+def tree_class_problems(spec: StudySpec, class_names: tuple[str, ...]) -> list[str]:
+    """A tree arm routes every image to one of the dataset's classes: its root's classes must be exactly those."""
+    problems = []
+    for name in dict.fromkeys(tree_name(b) for b in spec.grid.backbone if is_tree(b)):
+        classes = spec.trees[name].layout().classes
+        missing, unknown = sorted(set(class_names) - classes), sorted(classes - set(class_names))
+        if missing or unknown:
+            problems.append(
+                f"trees.{name}: the tree's classes are not the dataset's ({', '.join(class_names)})"
+                + (f"; no node leads to {', '.join(missing)}" if missing else "")
+                + (f"; {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a class of the data" if unknown else "")
+                + "; give the root's groups exactly the dataset's classes (data.drop_classes / data.class_map change those)")
     return problems
 
 
@@ -313,9 +331,9 @@ def check_local_resources(spec: StudySpec) -> list[str]:
 
 
 def check_data_paths(spec: StudySpec) -> list[str]:
-    """Stage 1: the data options hold, and ``data.path`` and each used variant's inputs (e.g.
-    ``pseudo_label.unlabeled_path``) exist and open; nothing is decoded."""
-    problems = check_data_source(spec.data)
+    """Stage 1: the data options hold, and ``data.path``, each ``eval.datasets`` path and each used variant's inputs
+    (e.g. ``pseudo_label.unlabeled_path``) exist and open; nothing is decoded."""
+    problems = check_data_source(spec.data) + eval_source_problems(spec)
     for info in used_variants(spec.arms()):
         if info.check_inputs:
             problems += load_object(info.check_inputs)(spec)
@@ -376,6 +394,8 @@ def run_preflight(spec: StudySpec) -> Preflight:
         raise PreflightError("\n".join(problems))
 
     dataset, splits, pool, notes, problems = prepare_data(spec)
+    eval_sets, eval_problems = prepare_eval_sets(spec, dataset, splits) if dataset is not None else ([], [])
+    problems += eval_problems
     load_weight_files(spec, weights)
     if not problems and not weight_problem_lines(spec, weights.problems):
         download_weights(weights, downloader)
@@ -397,7 +417,7 @@ def run_preflight(spec: StudySpec) -> Preflight:
             "weights_source": weights.sources.get(arm["backbone"], "") if pretrained else "",
         })
     return Preflight(dataset=dataset, splits=splits, arms=arms, weight_files=weights.files, weight_sources=weights.sources,
-                     data_notes=notes, unlabeled_pool=pool)
+                     data_notes=notes, unlabeled_pool=pool, eval_sets=eval_sets)
 
 
 def _unlabeled_pool(spec: StudySpec, dataset: FerDataset) -> UnlabeledPool | None:

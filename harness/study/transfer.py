@@ -39,6 +39,7 @@ from ferbench.harness.spec import StudySpec, arm_spec_data
 from ferbench.harness.study.atomic import atomic_write_bytes
 from ferbench.harness.study.finished_arm import ArmError, arm_spec, completed_arm, read_grid, read_spec, tested_weights
 from ferbench.harness.study.layout import SELECTED_WEIGHTS_FILE, is_experiment
+from ferbench.harness.tree_spec import is_tree
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ def freeze_problems(spec: StudySpec) -> list[str]:
     options: dict[tuple[str, str], StudySpec] = {}
     data = spec.model_dump(mode="json")
     for arm in spec.arms():
+        if is_tree(arm["backbone"]):  # a tree's nodes train from random init (ferbench.harness.tree_spec)
+            continue
         own = StudySpec.model_validate(arm_spec_data(data, arm["settings"])) if arm.get("settings") else spec
         freeze, key = own.train.freeze, (arm["backbone"], own.train.head)
         for setting, used in (("train.freeze.policy=fc_only", freeze.policy == "fc_only"),

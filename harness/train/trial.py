@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from ferbench.backbones.freezing import FreezePlan, apply_freeze
 from ferbench.harness.study.atomic import atomic_write_bytes
 from ferbench.harness.study.checkpoints import CHECKPOINT_DIR, FINAL_MARKER, TRIAL_FAILED, is_final, read_checkpoint, write_checkpoint_files
 from ferbench.harness.train.augment import InputAdapter
+from ferbench.harness.train.cross_eval import CrossEvalSet, evaluate_extra_datasets
 from ferbench.harness.train.inference_speed import measure_inference
 from ferbench.harness.train.performance import Execution, apply_process_settings, resolve_execution, select_device
 from ferbench.harness.train.schedules import learning_rate_for_epoch, plateau_unfreeze_epoch
@@ -66,6 +67,8 @@ class StudyPayload:
     # The weight files' bytes, when trials may run on machines that lack the driver's files
     # (a cluster): published or synth-identity weights then travel with the dataset.
     weight_blobs: dict[str, bytes] = field(default_factory=dict)
+    # eval.datasets: the extra test sets every finished arm is scored on (ferbench.harness.train.cross_eval).
+    eval_sets: list[CrossEvalSet] = field(default_factory=list)
 
 
 def resolve_input_size(spec: StudySpec, backbone: str, data_size: int) -> int:
@@ -320,13 +323,34 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
     students) and may change what an epoch trains on. ``epoch`` counts rows across the whole trial;
     ``round`` and ``round_epoch`` (0 = the round's evaluation before training) place a row in its
     round, so MCR/MOFR are computable per round. A round's end tests the weights ``train.select``
-    picks (``ferbench.harness.train.selection``).
+    picks (``ferbench.harness.train.selection``). A ``tree:<name>`` arm has a trial of its own, built on this one's
+    parts (``ferbench.harness.train.tree_trial``).
     """
     state, history = _restore(config)
     if is_final(history):  # finished (or stopped for good) before the driver recorded it: never re-run
         return
-    trial = _build_trial(config, payload)
-    rounds, epoch = RoundState(), 0
+    train_rounds(_build_trial(config, payload), state, history)
+
+
+def _test_round_end(trial: _Trial, rounds: RoundState, metrics: dict) -> None:
+    """A round's end in an arm's own trial: test, let the variant decide what follows, and measure once finished."""
+    scalars, per_class = _test_metrics(trial, trial.variant.test_round(rounds))
+    metrics.update(scalars)
+    trial.variant.end_round(trial, rounds, metrics, per_class)
+    if rounds.finished:
+        metrics.update(trial.final_measures())
+        metrics.update(evaluate_extra_datasets(trial))
+
+
+def train_rounds(trial: _Trial, state: dict | None, history: list[dict], first_epoch: int = 0, tags: dict | None = None,
+                 extra_state: Callable[[], dict] | None = None,
+                 round_end: Callable[[_Trial, RoundState, dict], None] = _test_round_end) -> bool:
+    """Train ``trial`` from ``state`` (a checkpoint of it, or None: from ``first_epoch``) until its variant finishes,
+    appending every row to ``history`` and checkpointing after each. ``tags`` are written into each row (a tree's
+    node), ``extra_state`` into each checkpoint, and ``round_end`` tests the round's selected weights. False when
+    the loss stopped being finite (the trial stops for good with a row saying why)."""
+    tags = tags or {}
+    rounds, epoch = RoundState(), first_epoch
     # train.select best_val: the round's best epoch so far, weights included (carried in every checkpoint).
     best = BestEpoch(trial.spec.train.select_metric) if trial.spec.train.select == "best_val" else None
     if state is not None:
@@ -335,23 +359,26 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
         trial.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         epoch = state["epoch"] + 1
-        rounds = _rounds_from(state.get("rounds"), epoch)
+        rounds = _rounds_from(state.get("rounds"), epoch - first_epoch)
         trial.variant.load_state_dict(state.get("rounds") or {})
         best = BestEpoch.from_dict(state["round_best"]) if best is not None and state.get("round_best") else best
-    # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint.
-    trial.static["attempt_start_epoch"] = epoch
+    # attempt_start_epoch > 0 marks epochs run after a retry resumed from a checkpoint (a tree sets it for its nodes).
+    trial.static.setdefault("attempt_start_epoch", epoch)
+    extra = extra_state or dict
     while not rounds.finished:
         if rounds.round > 0 and rounds.round_epoch == 0:
             trial.variant.start_round(trial, rounds.round)
         train_idx, targets = trial.variant.training_set(trial.labels, trial.split["train"])
         epoch_start = time.perf_counter()
         try:
-            round_rows = [row for row in history if row.get("round", 0) == rounds.round and "val_loss" in row]
-            metrics = trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets, round_rows)
+            round_rows = [row for row in history if row.get("round", 0) == rounds.round and "val_loss" in row
+                          and all(row.get(key) == value for key, value in tags.items())]
+            metrics = {**trial.run_epoch(epoch, rounds.round, rounds.round_epoch, train_idx, targets, round_rows), **tags}
         except NonFiniteLoss as err:  # stopped for good (a retry would diverge again); the epochs before stay
-            failure = {"epoch": epoch, "round": rounds.round, "round_epoch": rounds.round_epoch, TRIAL_FAILED: err.at_epoch(epoch)}
-            _save_checkpoint(_training_state(trial, epoch, rounds, best), [*history, failure])
-            return
+            failure = {"epoch": epoch, "round": rounds.round, "round_epoch": rounds.round_epoch, **tags,
+                       TRIAL_FAILED: err.at_epoch(epoch)}
+            _save_checkpoint({**_training_state(trial, epoch, rounds, best), **extra()}, [*history, failure])
+            return False
         if best is not None:
             best.offer(metrics, trial.model)
         round_epochs = trial.variant.round_epochs(rounds.round)
@@ -359,17 +386,14 @@ def run_trial(config: dict, payload: StudyPayload) -> None:
             rounds.round_epoch += 1
         else:  # the round's end: test the selected epoch's weights (a next round, if any, starts from them)
             metrics["selected_epoch"] = round_epochs if best is None else best.restore(trial.model)
-            scalars, per_class = _test_metrics(trial, trial.variant.test_round(rounds))
-            metrics.update(scalars)
-            trial.variant.end_round(trial, rounds, metrics, per_class)
-            if rounds.finished:
-                metrics.update(trial.final_measures())
+            round_end(trial, rounds, metrics)
             best = BestEpoch(best.metric) if best is not None else None  # a next round chooses among its own epochs
         metrics["epoch_wall_s"] = time.perf_counter() - epoch_start  # training, evaluation and test
         history.append(metrics)
-        _save_checkpoint(_training_state(trial, epoch, rounds, best), history)
-        _maybe_inject_failure(payload.fault_injection, trial.arm["arm_id"], epoch)
+        _save_checkpoint({**_training_state(trial, epoch, rounds, best), **extra()}, history)
+        _maybe_inject_failure(trial.payload.fault_injection, trial.arm["arm_id"], epoch)
         epoch += 1
+    return True
 
 
 def _rounds_from(stored: dict | None, epoch: int) -> RoundState:
