@@ -81,6 +81,11 @@ def _section_text(model: BaseModel, dumped: dict[str, Any], path: str, spec: Bas
             for index, item in enumerate(value):
                 lines.append(f"{indent}  -")
                 lines.extend(_section_text(item, dumped[name][index], f"{path}.{name}.{index}", spec, depth + 2))
+        elif isinstance(value, dict) and value and all(isinstance(item, BaseModel) for item in value.values()):
+            lines.append(f"{indent}{name}:")  # a section per key (trees.<name>)
+            for key, item in value.items():
+                lines.append(f"{indent}  {_scalar_text(key)}:")
+                lines.extend(_section_text(item, dumped[name][key], f"{path}.{name}.{key}", spec, depth + 2))
         else:
             lines.append(f"{indent}{name}: {_scalar_text(dumped[name])}")
     for name in model.model_extra or {}:  # keys a section allows beyond its fields (extra grid axes)

@@ -283,3 +283,13 @@ def test_the_moravcik2021_ckplus_study_transfers_both_ways_of_the_thesis():
     assert policies == {("head_only", False), ("fc_only", True)}
     assert {a["init"] for a in spec.arms()} == {"pretrained"} and spec.data.contempt == "happy"
     assert spec.split.ratios[2] == 0.2  # 20% test
+
+
+def test_the_printed_spec_shows_each_tree_and_node_as_a_section_and_reads_back_the_same(tmp_path):
+    from ferbench.harness.spec_yaml import commented_spec_yaml
+
+    spec = load_spec("moravcik2021", ["data.path=/data/fer2013.csv"])
+    text = commented_spec_yaml(spec)
+    assert "trees:\n  moravcik2021:\n" in text and "    nodes:\n      -\n" in text and "        name: nn3\n" in text
+    (tmp_path / "study.yaml").write_text(text)
+    assert load_spec(str(tmp_path / "study.yaml")) == spec
