@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ferbench.harness.spec import SplitSpec, axis_sections, settings_label
-from ferbench.reports.stats import compare_paired, t_interval
+from ferbench.reports.stats import PairedDifference, compare_paired, t_interval
 
 ARM_KEYS = ["backbone", "init", "variant", "seed"]  # + "fold" in k-fold studies
 GROUP_KEYS = ["backbone", "init", "variant"]  # an arm group: seeds and folds pooled
@@ -235,7 +235,7 @@ def smelyakov_tables(mcr: pd.DataFrame) -> dict[str, pd.DataFrame]:
 # --------------------------------------------------------------------------- statistics across seeds
 
 
-def _completed(trials: pd.DataFrame) -> pd.DataFrame:
+def completed_trials(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[trials["status"] == "completed"] if "status" in trials.columns else trials
 
 
@@ -258,7 +258,7 @@ def seed_summary(trials: pd.DataFrame, metrics: list[str] | None = None, test_tr
     metrics = default_metrics(trials) if metrics is None else metrics
     keys = group_keys(trials)
     groups = trials[keys].drop_duplicates()
-    done = _completed(trials)
+    done = completed_trials(trials)
     values = done[keys + metrics].melt(id_vars=keys, var_name="metric", value_name="value")
     values["value"] = pd.to_numeric(values["value"], errors="coerce").astype(float)
     summary = values.groupby([*keys, "metric"], sort=False)["value"].agg(n="count", mean="mean", std="std")
@@ -284,7 +284,11 @@ def unit_pairs(frame: pd.DataFrame, units: list[str], side_a: pd.Series, side_b:
 
 def difference_row(a: np.ndarray, b: np.ndarray, test_train_ratio: float | None) -> dict:
     """The ``differences`` columns of one comparison (see ``ferbench.reports.stats.compare_paired``)."""
-    d = compare_paired(a, b, test_train_ratio)
+    return difference_fields(compare_paired(a, b, test_train_ratio))
+
+
+def difference_fields(d: PairedDifference) -> dict:
+    """A paired difference as the ``differences`` table's columns."""
     return {"n_pairs": d.n, "mean_diff": d.mean_diff, "ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value,
             "p_sign_flip": d.p_sign_flip, "method": d.method, "claim": d.claim, "note": d.note}
 
@@ -301,7 +305,7 @@ def _pairs(trials: pd.DataFrame, factor: str, treated: str, reference: str, metr
     for values, arms in trials.groupby(keys, sort=False, dropna=False):
         if not {treated, reference} <= set(arms[factor]):  # the grid never forms this pair (an excluded arm)
             continue
-        cell = _completed(arms)
+        cell = completed_trials(arms)
         a, b, unpaired = unit_pairs(cell, units, cell[factor] == treated, cell[factor] == reference, metric)
         rows.append({"comparison": f"{treated} − {reference}", **dict(zip(keys, values)), factor: np.nan,
                      "n_unpaired": unpaired, **difference_row(a, b, test_train_ratio)})

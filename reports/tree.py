@@ -23,11 +23,11 @@ from ferbench.harness.tree_spec import TreeSpec, is_tree, tree_name
 from ferbench.reports.collect import TREE_ROW, arm_artifacts, collect_per_class, read_tree_nodes
 from ferbench.reports.comparison import write_table
 from ferbench.reports.context import ReportContext
-from ferbench.reports.derived import _completed, axis_keys, difference_row, fold_test_train_ratio, model_names, unit_pairs
+from ferbench.reports.derived import axis_keys, completed_trials, difference_fields, fold_test_train_ratio, model_names, unit_pairs
 from ferbench.reports.escaping import md_code
 from ferbench.reports.figures import _finish, _light, _style
 from ferbench.reports.markdown import damaged_arms, damaged_lines, markdown_table
-from ferbench.reports.stats import PairedDifference, format_difference
+from ferbench.reports.stats import compare_paired, format_difference
 
 NODE_COLUMNS = ["node", "groups", "node_backbone", "node_variant", "selected_epoch", "train_size", "test_size",
                 "val_acc", "test_acc", "test_macro_f1"]
@@ -57,7 +57,7 @@ def tree_vs_networks(trials: pd.DataFrame, test_train_ratio: float | None = None
     keys = ["init", "variant", *axis_keys(trials)]
     rows = []
     for values, arms in trials.groupby(keys, sort=False, dropna=False):
-        cell = _completed(arms)
+        cell = completed_trials(arms)
         trees = [b for b in dict.fromkeys(arms["backbone"]) if is_tree(b)]
         networks = [b for b in dict.fromkeys(arms["backbone"]) if not is_tree(b)]
         for tree in trees:
@@ -66,10 +66,11 @@ def tree_vs_networks(trials: pd.DataFrame, test_train_ratio: float | None = None
                     if metric not in cell:
                         continue
                     a, b, unpaired = unit_pairs(cell, units, cell["backbone"] == tree, cell["backbone"] == network, metric)
+                    d = compare_paired(a, b, test_train_ratio)
                     rows.append({"tree": tree, "network": network, **dict(zip(keys, values)), "metric": metric,
                                  "tree_mean": float(np.mean(a)) if len(a) else np.nan,
                                  "network_mean": float(np.mean(b)) if len(b) else np.nan,
-                                 "n_unpaired": unpaired, **difference_row(a, b, test_train_ratio)})
+                                 "n_unpaired": unpaired, **difference_fields(d), "difference": format_difference(d)})
     return pd.DataFrame(rows)
 
 
@@ -105,12 +106,6 @@ def draw_node_curves(epochs: pd.DataFrame) -> Figure | None:
         grid[0][0].legend(fontsize=8)
         figure.suptitle("Tree nodes: accuracy over each node's epochs")
     return figure
-
-
-def _difference_cell(row: pd.Series) -> str:
-    d = PairedDifference(int(row["n_pairs"]), row["mean_diff"], row["ci_low"], row["ci_high"], row["p_value"],
-                         row["p_sign_flip"], row["method"], 0.95, bool(row["claim"]), row["note"])
-    return format_difference(d)
 
 
 def _tree_text(name: str, tree: TreeSpec) -> list[str]:
@@ -195,8 +190,7 @@ def tree_section(context: ReportContext) -> str:
         if report:
             lines += ["The routed tree on the whole test split:", "", report, ""]
     if not comparison.empty:
-        shown = comparison.assign(difference=comparison.apply(_difference_cell, axis=1),
-                                  metric=comparison["metric"].map(COMPARED))
+        shown = comparison.assign(metric=comparison["metric"].map(COMPARED))
         lines += ["### The tree against single networks", "",
                   "Tree − network on the same data, init and variant, paired by seed (`tables/tree_vs_networks.csv`); "
                   "a difference is claimed only where its 95% interval excludes 0:", "",
