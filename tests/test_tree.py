@@ -233,6 +233,9 @@ def test_the_report_shows_nodes_the_trees_classification_report_and_the_comparis
     assert not acc["claim"]  # one seed
     report = (study.report_dir / "report.md").read_text()
     assert "## Decision trees of CNNs" in report and "Classification report" in report and "| macro avg |" in report
+    cross = pd.read_csv(tables / "cross_dataset.csv")  # eval.datasets, for both kinds of arm
+    assert sorted(cross["arm_id"]) == sorted(["small_cnn_random_baseline_s0", TREE_ARM]) and set(cross["n_images"]) == {70}
+    assert "## Cross-dataset evaluation" in report
     assert "Node `nn3`: confusion over its groups" in report
     # the tree's node rows are no network's curve: the MCR/MOFR table has the single network only
     mcr = pd.read_csv(tables / "mcr_mofr.csv")
