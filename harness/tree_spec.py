@@ -73,13 +73,14 @@ class TreeSpec(StrictModel):
 
 def node_spec_data(spec_data: dict, node: TreeNodeSpec, arm_variant: str) -> dict:
     """The study's spec (``model_dump(mode="json")``) as one node trains with it: the node's ``model`` and ``train``
-    settings written over the study's, its backbone and variant the grid's only arm, no trees and no extra axes."""
+    settings written over the study's, its backbone and variant the grid's only arm (no extra axes, no exclude
+    rules), no trees."""
     data = copy.deepcopy(spec_data)
     for section in ("model", "train"):
         _merge(data.setdefault(section, {}), getattr(node, section))
     data["trees"] = {}
     data["grid"] = {"backbone": [node.backbone], "init": ["random"], "variant": [node.variant or arm_variant],
-                    "seed": data["grid"]["seed"][:1]}
+                    "seed": data["grid"]["seed"][:1], "exclude": []}  # the study's exclude rules are about its arms
     return data
 
 

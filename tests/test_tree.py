@@ -144,6 +144,12 @@ def test_a_bad_tree_study_is_refused_in_one_line(overrides, expected):
         load_spec("quick", [*STUDY, *overrides])
 
 
+def test_the_studys_exclude_rules_leave_the_nodes_alone():
+    # the rule leaves out the single small_cnn arm; the tree's small_cnn nodes still train
+    spec = load_spec("quick", [*STUDY, "grid.exclude=[{backbone: small_cnn}]"])
+    assert [arm["arm_id"] for arm in spec.arms()] == [TREE_ARM]
+
+
 def test_preflight_refuses_a_tree_whose_classes_are_not_the_datasets():
     spec = load_spec("quick", STUDY)
     assert tree_class_problems(spec, ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")) == []
