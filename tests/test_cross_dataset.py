@@ -192,7 +192,7 @@ def study(tmp_path_factory):
     return run_study(spec)
 
 
-@pytest.mark.e2e  # a whole study; test_tree.py's default-suite study has an eval set too
+@pytest.mark.e2e  # a whole study (test_tree.py's study, e2e too, scores a tree arm on an eval set)
 def test_a_study_tests_every_arm_on_its_eval_sets_and_tables_them(study):
     assert study.statuses == {"small_cnn_random_baseline_s0": "completed"}
     rows = pd.read_csv(study.report_dir / "tables" / "cross_dataset.csv")
@@ -208,7 +208,7 @@ def test_a_study_tests_every_arm_on_its_eval_sets_and_tables_them(study):
     assert ferbench.load(study.experiment_dir).cross_dataset.to_csv(index=False) == written  # the Python API's table
 
 
-@pytest.mark.e2e  # a whole study; test_tree.py's default-suite study has an eval set too
+@pytest.mark.e2e  # a whole study (test_tree.py's study, e2e too, scores a tree arm on an eval set)
 def test_the_mapping_record_holds_each_images_label_and_reproduces_on_the_stored_splits(study):
     record = read_mapping_record(study.experiment_dir / "ferbench" / "cross_dataset_mapping.json")
     ckmap, ckcentre = record["datasets"]
@@ -226,7 +226,7 @@ def test_the_mapping_record_holds_each_images_label_and_reproduces_on_the_stored
     assert resumed.to_run == [] and resumed.preflight.eval_sets[1].mappings[0].labels.tolist() == centre["labels"]
 
 
-@pytest.mark.e2e  # a whole study; test_tree.py's default-suite study has an eval set too
+@pytest.mark.e2e  # a whole study (test_tree.py's study, e2e too, scores a tree arm on an eval set)
 def test_the_report_has_a_cross_dataset_section_with_the_mapping_and_the_results(study):
     report = (study.report_dir / "report.md").read_text()
     section = report.split("## Cross-dataset evaluation", 1)[1].split("\n## ", 1)[0]
@@ -239,7 +239,7 @@ def test_the_report_has_a_cross_dataset_section_with_the_mapping_and_the_results
     assert "Cross-dataset evaluation" in html and "ckcentre" in html
 
 
-@pytest.mark.e2e  # a whole study; test_tree.py's default-suite study has an eval set too
+@pytest.mark.e2e  # a whole study (test_tree.py's study, e2e too, scores a tree arm on an eval set)
 def test_a_damaged_trial_file_is_named_and_the_rest_of_the_section_stands(study, tmp_path):
     from ferbench.reports import build_report
 

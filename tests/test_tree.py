@@ -1,6 +1,7 @@
 """Decision trees of CNNs (the Moravčík thesis, §5.3): the structure checks, routing on a hand-made 4-class case,
-the spec's tree section, and a real tree study on SynthFER whose routed test scores are recomputed from its stored
-node weights; e2e: a tree trial that fails inside a node resumes there and ends with identical results."""
+the spec's tree section and the built-in studies; e2e: a real tree study on SynthFER whose routed test scores are
+recomputed from its stored node weights, and a tree trial that fails inside a node and resumes there with identical
+results."""
 
 from __future__ import annotations
 
@@ -179,6 +180,7 @@ def _rows(outcome) -> pd.DataFrame:
     return epochs[epochs["arm_id"] == TREE_ARM].sort_values("epoch").reset_index(drop=True)
 
 
+@pytest.mark.e2e  # a whole study (its parts: the tests above)
 def test_each_node_trains_in_turn_with_its_own_epochs_and_variant(study):
     assert study.statuses == {"small_cnn_random_baseline_s0": "completed", TREE_ARM: "completed"}
     rows = _rows(study)
@@ -195,6 +197,7 @@ def test_each_node_trains_in_turn_with_its_own_epochs_and_variant(study):
     assert rows["node_test_acc"].notna().tolist() == [False, False, True, False, False, True, False, True, False, False, True, False]
 
 
+@pytest.mark.e2e  # a whole study (its parts: the tests above)
 def test_the_routed_tree_is_what_the_stored_node_weights_predict(study):
     spec = load_spec("quick", STUDY)
     folder = only_trial_folder(study, TREE_ARM)
@@ -228,6 +231,7 @@ def test_the_routed_tree_is_what_the_stored_node_weights_predict(study):
         assert int(np.sum(node["test"]["confusion_matrix"])) == node["test_size"]
 
 
+@pytest.mark.e2e  # a whole study (its parts: the tests above)
 def test_the_report_shows_nodes_the_trees_classification_report_and_the_comparison(study):
     tables = study.report_dir / "tables"
     nodes = pd.read_csv(tables / "tree_nodes.csv")
