@@ -12,7 +12,6 @@ dropped by the mapping), of the weights the trial's test metrics are of; they ar
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +22,7 @@ import torch
 from ferbench.harness.data.label_mapping import DROPPED
 from ferbench.harness.study.atomic import atomic_write_json
 from ferbench.harness.study.layout import CROSS_DATASET_FILE, SELECTED_WEIGHTS_FILE
-from ferbench.harness.train.loop import predict
+from ferbench.harness.train.loop import as_tensor, predict
 
 PER_CLASS_KEYS = ("precision", "recall", "f1", "support", "confusion_matrix")
 
@@ -59,12 +58,6 @@ def _tested_weights(model: torch.nn.Module) -> Iterator[str]:
         model.load_state_dict(kept)
 
 
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():  # object-store arrays are read-only; batches are gathered copies
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
-
-
 def score_set(trial: Any, eval_set: CrossEvalSet, fold: int) -> dict:
     """One extra test set's record: images scored and dropped, the task's scalars and per-class scores."""
     labels = np.asarray(eval_set.labels[fold], dtype=np.int64)
@@ -72,7 +65,7 @@ def score_set(trial: Any, eval_set: CrossEvalSet, fold: int) -> dict:
     record = {"name": eval_set.name, "fold": fold, "n_images": int(len(kept)), "n_dropped": int(len(labels) - len(kept))}
     if not len(kept):
         return {**record, "scalars": {}, "per_class": {}}
-    logits = predict(trial.model, _as_tensor(eval_set.images), torch.from_numpy(kept), **trial.eval_kwargs)
+    logits = predict(trial.model, as_tensor(eval_set.images), torch.from_numpy(kept), **trial.eval_kwargs)
     scalars, per_class = trial.task.scores(logits, torch.from_numpy(labels[kept]), len(trial.payload.class_names))
     return {**record, "scalars": scalars, "per_class": {key: per_class[key] for key in PER_CLASS_KEYS}}
 

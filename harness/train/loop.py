@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +21,14 @@ from ferbench.harness.train.augment import InputAdapter, random_affine
 from ferbench.harness.train.performance import autocast
 from ferbench.harness.tasks.classification import SingleLabelClassification
 
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory. Object-store arrays are read-only; every batch is a gathered copy, so
+    sharing is safe and torch's warning about non-writable arrays is silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 @dataclass
 class EpochStats:

@@ -27,7 +27,7 @@ from ferbench.harness.study.layout import TREE_NODES_FILE
 from ferbench.harness.tasks.classification import class_scores
 from ferbench.harness.train.cross_eval import evaluate_extra_datasets
 from ferbench.harness.train.inference_speed import measure_inference
-from ferbench.harness.train.loop import predict
+from ferbench.harness.train.loop import as_tensor, predict
 from ferbench.harness.train.trial import StudyPayload, _build_trial, _restore, _save_checkpoint, _test_metrics, _Trial, train_rounds
 from ferbench.harness.tree_spec import TreeNodeSpec, node_spec_data, tree_name
 from ferbench.harness.variants.trainer import RoundState
@@ -118,7 +118,7 @@ def _test_tree(config: dict, payload: StudyPayload, spec: StudySpec, layout: Tre
     root = nodes[layout.root]
     model = CnnTree(layout, payload.class_names, {name: trial.model for name, trial in nodes.items()}, tree.routing).eval()
     fold = payload.splits[arm.get("fold", 0)]
-    trial = replace(root, spec=spec, arm=arm, payload=payload, model=model, labels=torch.from_numpy(np.asarray(payload.labels)),
+    trial = replace(root, spec=spec, arm=arm, payload=payload, model=model, labels=as_tensor(payload.labels),
                     split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
                     task=get_task(spec.task, spec), variant=trainer_for(arm["variant"], spec), static=dict(root.static))
     epoch = history[-1]["epoch"] + 1

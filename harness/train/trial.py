@@ -13,7 +13,6 @@ import io
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +34,7 @@ from ferbench.harness.train.schedules import learning_rate_for_epoch, plateau_un
 from ferbench.harness.train.selection import BestEpoch
 from ferbench.harness.spec import StudySpec, arm_spec_data
 from ferbench.harness.tasks import get_task
-from ferbench.harness.train.loop import NonFiniteLoss, predict, train_one_epoch
+from ferbench.harness.train.loop import NonFiniteLoss, as_tensor, predict, train_one_epoch
 from ferbench.harness.variants.trainer import RoundState, VariantTrainer, trainer_for
 
 # Test-only fault injection, read on the driver: fail each arm once, right after the
@@ -94,13 +93,6 @@ def _make_optimizer(spec: StudySpec, model: torch.nn.Module) -> torch.optim.Opti
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
     optimizer_class = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(params, lr=train.lr, weight_decay=train.weight_decay)
-
-
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
-    # Object-store arrays are read-only; batches are gathered copies, so sharing is safe.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(array)
 
 
 def _save_checkpoint(state: dict, history: list[dict]) -> None:
@@ -306,8 +298,8 @@ def _build_trial(config: dict, payload: StudyPayload) -> _Trial:
         initial_weights={k: v.detach().clone() for k, v in model.state_dict().items()},
         # Labels stay on the CPU (the variants index and extend them there); with data_on_device
         # the uint8 images are copied to the GPU once and every batch is gathered there.
-        images=_as_tensor(payload.images).to(device) if execution.data_on_device else _as_tensor(payload.images),
-        labels=_as_tensor(payload.labels),
+        images=as_tensor(payload.images).to(device) if execution.data_on_device else as_tensor(payload.images),
+        labels=as_tensor(payload.labels),
         split={name: torch.from_numpy(np.asarray(idx, dtype=np.int64)) for name, idx in fold.items()},
         adapter=InputAdapter(input_size, info.in_chans, info.channel_order, info.mean, info.std), execution=execution,
         static={"input_size": input_size, "precision": execution.precision},
