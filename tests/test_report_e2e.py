@@ -2,7 +2,7 @@
 2 backbones × 2 inits × 2 seeds × 3 epochs on a local Ray, pretrained arms loading weight files written
 there, plus pseudo-labelling arms on the random small_cnn. Every table and figure is present, and the
 numbers the report states are the numbers in its CSVs. Also ``--compare`` (beside conftest's
-``folds_study``) and a partial (interrupted) experiment (a copy of ``folds_study`` missing a trial)."""
+``folds_study``) and a partial (interrupted) experiment (a copy of the reference missing a trial)."""
 
 from __future__ import annotations
 
@@ -144,17 +144,17 @@ def test_compare_needs_two_experiments(study, capsys):
     assert "--compare needs two or more" in capsys.readouterr().err
 
 
-def test_interrupted_experiment_renders_as_partial(folds_study, tmp_path, capsys):
-    """A copy of conftest's ``folds_study`` (2 arms: folds 0 and 2) without its fold-2 trial."""
+def test_interrupted_experiment_renders_as_partial(study, tmp_path, capsys):
+    """A copy of the reference experiment (10 arms) without the trial of one of its arms."""
     copy = tmp_path / "interrupted"
-    shutil.copytree(folds_study.experiment_dir, copy, ignore=shutil.ignore_patterns("report"))
-    for trial_dir in copy.glob("small_cnn_random_baseline_s0_f2_*"):
+    shutil.copytree(study.experiment_dir, copy, ignore=shutil.ignore_patterns("report"))
+    for trial_dir in copy.glob("small_cnn_random_baseline_s1_*"):
         shutil.rmtree(trial_dir)  # as if that trial had not started when the study stopped
     assert main(["report", str(copy)]) == 0
     report = (copy / "report" / "report.md").read_text()
-    assert "**Partial results**: 1 of 2 arms have not finished" in report
-    assert "`small_cnn_random_baseline_s0_f2` — **incomplete**" in report
+    assert "**Partial results**: 1 of 10 arms have not finished" in report
+    assert "`small_cnn_random_baseline_s1` — **incomplete**" in report
     trials = pd.read_csv(copy / "report" / "tables" / "trials.csv")
-    assert (trials["status"] == "completed").sum() == 1
-    summary = pd.read_csv(copy / "report" / "tables" / "summary.csv").set_index(["backbone", "init", "metric"])
-    assert summary.loc[("small_cnn", "random", "test_acc"), "n"] == 1
+    assert (trials["status"] == "completed").sum() == 9
+    summary = pd.read_csv(copy / "report" / "tables" / "summary.csv").set_index(["backbone", "init", "variant", "metric"])
+    assert summary.loc[("small_cnn", "random", "baseline", "test_acc"), "n"] == 1
