@@ -1,9 +1,11 @@
 """Fixtures shared by the test modules; plain helpers live in tests/helpers.py (``from helpers import ...``).
 
-One Ray per test session: ``RAY_ADDRESS=local`` keeps every study of the session on a private local Ray
-(never a cluster that happens to run on this machine), started once by ``init_ray`` (the first study, or the
-``local_ray`` fixture) and left running: ``init_ray`` returns at once while it is up. Tests that need another Ray
-(a multi-node cluster, workers with other environment variables) are marked ``e2e``.
+The default suite runs in two processes (pytest-xdist, ``-n 2 --dist loadscope`` in pyproject's addopts),
+each with whole test modules. One Ray per test process: ``RAY_ADDRESS=local`` keeps every study of the process
+on a private local Ray (never a cluster that happens to run on this machine, nor the other process's), started
+once by ``init_ray`` (the first study, or the ``local_ray`` fixture) and left running: ``init_ray`` returns at
+once while it is up. Tests that need another Ray (a multi-node cluster, workers with other environment
+variables) are marked ``e2e``. The session's reference studies run once for both processes (``run_once``).
 """
 
 import os
@@ -11,12 +13,14 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["RAY_ADDRESS"] = "local"  # a private Ray for this session, whatever cluster runs on the machine
-if "FERBENCH_CACHE_DIR" not in os.environ:  # dataset and synth-identity caches: never the user's
+# Dataset and synth-identity caches: never the user's, and one per test process (an xdist worker inherits
+# the controller's environment, so a folder this file made there is replaced, never shared).
+if os.environ.get("FERBENCH_CACHE_DIR", "") in ("", os.environ.get("FERBENCH_TEST_CACHE_DIR")):
     import atexit
     import shutil
     import tempfile
 
-    os.environ["FERBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="ferbench-test-cache-")
+    os.environ["FERBENCH_CACHE_DIR"] = os.environ["FERBENCH_TEST_CACHE_DIR"] = tempfile.mkdtemp(prefix="ferbench-test-cache-")
     atexit.register(shutil.rmtree, os.environ["FERBENCH_CACHE_DIR"], True)
 
 from pathlib import Path  # noqa: E402
@@ -101,6 +105,28 @@ def local_ray():
     return ray
 
 
+def run_once(tmp_path_factory, name: str, run):
+    """``run(folder)``'s outcome, computed once for the whole test run: the first test process (xdist worker)
+    to ask runs it in ``<shared temp root>/<name>`` while the others wait on a lock, then read the outcome it
+    recorded. The session studies are read-only to the tests, so the processes can share them."""
+    import pickle
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's temp folder, above each worker's own
+    record = root / f"{name}.outcome.pickle"
+    with FileLock(str(root / f"{name}.lock")):
+        if record.is_file():
+            return pickle.loads(record.read_bytes())
+        folder = root / name
+        folder.mkdir()
+        outcome = run(folder)
+        record.write_bytes(pickle.dumps(outcome))
+    return outcome
+
+
 @pytest.fixture(scope="session")
 def reference_study(tmp_path_factory):
     """The session's reference experiment, run once: 2 backbones (small_cnn, mobilenet_v1) × pretrained
@@ -113,11 +139,13 @@ def reference_study(tmp_path_factory):
     from ferbench.harness.spec import load_spec
     from ferbench.harness.study.engine import run_study
 
-    folder = tmp_path_factory.mktemp("reference")
-    spec = load_spec("quick", [*REFERENCE, *reference_weight_files(folder), f"run.storage={folder}", "run.name=reference"])
-    outcome = run_study(spec)
-    assert set(outcome.statuses.values()) == {"completed"}, outcome.statuses
-    return outcome
+    def run(folder):
+        spec = load_spec("quick", [*REFERENCE, *reference_weight_files(folder), f"run.storage={folder}", "run.name=reference"])
+        outcome = run_study(spec)
+        assert set(outcome.statuses.values()) == {"completed"}, outcome.statuses
+        return outcome
+
+    return run_once(tmp_path_factory, "reference", run)
 
 
 @pytest.fixture(scope="session")
@@ -130,11 +158,13 @@ def folds_study(tmp_path_factory):
     from ferbench.harness.spec import load_spec
     from ferbench.harness.study.engine import run_study
 
-    storage = tmp_path_factory.mktemp("folds")
-    spec = load_spec("quick", [*SMALL, "grid.seed=[0]", "train.epochs=1", "split.unlabeled_fraction=0",
-                               "train.freeze.policy=head_only", "train.head=arsirii_au", "split.kind=subject_kfold",
-                               "split.k=3", "split.folds=[0,2]", f"run.storage={storage}", "run.name=frozen-folds"])
-    return run_study(spec)
+    def run(storage):
+        spec = load_spec("quick", [*SMALL, "grid.seed=[0]", "train.epochs=1", "split.unlabeled_fraction=0",
+                                   "train.freeze.policy=head_only", "train.head=arsirii_au", "split.kind=subject_kfold",
+                                   "split.k=3", "split.folds=[0,2]", f"run.storage={storage}", "run.name=frozen-folds"])
+        return run_study(spec)
+
+    return run_once(tmp_path_factory, "folds", run)
 
 
 # --------------------------------------------------------------------------- report.html in headless Chromium

@@ -13,6 +13,9 @@ from ferbench.harness.tasks import get_task
 from ferbench.harness.tasks.au_metrics import best_thresholds, label_scores
 from ferbench.harness.train.schedules import plateau_unfreeze_epoch
 
+# One test process runs this whole module (`--dist loadgroup`): its module fixture is a whole study, run once.
+pytestmark = pytest.mark.xdist_group("au_study")
+
 AU_STUDY = ["task=multilabel", "data.num_images=300", "grid.backbone=[small_cnn]", "grid.init=[random]",
             "grid.variant=[baseline]", "grid.seed=[0]", "grid.exclude=[]", "train.epochs=2"]
 

@@ -20,6 +20,9 @@ from ferbench.harness.spec import SpecError, load_spec
 from ferbench.harness.study.layout import ROUNDS_FILE, SELECTED_WEIGHTS_FILE
 from ferbench.harness.train.trial import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
+# One test process runs this whole module (`--dist loadgroup`): its module fixture is a whole study, run once.
+pytestmark = pytest.mark.xdist_group("pseudo_label_study")
+
 BASELINE_ARM = "small_cnn_random_baseline_s0"
 METRICS = ["epoch", "round", "round_epoch", "train_size", "train_acc", "train_loss", "val_acc", "val_loss"]
 # The module's study tests the best-val epoch of every round, and some epochs train on labels that are

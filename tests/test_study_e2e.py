@@ -21,6 +21,9 @@ from ferbench.harness.data.splits import load_splits
 from ferbench.reports.collect import collect_per_class
 from ferbench.harness.train.trial import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
+# One test process runs this whole module (`--dist loadgroup`): its module fixture is a whole study, run once.
+pytestmark = pytest.mark.xdist_group("study_e2e_studies")
+
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
 SMALL_ARMS = ["small_cnn_random_baseline_s0", "small_cnn_random_baseline_s1"]
 
