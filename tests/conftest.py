@@ -1,7 +1,7 @@
 """Fixtures shared by the test modules; plain helpers live in tests/helpers.py (``from helpers import ...``).
 
-The default suite runs in two processes (pytest-xdist, ``-n 2 --dist loadgroup`` in pyproject's addopts;
-a module marked ``xdist_group`` runs whole in one of them). One Ray per test process: ``RAY_ADDRESS=local`` keeps every study of the process
+The default suite runs in two processes (pytest-xdist, ``-n 2 --dist loadscope`` in pyproject's addopts:
+each test module runs whole in one of them, its module fixtures once). One Ray per test process: ``RAY_ADDRESS=local`` keeps every study of the process
 on a private local Ray (never a cluster that happens to run on this machine, nor the other process's), started
 once by ``init_ray`` (the first study, or the ``local_ray`` fixture) and left running: ``init_ray`` returns at
 once while it is up. Tests that need another Ray (a multi-node cluster, workers with other environment

@@ -13,10 +13,6 @@ from ferbench.harness.tasks import get_task
 from ferbench.harness.tasks.au_metrics import best_thresholds, label_scores
 from ferbench.harness.train.schedules import plateau_unfreeze_epoch
 
-# One test process runs this whole module (`--dist loadgroup`); its studies are session fixtures, since that process
-# may run other modules' tests in between (a module fixture would be torn down and run again).
-pytestmark = pytest.mark.xdist_group("au_study")
-
 AU_STUDY = ["task=multilabel", "data.num_images=300", "grid.backbone=[small_cnn]", "grid.init=[random]",
             "grid.variant=[baseline]", "grid.seed=[0]", "grid.exclude=[]", "train.epochs=2"]
 
@@ -138,7 +134,7 @@ def test_val_f1_thresholds_come_from_validation_and_apply_unchanged_to_test():
 # --- one small study ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")  # see pytestmark: one process, one run
+@pytest.fixture(scope="module")
 def au_study(tmp_path_factory):
     """small_cnn from random init, BCE and L_pr, thresholds chosen on validation, 4 epochs on 300 SynthFER faces:
     the head alone until val_loss stops falling for one epoch (at the latest from epoch 4), then everything."""

@@ -20,10 +20,6 @@ from ferbench.harness.spec import SpecError, load_spec
 from ferbench.harness.study.layout import ROUNDS_FILE, SELECTED_WEIGHTS_FILE
 from ferbench.harness.train.trial import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
-# One test process runs this whole module (`--dist loadgroup`); its studies are session fixtures, since that process
-# may run other modules' tests in between (a module fixture would be torn down and run again).
-pytestmark = pytest.mark.xdist_group("pseudo_label_study")
-
 BASELINE_ARM = "small_cnn_random_baseline_s0"
 METRICS = ["epoch", "round", "round_epoch", "train_size", "train_acc", "train_loss", "val_acc", "val_loss"]
 # The module's study tests the best-val epoch of every round, and some epochs train on labels that are
@@ -144,7 +140,7 @@ def run_spoiled_study(overrides: list[str]):
         return run_study(load_spec("quick", [*PICKED, *overrides]))
 
 
-@pytest.fixture(scope="session")  # see pytestmark: one process, one run
+@pytest.fixture(scope="module")
 def study(tmp_path_factory):
     storage = tmp_path_factory.mktemp("pl")
     return run_spoiled_study([f"run.storage={storage}", "run.name=plain"])

@@ -21,10 +21,6 @@ from ferbench.harness.data.splits import load_splits
 from ferbench.reports.collect import collect_per_class
 from ferbench.harness.train.trial import FAIL_MARKER_ENV, FAIL_ONCE_ENV
 
-# One test process runs this whole module (`--dist loadgroup`); its studies are session fixtures, since that process
-# may run other modules' tests in between (a module fixture would be torn down and run again).
-pytestmark = pytest.mark.xdist_group("study_e2e_studies")
-
 METRICS = ["train_acc", "train_loss", "val_acc", "val_loss"]
 SMALL_ARMS = ["small_cnn_random_baseline_s0", "small_cnn_random_baseline_s1"]
 
@@ -44,7 +40,7 @@ def small_arms(outcome):
     return epochs[epochs.arm_id.isin(SMALL_ARMS)], trials[trials.arm_id.isin(SMALL_ARMS)]
 
 
-@pytest.fixture(scope="session")  # see pytestmark: one process, one run
+@pytest.fixture(scope="module")
 def serial_fresh(tmp_path_factory):
     """The random small_cnn arms again, one after another, each in a fresh worker process."""
     storage = tmp_path_factory.mktemp("serial-fresh")
@@ -134,7 +130,7 @@ def test_trials_run_one_after_another_in_one_worker_only_when_reuse_is_on(refere
     )
 
 
-@pytest.fixture(scope="session")  # see pytestmark: one process, one run
+@pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
     """The random small_cnn arms again: s0 fails once, right after its epoch-0 checkpoint (a marker file
     lets its retry run through), s1 fails there on every attempt (``run.max_failures=1``: 2 attempts, the
