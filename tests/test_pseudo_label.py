@@ -249,21 +249,25 @@ def test_the_arm_reports_the_round_and_epoch_that_validation_picks(study):
     stored = json.loads((folder / ROUNDS_FILE).read_text())
     records = {r["round"]: r for r in stored["rounds"]}
     assert sorted(records) == [0, 1, 2]
-    assert records[1]["val_macro_f1"] > records[2]["val_macro_f1"]  # round 2 trained on spoiled labels only
-    assert records[1]["val_macro_f1"] > records[0]["val_macro_f1"], "precondition: round 1 should beat the teacher on val"
-    assert records[2]["test_acc"] != records[1]["test_acc"]  # the choice changes the reported numbers
-    # The arm's result is round 1, the last round's is kept beside it.
-    assert stored["selected_round"] == 1
+    # Round 2 trained on spoiled labels only, so validation never picks it. Whether the teacher or
+    # round 1 wins is up to the numbers (they differ between CPUs with and without AVX-512); the
+    # rule is the best validation macro F1, ties to the earlier round.
+    chosen = max(records, key=lambda n: (records[n]["val_macro_f1"], -n))
+    assert chosen != 2 and records[chosen]["val_macro_f1"] > records[2]["val_macro_f1"]
+    assert records[2]["test_acc"] != records[chosen]["test_acc"]  # the choice changes the reported numbers
+    # The arm's result is the chosen round, the last round's is kept beside it.
+    assert stored["selected_round"] == chosen
     row = trials.loc[PL_ARM]
-    assert (row["pl_selected_round"], row["pl_last_round"], row["pl_rounds"]) == (1, 2, 2)
+    assert (row["pl_selected_round"], row["pl_last_round"], row["pl_rounds"]) == (chosen, 2, 2)
     for name in ("test_acc", "test_loss", "test_macro_f1", "test_weighted_f1", "test_balanced_acc"):
-        assert row[name] == pytest.approx(records[1][name]), name
+        assert row[name] == pytest.approx(records[chosen][name]), name
     assert row["last_round_test_acc"] == pytest.approx(records[2]["test_acc"])
     # So are its predictions, per-class scores and kept weights (re-evaluated here).
-    assert (folder / "test_predictions.npz").read_bytes() == (folder / "test_predictions_round1.npz").read_bytes()
+    assert (folder / "test_predictions.npz").read_bytes() == (folder / f"test_predictions_round{chosen}.npz").read_bytes()
     assert (folder / "test_predictions.npz").read_bytes() != (folder / "test_predictions_round2.npz").read_bytes()
     per_class = json.loads((folder / "test_per_class.json").read_text())
-    assert per_class["f1"] == records[1]["test_per_class"]["f1"] and per_class["confusion_matrix"] == records[1]["test_confusion_matrix"]
+    assert per_class["f1"] == records[chosen]["test_per_class"]["f1"]
+    assert per_class["confusion_matrix"] == records[chosen]["test_confusion_matrix"]
     stored_probabilities = np.load(folder / "test_predictions.npz")["probabilities"]
     assert np.allclose(_reevaluated(study, PL_ARM), stored_probabilities, atol=1e-6)
     # train.select best_val: each round tested its best-val epoch (ties: the earlier), never epoch 0.
@@ -273,7 +277,8 @@ def test_the_arm_reports_the_round_and_epoch_that_validation_picks(study):
         best = trained.loc[trained["val_acc"].idxmax()]  # idxmax: the first of equal maxima
         assert record["selected_epoch"] == best["round_epoch"]
         assert record["val_acc"] == pytest.approx(best["val_acc"])  # the tested weights are that epoch's
-    assert records[0]["selected_epoch"] < 3 and records[1]["selected_epoch"] == 1 and row["selected_epoch"] == 1
+    assert records[0]["selected_epoch"] < 3 and records[1]["selected_epoch"] == 1  # never a spoiled epoch
+    assert row["selected_epoch"] == records[chosen]["selected_epoch"]
     # The baseline arm (= round 0) too: its test metrics are those of its kept best-val weights.
     base = trials.loc[BASELINE_ARM]
     assert base["selected_epoch"] == records[0]["selected_epoch"] and base["test_acc"] == pytest.approx(records[0]["test_acc"])
@@ -286,7 +291,8 @@ def test_the_arm_reports_the_round_and_epoch_that_validation_picks(study):
     accuracy = versus[versus["metric"] == "test_acc"].set_index("round")["mean_diff"]
     assert accuracy.index.tolist() == ["0", "1", "2", "selected"]
     assert accuracy["0"] == pytest.approx(0)  # the teacher is the baseline, number for number
-    assert accuracy["selected"] == pytest.approx(accuracy["1"]) == pytest.approx(row["test_acc"] - base["test_acc"])
+    assert accuracy["selected"] == pytest.approx(accuracy[str(chosen)]) == pytest.approx(row["test_acc"] - base["test_acc"])
+    assert accuracy["1"] == pytest.approx(records[1]["test_acc"] - base["test_acc"])
     assert (versus["n"] == 1).all() and not versus["claim"].any()  # one seed: no claim
     differences = pd.read_csv(study.report_dir / "tables" / "differences.csv")
     headline = differences[(differences["comparison"] == "pseudo_label − baseline") & (differences["metric"] == "test_acc")]
@@ -322,7 +328,8 @@ def test_failed_trial_resumes_in_the_right_round_with_identical_results(study, t
     pd.testing.assert_frame_equal(plain, again, check_dtype=False)
     trials = tables["trials"][1].set_index("arm_id")
     assert float(trials.loc[PL_ARM, "resumed_at_epochs"]) == 7  # resumed inside round 1, after its third row
-    assert trials.loc[PL_ARM, "selected_epoch"] == 1  # round 1's first epoch: the one rotated out before the failure
+    # Round 1 tested its first epoch, whose checkpoint was rotated out before the failure.
+    assert tables["pseudo_label_rounds"][1].set_index("round").loc[1, "selected_epoch"] == 1
 
 
 def _with_pool_labels_shifted(run_trial, pool: np.ndarray):
