@@ -133,6 +133,35 @@ def test_no_credential_from_the_environment_lands_in_any_file_of_the_experiment(
             assert secret.encode() not in data, f"{name} written to {path}"
 
 
+def test_the_wandb_logging_actor_returns_only_once_the_run_file_is_written(tmp_path):
+    """Ray kills a logging actor's child processes with it as soon as its ``run`` returns; W&B's service process,
+    one of them, may not have flushed the offline run by the end of ``wandb.finish()``. Run in this process, the
+    actor must leave no such process behind and a run file holding the run, every row and its exit."""
+    import queue
+
+    import ray  # noqa: F401  (psutil comes with Ray, on its path once Ray is imported)
+    import psutil
+    import wandb
+    from ray.air.integrations.wandb import _QueueItem
+
+    from ferbench.harness.study.tracking import tracking_callbacks
+
+    spec = load_spec("quick", ["run.loggers=[wandb]", "run.wandb.mode=offline", f"run.storage={tmp_path}"])
+    actor_class = tracking_callbacks(spec, tmp_path)[0]._logger_actor_cls
+    rows = queue.Queue()
+    for step in range(3):
+        rows.put((_QueueItem.RESULT, {"val_acc": 0.1 * step, "training_iteration": step}))
+    rows.put((_QueueItem.END, None))
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    actor = actor_class(str(tmp_path), rows, [], [], mode="offline", dir=str(tmp_path), project="p", name="arm",
+                        settings=wandb.Settings(console="off"))
+    actor.run()
+    assert {child.pid for child in psutil.Process().children(recursive=True)} - before == set()  # W&B's service exited
+    records = _wandb_records(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
+    kinds = [record.WhichOneof("record_type") for record in records]
+    assert "run" in kinds and "exit" in kinds and kinds.count("history") == 3
+
+
 # --------------------------------------------------------------------------- settings and preflight (no study)
 
 

@@ -179,13 +179,24 @@ def _mlflow_callback(spec: StudySpec, experiment_dir: Path):
 def _wandb_callback(spec: StudySpec, experiment_dir: Path):
     import ray
     from ray.air.constants import TRAINING_ITERATION
-    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback
+    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback, _WandbLoggingActor
     from ray.air.util.node import _force_on_current_node
+
+    class FlushingLoggingActor(_WandbLoggingActor):
+        """Tune's W&B logging actor, returning only once W&B's service process has written the run out.
+        ``wandb.finish()`` can return before that process has flushed an offline run's file, and Ray kills an
+        actor's child processes with it: a run cut there kept nothing but the file's 7-byte header."""
+
+        def run(self) -> None:
+            super().run()
+            self._wandb.teardown()
 
     class ArmRunsWandbCallback(WandbLoggerCallback):
         """Tune's W&B callback, one run per arm named by the arm id, with the arm's parameters as its config and
         each row at step = its epoch (W&B keeps the first row of a step that a retry replays). The step rides in
         Tune's ``training_iteration`` key, which W&B's logging actor reads it from."""
+
+        _logger_actor_cls = FlushingLoggingActor
 
         def setup(self, *args, **kwargs) -> None:
             if self.kwargs.get("mode") not in ("offline", "disabled"):  # an offline run needs no API key
