@@ -188,6 +188,7 @@ def test_trial_failing_on_every_retry_is_failed_and_the_others_unaffected(refere
                                   reference.sort_values(key)[key + METRICS].reset_index(drop=True))
 
 
+@pytest.mark.e2e  # a study of its own (10-13 s); the default suite checks failures and retries with `faulty`
 def test_trial_failing_without_retries_is_reported_as_failed_with_its_error(tmp_path, monkeypatch):
     """Also an arm whose weights cannot be found, with ``run.allow_unavailable``: listed as unavailable."""
     monkeypatch.setenv(FAIL_ONCE_ENV, "1")
@@ -313,6 +314,7 @@ def test_every_figure_the_report_links_exists(reference_study):
             assert image.width > 400 and image.height > 200, link
 
 
+@pytest.mark.e2e  # two studies of its own (a run and its --resume, 9-13 s)
 def test_a_loss_that_becomes_nan_stops_the_trial_for_good_and_resume_leaves_it(tmp_path, capsys):
     """lr 1e30 with SGD: epoch 1 diverges. The arm is failed with the epoch and batch, the epoch before
     it stays, no retry repeats it (run.max_failures=2), and --resume does not train it again."""

@@ -133,6 +133,7 @@ def test_no_credential_from_the_environment_lands_in_any_file_of_the_experiment(
             assert secret.encode() not in data, f"{name} written to {path}"
 
 
+@pytest.mark.e2e  # W&B's service process starts and stops (about 14 s)
 def test_the_wandb_logging_actor_returns_only_once_the_run_file_is_written(tmp_path):
     """Ray kills a logging actor's child processes with it as soon as its ``run`` returns; W&B's service process,
     one of them, may not have flushed the offline run by the end of ``wandb.finish()``. Run in this process, the
